@@ -1,0 +1,258 @@
+//! The model file: a safetensors container holding the weights, with everything needed to
+//! use them in its metadata (architecture and profile, input channels and size,
+//! normalisation, label names and order, EHR feature set, operating points, format
+//! version, how it was trained).
+//!
+//! Layout: standard safetensors (an 8-byte little-endian header length, a JSON header,
+//! then raw little-endian tensors), so any safetensors reader can inspect it. Tensor names
+//! are the module paths (`encoder.blocks.0.attn.qkv.weight`, ...). The header's
+//! `__metadata__` carries:
+//! - `cxr_msn.format` = `cxr-msn-model`
+//! - `cxr_msn.format_version` = [`FORMAT_VERSION`]
+//! - `cxr_msn.meta` = [`ModelMeta`] as JSON.
+//!
+//! Everything works on bytes (the browser has no file system); the trainer writes the
+//! bytes to disk atomically. Reading never panics on a bad file: a truncated, foreign or
+//! mismatched file is a [`CheckpointError`] that says what is wrong.
+
+use std::collections::BTreeMap;
+
+use burn::module::Module;
+use burn::store::{ModuleSnapshot, SafetensorsStore};
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+
+use crate::classifier::Classifier;
+use crate::config::{MsnConfig, Normalization};
+use crate::error::CheckpointError;
+use crate::msn::MultimodalMsn;
+
+/// Version of the layout and metadata written by this build.
+pub const FORMAT_VERSION: u32 = 1;
+/// Value of the `cxr_msn.format` metadata key.
+pub const FORMAT_NAME: &str = "cxr-msn-model";
+const KEY_FORMAT: &str = "cxr_msn.format";
+const KEY_VERSION: &str = "cxr_msn.format_version";
+const KEY_META: &str = "cxr_msn.meta";
+
+/// What a model file contains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelKind {
+    /// The whole pretraining model ([`MultimodalMsn`]): resumable, and the source of encoders.
+    Pretraining,
+    /// Encoder plus classifier heads ([`Classifier`]): what `predict` and the browser load.
+    Classifier,
+}
+
+impl ModelKind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Pretraining => "pretraining",
+            Self::Classifier => "classifier",
+        }
+    }
+}
+
+/// Everything about a model except its weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelMeta {
+    /// [`FORMAT_VERSION`] of the writer.
+    pub format_version: u32,
+    /// What the weights are.
+    pub kind: ModelKind,
+    /// Architecture, profile, EHR feature set and training recipe.
+    pub config: MsnConfig,
+    /// Pixel normalisation the model expects (one value per input channel).
+    pub normalization: Normalization,
+    /// Label names in output order (empty for a pretraining model).
+    pub labels: Vec<String>,
+    /// Per-label decision thresholds on the probabilities, in label order (empty when the
+    /// model has not been calibrated).
+    pub operating_points: Vec<f32>,
+    /// How the model was made: seed, steps, dataset, git revision, ... (free-form).
+    pub training: BTreeMap<String, String>,
+}
+
+impl ModelMeta {
+    /// Metadata for a pretraining model of `config`, ImageNet normalisation as the authors.
+    pub fn pretraining(config: MsnConfig) -> Self {
+        Self {
+            format_version: FORMAT_VERSION,
+            kind: ModelKind::Pretraining,
+            normalization: Normalization::imagenet(config.vit.channels),
+            config,
+            labels: Vec::new(),
+            operating_points: Vec::new(),
+            training: BTreeMap::new(),
+        }
+    }
+
+    /// Metadata for a classifier, CXR normalisation as the authors used in evaluation.
+    pub fn classifier(config: MsnConfig, labels: Vec<String>) -> Self {
+        Self {
+            format_version: FORMAT_VERSION,
+            kind: ModelKind::Classifier,
+            normalization: Normalization::cxr(config.vit.channels),
+            config,
+            labels,
+            operating_points: Vec::new(),
+            training: BTreeMap::new(),
+        }
+    }
+
+    /// Checks the metadata's own consistency.
+    pub fn validate(&self) -> Result<(), CheckpointError> {
+        self.config.validate()?;
+        let bad = |m: String| Err(CheckpointError::Metadata(m));
+        let c = self.config.vit.channels;
+        if self.normalization.mean.len() != c || self.normalization.std.len() != c {
+            return bad(format!(
+                "normalization needs {c} mean and std values, got {} and {}",
+                self.normalization.mean.len(),
+                self.normalization.std.len()
+            ));
+        }
+        if self.normalization.std.iter().any(|s| !(*s > 0.0)) {
+            return bad("normalization std values must be positive".into());
+        }
+        if self.kind == ModelKind::Classifier && self.labels.is_empty() {
+            return bad("a classifier needs at least one label".into());
+        }
+        if !self.operating_points.is_empty() && self.operating_points.len() != self.labels.len() {
+            return bad(format!(
+                "{} operating points for {} labels",
+                self.operating_points.len(),
+                self.labels.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Serialises a module and its metadata into model-file bytes.
+pub fn write_model<M: Module>(module: &M, meta: &ModelMeta) -> Result<Vec<u8>, CheckpointError> {
+    meta.validate()?;
+    let json = serde_json::to_string(meta).map_err(|e| CheckpointError::Write(e.to_string()))?;
+    let mut store = SafetensorsStore::from_bytes(None)
+        .metadata(KEY_FORMAT, FORMAT_NAME)
+        .metadata(KEY_VERSION, FORMAT_VERSION.to_string())
+        .metadata(KEY_META, json);
+    module
+        .save_into(&mut store)
+        .map_err(|e| CheckpointError::Write(e.to_string()))?;
+    store
+        .get_bytes()
+        .map_err(|e| CheckpointError::Write(e.to_string()))
+}
+
+/// Reads and checks the metadata of model-file bytes. The whole container is validated
+/// (header, tensor offsets, byte lengths), so a truncated file fails here.
+pub fn read_meta(bytes: &[u8]) -> Result<ModelMeta, CheckpointError> {
+    let container = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| CheckpointError::Container(e.to_string()))?;
+    drop(container);
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
+        .map_err(|e| CheckpointError::Container(e.to_string()))?;
+    let entries = header
+        .metadata()
+        .as_ref()
+        .ok_or(CheckpointError::NotOurFormat(KEY_FORMAT))?;
+    match entries.get(KEY_FORMAT) {
+        Some(f) if f == FORMAT_NAME => {}
+        _ => return Err(CheckpointError::NotOurFormat(KEY_FORMAT)),
+    }
+    let version = entries
+        .get(KEY_VERSION)
+        .ok_or(CheckpointError::NotOurFormat(KEY_VERSION))?;
+    if version.parse::<u32>().ok() != Some(FORMAT_VERSION) {
+        return Err(CheckpointError::UnsupportedVersion {
+            found: version.clone(),
+            supported: FORMAT_VERSION,
+        });
+    }
+    let json = entries
+        .get(KEY_META)
+        .ok_or(CheckpointError::NotOurFormat(KEY_META))?;
+    let meta: ModelMeta =
+        serde_json::from_str(json).map_err(|e| CheckpointError::Metadata(e.to_string()))?;
+    if meta.format_version != FORMAT_VERSION {
+        return Err(CheckpointError::UnsupportedVersion {
+            found: meta.format_version.to_string(),
+            supported: FORMAT_VERSION,
+        });
+    }
+    meta.validate()?;
+    Ok(meta)
+}
+
+/// Loads the weights of model-file bytes into `module`, which must have exactly the
+/// architecture of the file: a missing, extra or differently shaped tensor is an error.
+pub fn load_weights<M: Module>(mut module: M, bytes: &[u8]) -> Result<M, CheckpointError> {
+    let mut store = SafetensorsStore::from_bytes(Some(bytes.to_vec()));
+    let result = module
+        .load_from(&mut store)
+        .map_err(|e| CheckpointError::Weights(e.to_string()))?;
+    if !result.errors.is_empty() {
+        let list: Vec<String> = result.errors.iter().map(|e| e.to_string()).collect();
+        return Err(CheckpointError::Weights(list.join("; ")));
+    }
+    if !result.missing.is_empty() {
+        let list: Vec<&str> = result.missing.iter().map(|(p, _)| p.as_str()).collect();
+        return Err(CheckpointError::Weights(format!(
+            "missing tensors: {}",
+            list.join(", ")
+        )));
+    }
+    if !result.unused.is_empty() {
+        return Err(CheckpointError::Weights(format!(
+            "tensors the architecture has no place for: {}",
+            result.unused.join(", ")
+        )));
+    }
+    Ok(module)
+}
+
+fn expect_kind(meta: &ModelMeta, kind: ModelKind) -> Result<(), CheckpointError> {
+    if meta.kind != kind {
+        return Err(CheckpointError::WrongKind {
+            found: meta.kind.name().into(),
+            expected: kind.name().into(),
+        });
+    }
+    Ok(())
+}
+
+/// Loads a classifier model file onto `device`.
+pub fn load_classifier(
+    bytes: &[u8],
+    device: &Device,
+) -> Result<(Classifier, ModelMeta), CheckpointError> {
+    let meta = read_meta(bytes)?;
+    expect_kind(&meta, ModelKind::Classifier)?;
+    let skeleton = Classifier::init(
+        &meta.config.vit,
+        meta.labels.len(),
+        meta.config.ehr.as_ref(),
+        device,
+    );
+    Ok((load_weights(skeleton, bytes)?, meta))
+}
+
+/// Loads a pretraining model file onto `device`.
+pub fn load_pretraining(
+    bytes: &[u8],
+    device: &Device,
+) -> Result<(MultimodalMsn, ModelMeta), CheckpointError> {
+    let meta = read_meta(bytes)?;
+    expect_kind(&meta, ModelKind::Pretraining)?;
+    let skeleton = meta.config.init(device)?;
+    let mut model = load_weights(skeleton, bytes)?;
+    // Loading replaces values but keeps the skeleton's gradient settings; restate them.
+    model.target_vit = model.target_vit.no_grad();
+    model.target_head = model.target_head.no_grad();
+    model.prototypes = model
+        .prototypes
+        .set_require_grad(!meta.config.freeze_prototypes);
+    Ok((model, meta))
+}

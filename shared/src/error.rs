@@ -1,0 +1,124 @@
+//! Error types of the model crate. Each names what was wrong and what was expected.
+
+use thiserror::Error;
+
+/// A configuration that cannot be built.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum ConfigError {
+    /// Unknown ViT preset name.
+    #[error("unknown ViT preset '{0}': expected one of tiny, tiny-3h, small, base")]
+    UnknownPreset(String),
+    /// Unknown profile name.
+    #[error("unknown profile '{0}': expected 'paper' or 'msn'")]
+    UnknownProfile(String),
+    /// A value out of range or inconsistent with another.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Bad EHR input: an unknown feature-set name or a record that lacks a required field.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum EhrError {
+    /// The feature-set name is not one of the 23 and not a `+`-joined list of fields.
+    #[error(
+        "unknown EHR feature set '{name}': expected one of the 23 named sets \
+         (e.g. sex, age, demographic, all-age5) or fields joined by '+' ({fields}); \
+         unknown part: '{part}'"
+    )]
+    UnknownFeatureSet {
+        /// The whole name given.
+        name: String,
+        /// The part that was not recognised.
+        part: String,
+        /// The field names that are accepted.
+        fields: String,
+    },
+    /// A field appears twice in one feature set.
+    #[error("EHR feature set '{0}' names a field twice")]
+    DuplicateField(String),
+    /// The record lacks a value that the feature set needs.
+    #[error("EHR field '{field}' is required by feature set '{set}' but missing from the record")]
+    MissingField {
+        /// The field name.
+        field: &'static str,
+        /// The feature-set name.
+        set: String,
+    },
+    /// A value that cannot be encoded (e.g. a negative or non-finite age).
+    #[error("EHR field '{field}': {message}")]
+    InvalidValue {
+        /// The field name.
+        field: &'static str,
+        /// What was wrong.
+        message: String,
+    },
+    /// A textual value that is not one of the accepted spellings.
+    #[error("EHR field '{field}': '{value}' is not one of {expected}")]
+    UnknownValue {
+        /// The field name.
+        field: &'static str,
+        /// The value given.
+        value: String,
+        /// The accepted values.
+        expected: &'static str,
+    },
+}
+
+/// Inputs of the wrong shape or inconsistent with the model.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum ShapeError {
+    /// A tensor dimension does not match.
+    #[error("{what}: expected {expected}, got {got}")]
+    Mismatch {
+        /// Which input.
+        what: String,
+        /// The expected shape or size.
+        expected: String,
+        /// The shape or size given.
+        got: String,
+    },
+}
+
+/// A model file that cannot be read or does not fit the model it is loaded into.
+#[derive(Debug, Error)]
+pub enum CheckpointError {
+    /// Not a safetensors container at all, or a truncated one.
+    #[error(
+        "not a readable cxr-msn model file ({0}); the file may be truncated or of another kind"
+    )]
+    Container(String),
+    /// A safetensors file without our metadata.
+    #[error(
+        "this safetensors file is not a cxr-msn model file: its metadata lacks '{0}' \
+         (weights from other tools are brought in with `cxr-msn import`)"
+    )]
+    NotOurFormat(&'static str),
+    /// Written by a newer (or unknown) version of the format.
+    #[error("model file format version {found} is not supported (this build reads version {supported})")]
+    UnsupportedVersion {
+        /// Version in the file.
+        found: String,
+        /// Version this build reads.
+        supported: u32,
+    },
+    /// The metadata JSON is malformed.
+    #[error("model file metadata is malformed: {0}")]
+    Metadata(String),
+    /// The model kind in the file is not the one asked for.
+    #[error("model file holds a '{found}' model, expected '{expected}'")]
+    WrongKind {
+        /// Kind in the file.
+        found: String,
+        /// Kind asked for.
+        expected: String,
+    },
+    /// The stored configuration is invalid.
+    #[error("model file configuration is invalid: {0}")]
+    Config(#[from] ConfigError),
+    /// The weights do not fit the architecture in the metadata.
+    #[error("model file weights do not match the architecture: {0}")]
+    Weights(String),
+    /// Writing failed (a tensor could not be read back from the device).
+    #[error("could not serialise the model: {0}")]
+    Write(String),
+}

@@ -1,0 +1,169 @@
+//! Heads on top of the encoder: the MSN projection head h, the EHR fusion of the anchor
+//! branch (f_ehr and g), and the downstream classifier heads.
+
+use burn::module::{Initializer, Module};
+use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig};
+use burn::tensor::activation::gelu;
+use burn::tensor::{Device, Tensor};
+
+use crate::config::{EhrConfig, HeadConfig};
+
+fn linear(d_in: usize, d_out: usize, bias: bool, device: &Device) -> Linear {
+    // N(0, 0.02) weights and zero biases, as MSN's trunc_normal_ initialisation.
+    let mut layer = LinearConfig::new(d_in, d_out)
+        .with_bias(bias)
+        .with_initializer(Initializer::Normal {
+            mean: 0.0,
+            std: 0.02,
+        })
+        .init(device);
+    if bias {
+        layer.bias = Some(Initializer::Zeros.init([d_out], device));
+    }
+    layer
+}
+
+/// PyTorch's default Linear initialisation (Kaiming-uniform weights, uniform bias), used
+/// for the small EHR and classifier layers as the authors' code leaves them at default.
+fn torch_default_linear(d_in: usize, d_out: usize, device: &Device) -> Linear {
+    LinearConfig::new(d_in, d_out).init(device)
+}
+
+/// MSN projection head h: Linear -> BN -> GELU -> Linear -> BN -> GELU -> Linear.
+///
+/// BatchNorm uses batch statistics whenever the input is on an autodiff device and the
+/// module is in training mode (both branches during pretraining, as in PyTorch's
+/// `train()`), and its running statistics otherwise.
+#[derive(Module, Debug)]
+pub struct ProjectionHead {
+    /// Linear(d_in -> hidden).
+    pub fc1: Linear,
+    /// BatchNorm1d(hidden).
+    pub bn1: BatchNorm,
+    /// Linear(hidden -> hidden).
+    pub fc2: Linear,
+    /// BatchNorm1d(hidden).
+    pub bn2: BatchNorm,
+    /// Linear(hidden -> d_out), with bias.
+    pub fc3: Linear,
+}
+
+impl HeadConfig {
+    /// Builds the head.
+    pub fn init(&self, device: &Device) -> ProjectionHead {
+        let bn = || {
+            BatchNormConfig::new(self.hidden)
+                .with_epsilon(self.bn_eps)
+                .with_momentum(self.bn_momentum)
+                .init(device)
+        };
+        ProjectionHead {
+            fc1: linear(self.d_in, self.hidden, self.bias_before_bn, device),
+            bn1: bn(),
+            fc2: linear(self.hidden, self.hidden, self.bias_before_bn, device),
+            bn2: bn(),
+            fc3: linear(self.hidden, self.d_out, true, device),
+        }
+    }
+}
+
+impl ProjectionHead {
+    /// `[N, d_in]` -> `[N, d_out]`. Batch statistics (training) are over the N rows.
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let x = gelu(self.bn1.forward(self.fc1.forward(x)));
+        let x = gelu(self.bn2.forward(self.fc2.forward(x)));
+        self.fc3.forward(x)
+    }
+}
+
+/// The anchor branch's EHR path: `g(concat(v, f_ehr(e)))`, both linear, no activation.
+#[derive(Module, Debug)]
+pub struct EhrFusion {
+    /// f_ehr: Linear(ehr_in -> ehr_dim).
+    pub f_ehr: Linear,
+    /// g: Linear(D + ehr_dim -> D).
+    pub g: Linear,
+}
+
+impl EhrConfig {
+    /// Builds f_ehr and g for an encoder of width `dim`.
+    pub fn init(&self, dim: usize, device: &Device) -> EhrFusion {
+        EhrFusion {
+            f_ehr: torch_default_linear(self.feature_set.width(), self.ehr_dim, device),
+            g: torch_default_linear(dim + self.ehr_dim, dim, device),
+        }
+    }
+}
+
+impl EhrFusion {
+    /// Width of the EHR vector this fusion expects.
+    pub fn ehr_in(&self) -> usize {
+        self.f_ehr.weight.lazy_shape().dims::<2>()[0]
+    }
+
+    /// `v`: `[M*B, D]` embeddings in view-major order; `ehr`: `[B, ehr_in]`.
+    /// The EHR embedding of image b is repeated for each of its M views. Returns `[M*B, D]`.
+    pub fn forward(&self, v: Tensor<2>, ehr: Tensor<2>) -> Tensor<2> {
+        let [rows, _] = v.dims();
+        let [b, _] = ehr.dims();
+        assert!(
+            b > 0 && rows % b == 0,
+            "{rows} embeddings cannot be split into views of {b} images"
+        );
+        let e = self.f_ehr.forward(ehr).repeat_dim(0, rows / b);
+        self.g.forward(Tensor::cat(vec![v, e], 1))
+    }
+}
+
+/// Image-only linear head on the [CLS] embedding: `[B, D]` -> logits `[B, labels]`.
+#[derive(Module, Debug)]
+pub struct LinearClassifier {
+    /// Linear(D -> labels).
+    pub fc: Linear,
+}
+
+impl LinearClassifier {
+    /// A fresh head (PyTorch default initialisation).
+    pub fn new(dim: usize, labels: usize, device: &Device) -> Self {
+        Self {
+            fc: torch_default_linear(dim, labels, device),
+        }
+    }
+
+    /// Logits `[B, labels]` (apply a sigmoid for probabilities).
+    pub fn forward(&self, cls: Tensor<2>) -> Tensor<2> {
+        self.fc.forward(cls)
+    }
+}
+
+/// Image + EHR head: the [CLS] embedding is fused with the EHR vector by the same f_ehr
+/// and g as the anchor branch (initialised from the pretrained ones when available), then
+/// a linear layer gives the logits. Our answer to the paper's open question of using EHR
+/// at fine-tuning and inference time too.
+#[derive(Module, Debug)]
+pub struct FusedClassifier {
+    /// f_ehr and g.
+    pub fusion: EhrFusion,
+    /// Linear(D -> labels).
+    pub fc: Linear,
+}
+
+impl FusedClassifier {
+    /// A head with a fresh fusion.
+    pub fn new(dim: usize, labels: usize, ehr: &EhrConfig, device: &Device) -> Self {
+        Self::from_fusion(ehr.init(dim, device), dim, labels, device)
+    }
+
+    /// A head that starts from a (pretrained) fusion.
+    pub fn from_fusion(fusion: EhrFusion, dim: usize, labels: usize, device: &Device) -> Self {
+        Self {
+            fusion,
+            fc: torch_default_linear(dim, labels, device),
+        }
+    }
+
+    /// `cls`: `[B, D]`, `ehr`: `[B, ehr_in]` -> logits `[B, labels]`.
+    pub fn forward(&self, cls: Tensor<2>, ehr: Tensor<2>) -> Tensor<2> {
+        self.fc.forward(self.fusion.forward(cls, ehr))
+    }
+}

@@ -1,0 +1,42 @@
+//! # cxr-msn: multimodal Masked Siamese Networks for chest X-rays
+//!
+//! The model crate of the project: one Burn definition of the multimodal MSN of
+//! Shurrab et al. 2024 (arXiv 2407.04449), which the native trainer trains and the browser
+//! demo runs. It is generic over the Burn backend (the caller picks a [`burn::tensor::Device`])
+//! and does no file-system, network or thread work, so it builds for
+//! `wasm32-unknown-unknown` unchanged.
+//!
+//! What lives where:
+//! - [`config`]: ViT presets, the `paper` and `msn` profiles, every knob with its default;
+//! - [`vit`]: the Vision Transformer, position-grid resizing, attention capture;
+//! - [`masking`]: per-sample token masking of anchor views;
+//! - [`heads`]: projection head h, EHR fusion (f_ehr, g), classifier heads;
+//! - [`msn`]: the full model (anchor branch, EMA target branch, prototypes) and its step;
+//! - [`loss`]: the MSN loss (sharpening, Sinkhorn, me-max, entropy);
+//! - [`ehr`]: EHR fields, the 23 named feature sets and their encoding;
+//! - [`classifier`]: the downstream model (encoder + image and image + EHR heads);
+//! - [`checkpoint`]: the self-describing model file, from and to bytes.
+//!
+//! Tensor shapes are written in each function's docs as `[B, C, H, W]` and the like:
+//! B images, M anchor views per image, D the ViT width, K prototypes.
+
+pub mod checkpoint;
+pub mod classifier;
+pub mod config;
+pub mod ehr;
+pub mod error;
+pub mod heads;
+pub mod loss;
+pub mod masking;
+pub mod msn;
+pub mod vit;
+
+/// The random-number crate this crate's seeded APIs take generators from.
+pub use rand;
+
+pub use checkpoint::{ModelKind, ModelMeta};
+pub use classifier::Classifier;
+pub use config::{MsnConfig, Profile, VitConfig, VitPreset};
+pub use ehr::{EhrRecord, FeatureSet};
+pub use error::{CheckpointError, ConfigError, EhrError, ShapeError};
+pub use msn::{MsnBatch, MultimodalMsn};

@@ -1,0 +1,105 @@
+//! Token masking (patch drop) for the anchor views.
+//!
+//! Each sample keeps its own random subset of floor(N x (1 - ratio)) patch tokens; [CLS] is
+//! always kept by the encoder. Dropped tokens are removed, not replaced by mask tokens.
+//! The subsets are drawn on the host from an explicit seeded RNG, so a run is reproducible
+//! on any backend and the kept patches can be shown (learn mode).
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use rand::Rng;
+use rand::seq::SliceRandom;
+
+/// Patch tokens kept out of `n_patches` at `ratio`: floor(n x (1 - ratio)).
+///
+/// A tolerance of 1e-9 protects exact products (n = 100, ratio 0.15 gives 85, not 84)
+/// from binary rounding.
+pub fn keep_count(n_patches: usize, ratio: f64) -> usize {
+    ((n_patches as f64) * (1.0 - ratio) + 1e-9).floor() as usize
+}
+
+/// The patch tokens each sample of a batch keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenMask {
+    /// Patch tokens per image before masking.
+    pub n_patches: usize,
+    /// For each sample, the kept patch indices in ascending order (all the same length).
+    pub keep: Vec<Vec<u32>>,
+}
+
+impl TokenMask {
+    /// Draws an independent subset for each of `batch` samples.
+    pub fn sample(batch: usize, n_patches: usize, ratio: f64, rng: &mut impl Rng) -> Self {
+        let k = keep_count(n_patches, ratio);
+        let mut order: Vec<u32> = (0..n_patches as u32).collect();
+        let keep = (0..batch)
+            .map(|_| {
+                order.shuffle(rng);
+                let mut kept = order[..k].to_vec();
+                kept.sort_unstable();
+                kept
+            })
+            .collect();
+        Self { n_patches, keep }
+    }
+
+    /// Patches kept per sample.
+    pub fn kept(&self) -> usize {
+        self.keep.first().map_or(0, Vec::len)
+    }
+
+    /// The indices as a `[B, K]` integer tensor for [`crate::vit::VisionTransformer::forward`].
+    pub fn to_tensor(&self, device: &Device) -> Tensor<2, Int> {
+        let b = self.keep.len();
+        let k = self.kept();
+        let flat: Vec<i32> = self.keep.iter().flatten().map(|&i| i as i32).collect();
+        Tensor::from_data(TensorData::new(flat, [b, k]), device)
+    }
+
+    /// This mask repeated for `times` consecutive blocks of views (view-major order).
+    pub fn repeated(&self, times: usize) -> Self {
+        let keep = (0..times).flat_map(|_| self.keep.iter().cloned()).collect();
+        Self {
+            n_patches: self.n_patches,
+            keep,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    #[test]
+    fn keep_count_is_floor_of_the_kept_fraction() {
+        assert_eq!(keep_count(196, 0.15), 166); // 166.6
+        assert_eq!(keep_count(36, 0.15), 30); // 30.6
+        assert_eq!(keep_count(100, 0.15), 85); // exact
+        assert_eq!(keep_count(196, 0.0), 196);
+        assert_eq!(keep_count(196, 0.5), 98);
+    }
+
+    #[test]
+    fn masks_keep_the_right_count_of_distinct_valid_indices_and_differ_across_samples() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let mask = TokenMask::sample(16, 196, 0.15, &mut rng);
+        assert_eq!(mask.keep.len(), 16);
+        for row in &mask.keep {
+            assert_eq!(row.len(), 166);
+            assert!(row.windows(2).all(|w| w[0] < w[1]), "sorted and distinct");
+            assert!(row.iter().all(|&i| (i as usize) < 196));
+        }
+        let distinct: std::collections::HashSet<_> = mask.keep.iter().collect();
+        assert_eq!(distinct.len(), 16, "every sample draws its own subset");
+    }
+
+    #[test]
+    fn same_seed_same_mask() {
+        let a = TokenMask::sample(4, 36, 0.15, &mut StdRng::seed_from_u64(1));
+        let b = TokenMask::sample(4, 36, 0.15, &mut StdRng::seed_from_u64(1));
+        let c = TokenMask::sample(4, 36, 0.15, &mut StdRng::seed_from_u64(2));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
+}

@@ -1,0 +1,327 @@
+//! The multimodal Masked Siamese Network (Shurrab et al. 2024, arXiv 2407.04449): an MSN
+//! whose anchor branch also sees EHR data. Without an EHR branch it is vanilla MSN.
+//!
+//! ```text
+//! target  x_t [B, C, 224, 224]        -> target_vit -> target_head       -> z_t [B, d_out]
+//! anchors x_a [m*B, C, S, S] per size -> mask -> anchor_vit -> v [M*B, D]
+//! EHR     e [B, ehr_in]               -> f_ehr -> repeat M times -> [M*B, ehr_dim]
+//! fused   g(concat(v, e))             -> anchor_head                     -> z_a [M*B, d_out]
+//! loss    msn_loss(z_a, z_t, prototypes)
+//! ```
+//! The target branch is an exponential moving average of the anchor ViT and head
+//! ([`MultimodalMsn::ema_update`]); it never receives a gradient and never sees EHR.
+
+use burn::module::{Initializer, Module, ModuleMapper, ModuleVisitor, Param};
+use burn::tensor::{Device, Tensor};
+use rand::Rng;
+
+use crate::config::{HeadBnGrouping, MaskScope, MsnConfig};
+use crate::error::{ConfigError, ShapeError};
+use crate::heads::{EhrFusion, ProjectionHead};
+use crate::loss::{MsnLossOutput, msn_loss};
+use crate::masking::TokenMask;
+use crate::vit::VisionTransformer;
+
+/// The full pretraining model: anchor branch, EMA target branch and prototypes.
+#[derive(Module, Debug)]
+pub struct MultimodalMsn {
+    /// Anchor (student) encoder; trained.
+    pub anchor_vit: VisionTransformer,
+    /// Anchor projection head h; trained.
+    pub anchor_head: ProjectionHead,
+    /// f_ehr and g; `None` for vanilla MSN.
+    pub ehr: Option<EhrFusion>,
+    /// EMA copy of the anchor encoder; no gradient.
+    pub target_vit: VisionTransformer,
+    /// EMA copy of the anchor head; no gradient.
+    pub target_head: ProjectionHead,
+    /// Prototypes `[K, d_out]`; frozen or learned per the configuration.
+    pub prototypes: Param<Tensor<2>>,
+}
+
+/// One group of anchor views of the same size, view-major: `[m*B, C, S, S]` where rows
+/// `j*B .. (j+1)*B` are view j of images 0..B.
+#[derive(Debug, Clone)]
+pub struct AnchorGroup {
+    /// The views.
+    pub images: Tensor<4>,
+}
+
+/// The inputs of one pretraining step.
+#[derive(Debug, Clone)]
+pub struct MsnBatch {
+    /// Target views `[B, C, 224, 224]`.
+    pub target: Tensor<4>,
+    /// Anchor views grouped by size, larger first (the 224 anchor, then the focal views).
+    pub anchors: Vec<AnchorGroup>,
+    /// Encoded EHR `[B, ehr_in]`; required exactly when the model has an EHR branch.
+    pub ehr: Option<Tensor<2>>,
+}
+
+/// The outputs of the pretraining forward pass.
+#[derive(Debug, Clone)]
+pub struct MsnForward {
+    /// Projected anchors `[M*B, d_out]`, view-major, in the order of the groups.
+    pub anchors: Tensor<2>,
+    /// Projected targets `[B, d_out]`, detached.
+    pub targets: Tensor<2>,
+}
+
+impl MsnConfig {
+    /// Builds the model: random anchor branch, target branch equal to it (with its own
+    /// parameter ids, no gradient), prototypes uniform in +-1/sqrt(d_out) as in MSN.
+    pub fn init(&self, device: &Device) -> Result<MultimodalMsn, ConfigError> {
+        self.validate()?;
+        let anchor_vit = self.vit.init(device);
+        let anchor_head = self.head.init(device);
+        let bound = 1.0 / (self.head.d_out as f64).sqrt();
+        let prototypes = Initializer::Uniform {
+            min: -bound,
+            max: bound,
+        }
+        .init([self.num_prototypes, self.head.d_out], device)
+        .set_require_grad(!self.freeze_prototypes);
+        let mut model = MultimodalMsn {
+            target_vit: self.vit.init(device).no_grad(),
+            target_head: self.head.init(device).no_grad(),
+            anchor_vit,
+            anchor_head,
+            ehr: self.ehr.as_ref().map(|e| e.init(self.vit.dim, device)),
+            prototypes,
+        };
+        model.ema_update(0.0);
+        Ok(model)
+    }
+}
+
+impl MultimodalMsn {
+    /// Checks a batch against the model and the configuration before any work is done.
+    pub fn check_batch(&self, batch: &MsnBatch) -> Result<(), ShapeError> {
+        let mismatch = |what: &str, expected: String, got: String| {
+            Err(ShapeError::Mismatch {
+                what: what.into(),
+                expected,
+                got,
+            })
+        };
+        let tdims = batch.target.dims();
+        self.anchor_vit.check_input(tdims)?;
+        let b = tdims[0];
+        if b == 0 {
+            return mismatch("target batch", "at least one image".into(), "0".into());
+        }
+        if batch.anchors.is_empty() {
+            return mismatch("anchors", "at least one group".into(), "none".into());
+        }
+        for group in &batch.anchors {
+            let dims = group.images.dims();
+            self.anchor_vit.check_input(dims)?;
+            if dims[0] % b != 0 || dims[0] == 0 {
+                return mismatch(
+                    "anchor group",
+                    format!("a positive multiple of the {b} targets"),
+                    format!("{} views", dims[0]),
+                );
+            }
+        }
+        match (&self.ehr, &batch.ehr) {
+            (None, None) => Ok(()),
+            (Some(f), Some(e)) => {
+                let want = [b, f.ehr_in()];
+                if e.dims() != want {
+                    return mismatch("EHR", format!("{want:?}"), format!("{:?}", e.dims()));
+                }
+                Ok(())
+            }
+            (Some(f), None) => mismatch(
+                "EHR",
+                format!("[{b}, {}] (the model has an EHR branch)", f.ehr_in()),
+                "none".into(),
+            ),
+            (None, Some(e)) => mismatch(
+                "EHR",
+                "none (vanilla MSN has no EHR branch)".into(),
+                format!("{:?}", e.dims()),
+            ),
+        }
+    }
+
+    /// Draws the token masks of a batch's anchor groups from `rng`: every group under
+    /// [`MaskScope::AllAnchors`], only the first (224 px) group under
+    /// [`MaskScope::LargeAnchorOnly`], none when the mask ratio is 0.
+    pub fn sample_masks(
+        &self,
+        batch: &MsnBatch,
+        config: &MsnConfig,
+        rng: &mut impl Rng,
+    ) -> Vec<Option<TokenMask>> {
+        batch
+            .anchors
+            .iter()
+            .enumerate()
+            .map(|(i, group)| {
+                let [rows, _, s, _] = group.images.dims();
+                let masked = config.mask_ratio > 0.0
+                    && match config.mask_scope {
+                        MaskScope::AllAnchors => true,
+                        MaskScope::LargeAnchorOnly => i == 0,
+                    };
+                masked.then(|| {
+                    TokenMask::sample(
+                        rows,
+                        self.anchor_vit.patches_for(s),
+                        config.mask_ratio,
+                        rng,
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// The pretraining forward pass (see the module docs) with the given token masks, one
+    /// per anchor group (from [`Self::sample_masks`], or chosen by hand).
+    ///
+    /// With [`HeadBnGrouping::PerViewSize`] the head runs once per group, so BatchNorm
+    /// statistics are per view size; with [`HeadBnGrouping::AllAnchors`] once over all.
+    ///
+    /// # Panics
+    /// On a batch that fails [`Self::check_batch`], or a mask list of another length.
+    pub fn forward_pretrain(
+        &self,
+        batch: MsnBatch,
+        masks: &[Option<TokenMask>],
+        config: &MsnConfig,
+    ) -> MsnForward {
+        if let Err(e) = self.check_batch(&batch) {
+            panic!("invalid MSN batch: {e}");
+        }
+        assert_eq!(
+            masks.len(),
+            batch.anchors.len(),
+            "one mask (or None) per anchor group"
+        );
+        let targets = self
+            .target_head
+            .forward(self.target_vit.forward(batch.target, None))
+            .detach();
+
+        let ehr = batch.ehr;
+        let fused: Vec<Tensor<2>> = batch
+            .anchors
+            .into_iter()
+            .zip(masks)
+            .map(|(group, mask)| {
+                let keep = mask.as_ref().map(|m| m.to_tensor(&group.images.device()));
+                let v = self.anchor_vit.forward(group.images, keep);
+                match (&self.ehr, &ehr) {
+                    (Some(fusion), Some(e)) => fusion.forward(v, e.clone()),
+                    _ => v,
+                }
+            })
+            .collect();
+
+        let anchors = match config.head_bn {
+            HeadBnGrouping::AllAnchors => self.anchor_head.forward(Tensor::cat(fused, 0)),
+            HeadBnGrouping::PerViewSize => Tensor::cat(
+                fused
+                    .into_iter()
+                    .map(|v| self.anchor_head.forward(v))
+                    .collect(),
+                0,
+            ),
+        };
+        MsnForward { anchors, targets }
+    }
+
+    /// The MSN loss of a forward pass.
+    pub fn loss(&self, forward: &MsnForward, config: &MsnConfig) -> MsnLossOutput {
+        msn_loss(
+            forward.anchors.clone(),
+            forward.targets.clone(),
+            self.prototypes.val(),
+            &config.loss,
+        )
+    }
+
+    /// Moves the target branch toward the anchor branch:
+    /// `target <- momentum * target + (1 - momentum) * anchor`, for the parameters of the
+    /// ViT and the projection head (BatchNorm running statistics are the target's own, as
+    /// in MSN). `momentum = 0` copies the anchor. Target parameters keep their ids and
+    /// stay without gradient.
+    pub fn ema_update(&mut self, momentum: f64) {
+        let mut anchor = Collect::default();
+        self.anchor_vit.visit(&mut anchor);
+        self.anchor_head.visit(&mut anchor);
+        let mut mapper = Ema {
+            sources: anchor.tensors.into_iter(),
+            momentum,
+        };
+        take_mut(&mut self.target_vit, |m| m.map(&mut mapper));
+        take_mut(&mut self.target_head, |m| m.map(&mut mapper));
+        assert!(
+            mapper.sources.next().is_none(),
+            "anchor and target branches have different parameter lists"
+        );
+    }
+
+    /// The encoder kept for downstream use: the EMA target ViT.
+    pub fn encoder(&self) -> VisionTransformer {
+        self.target_vit.clone()
+    }
+}
+
+/// Replaces `*slot` by `f(slot)` (modules are moved through `map`).
+fn take_mut<M: Module>(slot: &mut M, f: impl FnOnce(M) -> M) {
+    let current = slot.clone();
+    *slot = f(current);
+}
+
+/// Collects float parameters in visiting order, flattened.
+#[derive(Default)]
+struct Collect {
+    tensors: Vec<Tensor<1>>,
+}
+
+impl ModuleVisitor for Collect {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let value = param.val().detach();
+        let n = value.shape().num_elements();
+        self.tensors.push(value.reshape([n]));
+    }
+}
+
+/// Blends each float parameter with the next collected source tensor.
+struct Ema {
+    sources: std::vec::IntoIter<Tensor<1>>,
+    momentum: f64,
+}
+
+impl ModuleMapper for Ema {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let source = self
+            .sources
+            .next()
+            .expect("anchor and target branches have different parameter lists");
+        let momentum = self.momentum;
+        param
+            .map(move |target| {
+                let shape = target.shape();
+                assert_eq!(
+                    shape.num_elements(),
+                    source.shape().num_elements(),
+                    "anchor and target parameter shapes differ"
+                );
+                let source = source.reshape(shape);
+                let blended = if momentum == 0.0 {
+                    source
+                } else {
+                    target
+                        .detach()
+                        .mul_scalar(momentum)
+                        .add(source.mul_scalar(1.0 - momentum))
+                };
+                blended.detach()
+            })
+            .set_require_grad(false)
+    }
+}

@@ -1,0 +1,326 @@
+//! Vision Transformer (Dosovitskiy et al. 2021, arXiv 2010.11929) as used by DeiT and MSN:
+//! patch 16, pre-norm blocks, exact GELU, qkv with bias, learned [CLS] and position
+//! embedding, final LayerNorm; the output is the [CLS] token after that LayerNorm.
+//!
+//! Two things MSN needs beyond a plain ViT:
+//! - inputs of another size than the learned grid (96 px focal views): the patch part of
+//!   the position embedding is resized bicubically (align-corners false), the [CLS]
+//!   position is kept ([`resize_position_grid`]);
+//! - token masking: a per-sample subset of patch tokens is kept after the position
+//!   embedding is added, and the rest are removed ([`crate::masking`]).
+//!
+//! Parameter names follow timm / DeiT (`patch_embed.proj`, `blocks.N.attn.qkv`, ...), so
+//! PyTorch checkpoints map onto this module tree one to one.
+
+use burn::module::{Initializer, Module, Param};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::module::interpolate;
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+use burn::tensor::{Device, Int, Tensor};
+
+use crate::config::VitConfig;
+use crate::error::ShapeError;
+
+/// Weights are drawn from N(0, 0.02), the DeiT / MSN initialisation (without truncation).
+fn normal_init() -> Initializer {
+    Initializer::Normal {
+        mean: 0.0,
+        std: 0.02,
+    }
+}
+
+fn linear(d_in: usize, d_out: usize, device: &Device) -> Linear {
+    LinearConfig::new(d_in, d_out)
+        .with_initializer(normal_init())
+        .init(device)
+        .zero_bias()
+}
+
+/// Zeroes a freshly initialised bias, as timm does.
+trait ZeroBias {
+    fn zero_bias(self) -> Self;
+}
+
+impl ZeroBias for Linear {
+    fn zero_bias(mut self) -> Self {
+        if let Some(bias) = self.bias.take() {
+            let [n] = bias.lazy_shape().dims();
+            self.bias = Some(Initializer::Zeros.init([n], &bias.lazy_device()));
+        }
+        self
+    }
+}
+
+/// Splits an image into non-overlapping patches and embeds each (a strided convolution).
+#[derive(Module, Debug)]
+pub struct PatchEmbed {
+    /// Conv2d(channels -> D, kernel = stride = patch).
+    pub proj: Conv2d,
+}
+
+/// Multi-head self-attention with a fused qkv projection.
+#[derive(Module, Debug)]
+pub struct Attention {
+    /// Linear(D -> 3D), with bias.
+    pub qkv: Linear,
+    /// Linear(D -> D).
+    pub proj: Linear,
+    /// Number of heads.
+    pub num_heads: usize,
+}
+
+impl Attention {
+    /// `x`: `[B, N, D]` -> (`[B, N, D]`, attention weights `[B, heads, N, N]` when asked).
+    pub fn forward(&self, x: Tensor<3>, keep_weights: bool) -> (Tensor<3>, Option<Tensor<4>>) {
+        let [b, n, d] = x.dims();
+        let h = self.num_heads;
+        let hd = d / h;
+        let qkv = self.qkv.forward(x);
+        let split = |i: usize| {
+            qkv.clone()
+                .narrow(2, i * d, d)
+                .reshape([b, n, h, hd])
+                .swap_dims(1, 2)
+        };
+        let (q, k, v) = (split(0), split(1), split(2));
+        let scale = (hd as f64).powf(-0.5);
+        let weights = softmax(q.mul_scalar(scale).matmul(k.swap_dims(2, 3)), 3);
+        let out = weights
+            .clone()
+            .matmul(v)
+            .swap_dims(1, 2)
+            .reshape([b, n, d]);
+        (self.proj.forward(out), keep_weights.then_some(weights))
+    }
+}
+
+/// The block's feed-forward part: Linear -> GELU (exact) -> Linear.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    /// Linear(D -> mlp_ratio x D).
+    pub fc1: Linear,
+    /// Linear(mlp_ratio x D -> D).
+    pub fc2: Linear,
+}
+
+impl Mlp {
+    /// `[B, N, D]` -> `[B, N, D]`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        self.fc2.forward(gelu(self.fc1.forward(x)))
+    }
+}
+
+/// Pre-norm transformer block: `x + attn(norm1(x))`, then `x + mlp(norm2(x))`.
+#[derive(Module, Debug)]
+pub struct Block {
+    /// LayerNorm before attention.
+    pub norm1: LayerNorm,
+    /// Self-attention.
+    pub attn: Attention,
+    /// LayerNorm before the MLP.
+    pub norm2: LayerNorm,
+    /// Feed-forward.
+    pub mlp: Mlp,
+}
+
+impl Block {
+    /// `[B, N, D]` -> `[B, N, D]`, plus this block's attention weights when asked.
+    pub fn forward(&self, x: Tensor<3>, keep_weights: bool) -> (Tensor<3>, Option<Tensor<4>>) {
+        let (a, weights) = self.attn.forward(self.norm1.forward(x.clone()), keep_weights);
+        let x = x + a;
+        let x = x.clone() + self.mlp.forward(self.norm2.forward(x));
+        (x, weights)
+    }
+}
+
+/// The ViT image encoder.
+#[derive(Module, Debug)]
+pub struct VisionTransformer {
+    /// Patch embedding.
+    pub patch_embed: PatchEmbed,
+    /// Learned [CLS] token, `[1, 1, D]`.
+    pub cls_token: Param<Tensor<3>>,
+    /// Learned position embedding for the configured grid, `[1, 1 + G*G, D]`.
+    pub pos_embed: Param<Tensor<3>>,
+    /// Transformer blocks.
+    pub blocks: Vec<Block>,
+    /// Final LayerNorm.
+    pub norm: LayerNorm,
+    /// Patch side in pixels.
+    pub patch_size: usize,
+    /// Input channels.
+    pub channels: usize,
+}
+
+/// What [`VisionTransformer::forward_detailed`] returns.
+#[derive(Debug, Clone)]
+pub struct VitOutput {
+    /// [CLS] after the final LayerNorm, `[B, D]`.
+    pub cls: Tensor<2>,
+    /// Every token after the final LayerNorm, `[B, 1 + kept patches, D]` ([CLS] first).
+    pub tokens: Tensor<3>,
+    /// Attention weights of each block, `[B, heads, T, T]` with T = 1 + kept patches;
+    /// empty unless asked for.
+    pub attention: Vec<Tensor<4>>,
+}
+
+impl VitConfig {
+    /// Builds the encoder with DeiT initialisation (N(0, 0.02) weights, zero biases).
+    pub fn init(&self, device: &Device) -> VisionTransformer {
+        let d = self.dim;
+        let g = self.grid();
+        let proj = Conv2dConfig::new([self.channels, d], [self.patch_size, self.patch_size])
+            .with_stride([self.patch_size, self.patch_size])
+            .init(device);
+        let ln = || {
+            LayerNormConfig::new(d)
+                .with_epsilon(self.layer_norm_eps)
+                .init(device)
+        };
+        let blocks = (0..self.depth)
+            .map(|_| Block {
+                norm1: ln(),
+                attn: Attention {
+                    qkv: linear(d, 3 * d, device),
+                    proj: linear(d, d, device),
+                    num_heads: self.heads,
+                },
+                norm2: ln(),
+                mlp: Mlp {
+                    fc1: linear(d, self.mlp_ratio * d, device),
+                    fc2: linear(self.mlp_ratio * d, d, device),
+                },
+            })
+            .collect();
+        VisionTransformer {
+            patch_embed: PatchEmbed { proj },
+            cls_token: normal_init().init([1, 1, d], device),
+            pos_embed: normal_init().init([1, 1 + g * g, d], device),
+            blocks,
+            norm: ln(),
+            patch_size: self.patch_size,
+            channels: self.channels,
+        }
+    }
+}
+
+impl VisionTransformer {
+    /// Token width D.
+    pub fn dim(&self) -> usize {
+        self.cls_token.lazy_shape().dims::<3>()[2]
+    }
+
+    /// Side of the learned position grid.
+    pub fn grid(&self) -> usize {
+        let n = self.pos_embed.lazy_shape().dims::<3>()[1] - 1;
+        (n as f64).sqrt().round() as usize
+    }
+
+    /// Patch tokens of a square input of side `image_size`.
+    pub fn patches_for(&self, image_size: usize) -> usize {
+        let g = image_size / self.patch_size;
+        g * g
+    }
+
+    /// Checks an input batch `[B, C, H, W]` against the model.
+    pub fn check_input(&self, dims: [usize; 4]) -> Result<(), ShapeError> {
+        let [_, c, h, w] = dims;
+        if c != self.channels || h != w || h == 0 || h % self.patch_size != 0 {
+            return Err(ShapeError::Mismatch {
+                what: "ViT input".into(),
+                expected: format!(
+                    "[B, {}, S, S] with S a positive multiple of {}",
+                    self.channels, self.patch_size
+                ),
+                got: format!("{dims:?}"),
+            });
+        }
+        Ok(())
+    }
+
+    /// [CLS] embeddings `[B, D]` of images `[B, C, S, S]`.
+    ///
+    /// `keep`: optional `[B, K]` indices (in `0..N`, N = (S/16)^2) of the patch tokens each
+    /// sample keeps; the rest are dropped. [CLS] is always kept.
+    ///
+    /// # Panics
+    /// On inputs that fail [`Self::check_input`]; call it first on untrusted shapes.
+    pub fn forward(&self, images: Tensor<4>, keep: Option<Tensor<2, Int>>) -> Tensor<2> {
+        self.forward_detailed(images, keep, false).cls
+    }
+
+    /// Like [`Self::forward`], returning every token and, when `attention` is true, the
+    /// attention weights of every block (for explanation maps).
+    pub fn forward_detailed(
+        &self,
+        images: Tensor<4>,
+        keep: Option<Tensor<2, Int>>,
+        attention: bool,
+    ) -> VitOutput {
+        let [b, _, s, _] = images.dims();
+        let d = self.dim();
+        let g = s / self.patch_size;
+
+        // [B, D, g, g] -> [B, g*g, D]
+        let patches = self
+            .patch_embed
+            .proj
+            .forward(images)
+            .flatten::<3>(2, 3)
+            .swap_dims(1, 2);
+        let pos = resize_position_grid(self.pos_embed.val(), g);
+        let patches = patches + pos.clone().narrow(1, 1, g * g);
+        let patches = match keep {
+            Some(keep) => {
+                let [kb, _] = keep.dims();
+                assert_eq!(kb, b, "keep indices must have one row per image");
+                let index = keep.unsqueeze_dim::<3>(2).repeat_dim(2, d);
+                patches.gather(1, index)
+            }
+            None => patches,
+        };
+        let cls = (self.cls_token.val() + pos.narrow(1, 0, 1)).repeat_dim(0, b);
+        let mut x = Tensor::cat(vec![cls, patches], 1);
+
+        let mut weights = Vec::new();
+        for block in &self.blocks {
+            let (next, w) = block.forward(x, attention);
+            x = next;
+            weights.extend(w);
+        }
+        let tokens = self.norm.forward(x);
+        let cls = tokens.clone().narrow(1, 0, 1).reshape([b, d]);
+        VitOutput {
+            cls,
+            tokens,
+            attention: weights,
+        }
+    }
+}
+
+/// Resizes the patch part of a position embedding `[1, 1 + G*G, D]` to a `grid x grid`
+/// layout by bicubic interpolation (align-corners false, as PyTorch's
+/// `F.interpolate(..., mode="bicubic")`), keeping the [CLS] position as is.
+/// Returns `[1, 1 + grid*grid, D]`; the input itself when the grid already matches.
+pub fn resize_position_grid(pos: Tensor<3>, grid: usize) -> Tensor<3> {
+    let [one, n, d] = pos.dims();
+    let g = ((n - 1) as f64).sqrt().round() as usize;
+    assert_eq!(g * g + 1, n, "position embedding must hold [CLS] + a square grid");
+    if g == grid {
+        return pos;
+    }
+    let cls = pos.clone().narrow(1, 0, 1);
+    let patch_grid = pos
+        .narrow(1, 1, g * g)
+        .reshape([one, g, g, d])
+        .permute([0, 3, 1, 2]);
+    let options = InterpolateOptions::new(InterpolateMode::Bicubic)
+        .with_align_corners(false)
+        .with_output_size([grid, grid]);
+    let resized = interpolate(patch_grid, options)
+        .permute([0, 2, 3, 1])
+        .reshape([one, grid * grid, d]);
+    Tensor::cat(vec![cls, resized], 1)
+}
