@@ -138,7 +138,9 @@ pub fn write_model<M: Module>(module: &M, meta: &ModelMeta) -> Result<Vec<u8>, C
         .metadata(KEY_FORMAT, FORMAT_NAME)
         .metadata(KEY_VERSION, FORMAT_VERSION.to_string())
         .metadata(KEY_META, json);
+    // `valid()` settles pending BatchNorm running-statistics updates and drops autodiff.
     module
+        .valid()
         .save_into(&mut store)
         .map_err(|e| CheckpointError::Write(e.to_string()))?;
     store

@@ -58,12 +58,7 @@ impl Classifier {
 
     /// A classifier with a random encoder (the "random initialisation" baseline, and the
     /// skeleton a model file is loaded into).
-    pub fn init(
-        vit: &VitConfig,
-        labels: usize,
-        ehr: Option<&EhrConfig>,
-        device: &Device,
-    ) -> Self {
+    pub fn init(vit: &VitConfig, labels: usize, ehr: Option<&EhrConfig>, device: &Device) -> Self {
         Self::new(vit.init(device), labels, ehr.map(|e| (e, None)), device)
     }
 

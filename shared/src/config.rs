@@ -516,7 +516,10 @@ impl MsnConfig {
             return bad("head widths and num_prototypes must be positive".into());
         }
         if !(0.0..1.0).contains(&self.mask_ratio) {
-            return bad(format!("mask_ratio must be in [0, 1), got {}", self.mask_ratio));
+            return bad(format!(
+                "mask_ratio must be in [0, 1), got {}",
+                self.mask_ratio
+            ));
         }
         if !(self.loss.temperature > 0.0 && self.loss.sharpen_temperature > 0.0) {
             return bad("loss temperatures must be positive".into());

@@ -425,10 +425,13 @@ mod tests {
 
     #[test]
     fn encoding_of_all_matches_a_hand_derived_vector() {
-        let v = FeatureSet::from_name("all").unwrap().encode(&full_record()).unwrap();
+        let v = FeatureSet::from_name("all")
+            .unwrap()
+            .encode(&full_record())
+            .unwrap();
         let age_norm = (67.0 - 16.0) / 84.0;
         let expected = [
-            0.0, 1.0, // female
+            0.0, 1.0,      // female
             age_norm, // age
             0.0, 0.0, 1.0, 0.0, // AP
             0.0, 1.0, // recumbent
@@ -480,7 +483,10 @@ mod tests {
     fn bad_names_and_records_give_clear_errors() {
         let err = FeatureSet::from_name("sex+weight").unwrap_err().to_string();
         assert!(err.contains("'weight'"), "{err}");
-        assert!(FeatureSet::from_name("demographic+age5").is_err(), "two ages");
+        assert!(
+            FeatureSet::from_name("demographic+age5").is_err(),
+            "two ages"
+        );
         assert!(FeatureSet::from_name("sex+sex").is_err());
         assert!(FeatureSet::from_name("scan-age5").is_err());
         let set = FeatureSet::from_name("demographic").unwrap();
@@ -491,7 +497,10 @@ mod tests {
             })
             .unwrap_err()
             .to_string();
-        assert!(err.contains("'age'") && err.contains("demographic"), "{err}");
+        assert!(
+            err.contains("'age'") && err.contains("demographic"),
+            "{err}"
+        );
         let err = set
             .encode(&EhrRecord {
                 sex: Some(Sex::Male),
@@ -501,7 +510,10 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, EhrError::InvalidValue { .. }));
         assert!(Sex::parse("X").is_err());
-        assert_eq!(ViewPosition::parse("lateral").unwrap(), ViewPosition::Lateral);
+        assert_eq!(
+            ViewPosition::parse("lateral").unwrap(),
+            ViewPosition::Lateral
+        );
         assert_eq!(Orientation::parse("ERECT").unwrap(), Orientation::Erect);
     }
 

@@ -94,7 +94,9 @@ pub enum CheckpointError {
     )]
     NotOurFormat(&'static str),
     /// Written by a newer (or unknown) version of the format.
-    #[error("model file format version {found} is not supported (this build reads version {supported})")]
+    #[error(
+        "model file format version {found} is not supported (this build reads version {supported})"
+    )]
     UnsupportedVersion {
         /// Version in the file.
         found: String,

@@ -4,6 +4,7 @@
 use burn::module::{Initializer, Module};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::gelu;
+use burn::tensor::module::{batch_norm, batch_norm_train};
 use burn::tensor::{Device, Tensor};
 
 use crate::config::{EhrConfig, HeadConfig};
@@ -29,11 +30,46 @@ fn torch_default_linear(d_in: usize, d_out: usize, device: &Device) -> Linear {
     LinearConfig::new(d_in, d_out).init(device)
 }
 
+/// BatchNorm1d with PyTorch's semantics, on burn-nn's parameters and running statistics.
+///
+/// Training mode (input on an autodiff device and the layer's training flag on, as in both
+/// branches during pretraining): normalise with the batch mean and biased variance, and
+/// update the running statistics with the *unbiased* batch variance, as PyTorch does
+/// (burn-nn's own forward uses the biased one). Otherwise: normalise with the running
+/// statistics. `x`: `[N, C]` -> `[N, C]`.
+pub fn batch_norm_1d(bn: &BatchNorm, x: Tensor<2>) -> Tensor<2> {
+    if !(x.device().is_autodiff() && bn.training.is_enabled()) {
+        return batch_norm(
+            x.clone(),
+            bn.gamma.val(),
+            bn.beta.val(),
+            bn.running_mean.value().to_device(&x.device()),
+            bn.running_var.value().to_device(&x.device()),
+            bn.epsilon,
+        );
+    }
+    let [n, _] = x.dims();
+    let device = x.device();
+    let out = batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon);
+    let m = bn.momentum;
+    let unbias = if n > 1 {
+        n as f64 / (n - 1) as f64
+    } else {
+        1.0
+    };
+    let mean = bn.running_mean.value_sync().to_device(&device);
+    let var = bn.running_var.value_sync().to_device(&device);
+    let mean = mean.mul_scalar(1.0 - m) + out.mean.detach().mul_scalar(m);
+    let var = var.mul_scalar(1.0 - m) + out.variance.detach().mul_scalar(m * unbias);
+    bn.running_mean.update(mean.detach());
+    bn.running_var.update(var.detach());
+    out.output
+}
+
 /// MSN projection head h: Linear -> BN -> GELU -> Linear -> BN -> GELU -> Linear.
 ///
-/// BatchNorm uses batch statistics whenever the input is on an autodiff device and the
-/// module is in training mode (both branches during pretraining, as in PyTorch's
-/// `train()`), and its running statistics otherwise.
+/// BatchNorm follows [`batch_norm_1d`]: batch statistics in training mode (both branches
+/// during pretraining), running statistics otherwise.
 #[derive(Module, Debug)]
 pub struct ProjectionHead {
     /// Linear(d_in -> hidden).
@@ -70,8 +106,8 @@ impl HeadConfig {
 impl ProjectionHead {
     /// `[N, d_in]` -> `[N, d_out]`. Batch statistics (training) are over the N rows.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let x = gelu(self.bn1.forward(self.fc1.forward(x)));
-        let x = gelu(self.bn2.forward(self.fc2.forward(x)));
+        let x = gelu(batch_norm_1d(&self.bn1, self.fc1.forward(x)));
+        let x = gelu(batch_norm_1d(&self.bn2, self.fc2.forward(x)));
         self.fc3.forward(x)
     }
 }

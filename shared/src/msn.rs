@@ -167,12 +167,7 @@ impl MultimodalMsn {
                         MaskScope::LargeAnchorOnly => i == 0,
                     };
                 masked.then(|| {
-                    TokenMask::sample(
-                        rows,
-                        self.anchor_vit.patches_for(s),
-                        config.mask_ratio,
-                        rng,
-                    )
+                    TokenMask::sample(rows, self.anchor_vit.patches_for(s), config.mask_ratio, rng)
                 })
             })
             .collect()
@@ -255,6 +250,7 @@ impl MultimodalMsn {
         let mut mapper = Ema {
             sources: anchor.tensors.into_iter(),
             momentum,
+            field: Vec::new(),
         };
         take_mut(&mut self.target_vit, |m| m.map(&mut mapper));
         take_mut(&mut self.target_head, |m| m.map(&mut mapper));
@@ -276,14 +272,32 @@ fn take_mut<M: Module>(slot: &mut M, f: impl FnOnce(M) -> M) {
     *slot = f(current);
 }
 
+/// BatchNorm running statistics are visited like parameters but are buffers: the EMA
+/// leaves them alone (each branch keeps its own, as in MSN).
+fn is_running_statistic(field: Option<&str>) -> bool {
+    matches!(field, Some("running_mean" | "running_var"))
+}
+
 /// Collects float parameters in visiting order, flattened.
 #[derive(Default)]
 struct Collect {
     tensors: Vec<Tensor<1>>,
+    field: Vec<String>,
 }
 
 impl ModuleVisitor for Collect {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.field.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.field.pop();
+    }
+
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if is_running_statistic(self.field.last().map(String::as_str)) {
+            return;
+        }
         let value = param.val().detach();
         let n = value.shape().num_elements();
         self.tensors.push(value.reshape([n]));
@@ -294,10 +308,22 @@ impl ModuleVisitor for Collect {
 struct Ema {
     sources: std::vec::IntoIter<Tensor<1>>,
     momentum: f64,
+    field: Vec<String>,
 }
 
 impl ModuleMapper for Ema {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.field.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.field.pop();
+    }
+
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if is_running_statistic(self.field.last().map(String::as_str)) {
+            return param;
+        }
         let source = self
             .sources
             .next()

@@ -87,11 +87,7 @@ impl Attention {
         let (q, k, v) = (split(0), split(1), split(2));
         let scale = (hd as f64).powf(-0.5);
         let weights = softmax(q.mul_scalar(scale).matmul(k.swap_dims(2, 3)), 3);
-        let out = weights
-            .clone()
-            .matmul(v)
-            .swap_dims(1, 2)
-            .reshape([b, n, d]);
+        let out = weights.clone().matmul(v).swap_dims(1, 2).reshape([b, n, d]);
         (self.proj.forward(out), keep_weights.then_some(weights))
     }
 }
@@ -128,7 +124,9 @@ pub struct Block {
 impl Block {
     /// `[B, N, D]` -> `[B, N, D]`, plus this block's attention weights when asked.
     pub fn forward(&self, x: Tensor<3>, keep_weights: bool) -> (Tensor<3>, Option<Tensor<4>>) {
-        let (a, weights) = self.attn.forward(self.norm1.forward(x.clone()), keep_weights);
+        let (a, weights) = self
+            .attn
+            .forward(self.norm1.forward(x.clone()), keep_weights);
         let x = x + a;
         let x = x.clone() + self.mlp.forward(self.norm2.forward(x));
         (x, weights)
@@ -307,7 +305,11 @@ impl VisionTransformer {
 pub fn resize_position_grid(pos: Tensor<3>, grid: usize) -> Tensor<3> {
     let [one, n, d] = pos.dims();
     let g = ((n - 1) as f64).sqrt().round() as usize;
-    assert_eq!(g * g + 1, n, "position embedding must hold [CLS] + a square grid");
+    assert_eq!(
+        g * g + 1,
+        n,
+        "position embedding must hold [CLS] + a square grid"
+    );
     if g == grid {
         return pos;
     }

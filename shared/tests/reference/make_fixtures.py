@@ -315,8 +315,9 @@ def head_fixture(name, d_in, hidden, d_out, bias_before_bn):
 def msn_fixture(vit, head, u224):
     """One pretraining forward of the multimodal MSN, paper profile, with explicit masks.
     Anchor and target branches both hold `vit` and `head` (as right after initialisation);
-    the target images are vit_io's images224."""
-    d, ehr_in, ehr_dim, k, b, focal = 48, 13, 8, 32, 2, 2
+    the target images are vit_io's images224 followed by two more (B = 4: a batch of two
+    makes BatchNorm statistics too ill-conditioned for a 1e-5 comparison)."""
+    d, ehr_in, ehr_dim, k, b, focal = 48, 13, 8, 32, 4, 2
     f_ehr = nn.Linear(ehr_in, ehr_dim)
     g = nn.Linear(d + ehr_dim, d)
     bound = 1.0 / math.sqrt(d)
@@ -327,13 +328,18 @@ def msn_fixture(vit, head, u224):
     weights["prototypes"] = prototypes.clone()
     write("msn_weights.safetensors", weights)
 
-    target_u8 = u224
+    extra_u8 = torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8)
+    target_u8 = torch.cat([u224, extra_u8], dim=0)
     focal_u8 = torch.randint(0, 256, (focal * b, 3, 96, 96), dtype=torch.uint8)
     ehr = torch.zeros(b, ehr_in)
     ehr[0, [1, 3, 6, 8, 10]] = 1.0  # a hand-made "all" encoding per image
     ehr[0, 2] = 0.6
     ehr[1, [0, 4, 7, 9, 12]] = 1.0
     ehr[1, 2] = 0.3
+    ehr[2, [0, 3, 5, 8, 11]] = 1.0
+    ehr[2, 2] = 0.9
+    ehr[3, [1, 6, 7, 9, 12]] = 1.0
+    ehr[3, 2] = 0.1
     keep224 = random_keep(b, 196, 0.15)
     keep96 = random_keep(focal * b, 36, 0.15)
 
@@ -349,6 +355,7 @@ def msn_fixture(vit, head, u224):
     write(
         "msn_io.safetensors",
         {
+            "extra_target_images": extra_u8,
             "focal_images": focal_u8,
             "ehr": ehr,
             "keep224": keep224,
