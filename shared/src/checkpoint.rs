@@ -113,7 +113,12 @@ impl ModelMeta {
                 self.normalization.std.len()
             ));
         }
-        if self.normalization.std.iter().any(|s| !(*s > 0.0)) {
+        if self
+            .normalization
+            .std
+            .iter()
+            .any(|s| !s.is_finite() || *s <= 0.0)
+        {
             return bad("normalization std values must be positive".into());
         }
         if self.kind == ModelKind::Classifier && self.labels.is_empty() {
@@ -125,6 +130,62 @@ impl ModelMeta {
                 self.operating_points.len(),
                 self.labels.len()
             ));
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for ModelMeta {
+    /// A human-readable summary (what `cxr-msn inspect` prints).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let c = &self.config;
+        let v = &c.vit;
+        writeln!(f, "kind:            {}", self.kind.name())?;
+        writeln!(f, "format version:  {}", self.format_version)?;
+        writeln!(f, "profile:         {}", c.profile.name())?;
+        writeln!(
+            f,
+            "encoder:         ViT D={} depth={} heads={} patch={} input {}x{} px, {} channel(s)",
+            v.dim, v.depth, v.heads, v.patch_size, v.image_size, v.image_size, v.channels
+        )?;
+        writeln!(
+            f,
+            "normalisation:   mean {:?} std {:?}",
+            self.normalization.mean, self.normalization.std
+        )?;
+        match &c.ehr {
+            Some(e) => writeln!(
+                f,
+                "EHR:             {} ({} values: {})",
+                e.feature_set.name(),
+                e.feature_set.width(),
+                e.feature_set.columns().join(", ")
+            )?,
+            None => writeln!(f, "EHR:             none (image only)")?,
+        }
+        if self.kind == ModelKind::Pretraining {
+            writeln!(
+                f,
+                "prototypes:      {} ({})",
+                c.num_prototypes,
+                if c.freeze_prototypes {
+                    "frozen"
+                } else {
+                    "learned"
+                }
+            )?;
+        }
+        if !self.labels.is_empty() {
+            writeln!(f, "labels:          {}", self.labels.len())?;
+            for (i, label) in self.labels.iter().enumerate() {
+                match self.operating_points.get(i) {
+                    Some(t) => writeln!(f, "  {i:2} {label} (threshold {t})")?,
+                    None => writeln!(f, "  {i:2} {label}")?,
+                }
+            }
+        }
+        for (key, value) in &self.training {
+            writeln!(f, "training.{key}: {value}")?;
         }
         Ok(())
     }

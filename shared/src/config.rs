@@ -112,13 +112,13 @@ impl VitConfig {
         if self.channels != 1 && self.channels != 3 {
             return bad(&format!("channels must be 1 or 3, got {}", self.channels));
         }
-        if self.patch_size == 0 || self.image_size % self.patch_size != 0 {
+        if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
             return bad(&format!(
                 "image_size {} must be a positive multiple of patch_size {}",
                 self.image_size, self.patch_size
             ));
         }
-        if self.heads == 0 || self.dim % self.heads != 0 {
+        if self.heads == 0 || !self.dim.is_multiple_of(self.heads) {
             return bad(&format!(
                 "heads ({}) must divide dim ({})",
                 self.heads, self.dim

@@ -1,1 +1,130 @@
-fn main() {}
+//! `cxr-msn`: the command-line tool of the project.
+//!
+//! This first version describes what the model crate offers (`info`) and reads model
+//! files (`inspect`). Pretraining, probing, fine-tuning, evaluation and export arrive as
+//! further subcommands with the trainer issue.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use cxr_msn::checkpoint::read_meta;
+use cxr_msn::config::{MsnConfig, Profile, VitConfig, VitPreset};
+use cxr_msn::ehr::FeatureSet;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cxr-msn",
+    version,
+    about = "Multimodal Masked Siamese Networks for chest X-rays"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List the ViT presets, the two pretraining profiles and the 23 EHR feature sets.
+    ///
+    /// Example: cxr-msn info
+    Info,
+    /// Print what a model file holds: kind, architecture, profile, EHR features, labels.
+    ///
+    /// Example: cxr-msn inspect runs/tiny/model.safetensors
+    Inspect {
+        /// A model file written by cxr-msn (safetensors with cxr-msn metadata).
+        file: PathBuf,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Info => {
+            print!("{}", info());
+            Ok(())
+        }
+        Command::Inspect { file } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let meta = read_meta(&bytes).with_context(|| format!("{}", file.display()))?;
+            println!("{}", file.display());
+            print!("{meta}");
+            Ok(())
+        }
+    }
+}
+
+fn info() -> String {
+    let mut out = String::from("ViT presets (patch 16, 12 blocks, 224 px grid):\n");
+    for preset in VitPreset::ALL {
+        let v = VitConfig::preset(preset, 3);
+        out += &format!("  {:8} D={:3}  heads={:2}\n", preset.name(), v.dim, v.heads);
+    }
+    out += "\nProfiles:\n";
+    for profile in [Profile::Paper, Profile::Msn] {
+        let c = MsnConfig::for_profile(profile, VitPreset::Tiny);
+        out += &format!(
+            "  {:6} head D->{}->{}->{} (bias before BN: {}), {} prototypes {}, mask {} on {:?}, \
+             head BN {:?}, EMA {}->{} {:?}, batch {} x {} epochs, {:?}\n",
+            profile.name(),
+            c.head.hidden,
+            c.head.hidden,
+            if profile == Profile::Paper {
+                "D".to_string()
+            } else {
+                c.head.d_out.to_string()
+            },
+            c.head.bias_before_bn,
+            c.num_prototypes,
+            if c.freeze_prototypes {
+                "frozen"
+            } else {
+                "learned"
+            },
+            c.mask_ratio,
+            c.mask_scope,
+            c.head_bn,
+            c.ema.base_momentum,
+            c.ema.final_momentum,
+            c.ema.timing,
+            c.optim.batch_size,
+            c.optim.epochs,
+            c.optim.precision,
+        );
+    }
+    out += "\nEHR feature sets (--ehr NAME; fields may also be joined with '+'):\n";
+    for name in FeatureSet::NAMED {
+        let set = FeatureSet::from_name(name).expect("named sets parse");
+        out += &format!("  {:28} {:2} values\n", name, set.width());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_lists_every_preset_profile_and_feature_set() {
+        let text = info();
+        for name in [
+            "tiny",
+            "tiny-3h",
+            "small",
+            "base",
+            "paper",
+            "msn",
+            "all-age10",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+        assert_eq!(text.matches(" values\n").count(), 23);
+    }
+
+    #[test]
+    fn the_cli_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -177,8 +177,9 @@ pub fn assert_close(what: &str, actual: &[f32], expected: &[f32], tol: f32) {
     let mut worst = (0usize, 0.0f32);
     for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
         let err = (a - e).abs() / e.abs().max(1.0);
-        if !(err <= worst.1) {
-            worst = (i, if err.is_nan() { f32::INFINITY } else { err });
+        let err = if err.is_nan() { f32::INFINITY } else { err };
+        if err > worst.1 {
+            worst = (i, err);
         }
     }
     let (i, err) = worst;
