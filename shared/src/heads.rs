@@ -1,34 +1,14 @@
 //! Heads on top of the encoder: the MSN projection head h, the EHR fusion of the anchor
 //! branch (f_ehr and g), and the downstream classifier heads.
 
-use burn::module::{Initializer, Module};
-use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig};
+use burn::module::Module;
+use burn::nn::{BatchNorm, BatchNormConfig, Linear};
 use burn::tensor::activation::gelu;
 use burn::tensor::module::{batch_norm, batch_norm_train};
 use burn::tensor::{Device, Tensor};
 
 use crate::config::{EhrConfig, HeadConfig};
-
-fn linear(d_in: usize, d_out: usize, bias: bool, device: &Device) -> Linear {
-    // N(0, 0.02) weights and zero biases, as MSN's trunc_normal_ initialisation.
-    let mut layer = LinearConfig::new(d_in, d_out)
-        .with_bias(bias)
-        .with_initializer(Initializer::Normal {
-            mean: 0.0,
-            std: 0.02,
-        })
-        .init(device);
-    if bias {
-        layer.bias = Some(Initializer::Zeros.init([d_out], device));
-    }
-    layer
-}
-
-/// PyTorch's default Linear initialisation (Kaiming-uniform weights, uniform bias), used
-/// for the small EHR and classifier layers as the authors' code leaves them at default.
-fn torch_default_linear(d_in: usize, d_out: usize, device: &Device) -> Linear {
-    LinearConfig::new(d_in, d_out).init(device)
-}
+use crate::init::{deit_linear, torch_default_linear};
 
 /// BatchNorm1d with PyTorch's semantics, on burn-nn's parameters and running statistics.
 ///
@@ -94,11 +74,11 @@ impl HeadConfig {
                 .init(device)
         };
         ProjectionHead {
-            fc1: linear(self.d_in, self.hidden, self.bias_before_bn, device),
+            fc1: deit_linear(self.d_in, self.hidden, self.bias_before_bn, device),
             bn1: bn(),
-            fc2: linear(self.hidden, self.hidden, self.bias_before_bn, device),
+            fc2: deit_linear(self.hidden, self.hidden, self.bias_before_bn, device),
             bn2: bn(),
-            fc3: linear(self.hidden, self.d_out, true, device),
+            fc3: deit_linear(self.hidden, self.d_out, true, device),
         }
     }
 }

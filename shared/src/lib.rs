@@ -26,6 +26,7 @@ pub mod config;
 pub mod ehr;
 pub mod error;
 pub mod heads;
+mod init;
 pub mod loss;
 pub mod masking;
 pub mod msn;

@@ -4,8 +4,8 @@
 //! `CE + me_max_weight * L_me + entropy_weight * H_anchor`. The target side carries no
 //! gradient. Everything is computed in f32.
 
-use burn::tensor::Tensor;
 use burn::tensor::activation::{log_softmax, softmax};
+use burn::tensor::{FloatDType, Tensor};
 
 use crate::config::LossConfig;
 
@@ -84,6 +84,12 @@ pub fn msn_loss(
         "{rows} anchors cannot be split into views of {b} targets"
     );
     let views = rows / b;
+    // The loss is computed in f32 whatever precision the model runs in.
+    let (anchors, targets, prototypes) = (
+        anchors.cast(FloatDType::F32),
+        targets.cast(FloatDType::F32),
+        prototypes.cast(FloatDType::F32),
+    );
 
     let protos = l2_normalize(prototypes);
     let anchor_logits = l2_normalize(anchors)

@@ -9,6 +9,8 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::Rng;
 use rand::seq::SliceRandom;
 
+use crate::error::ShapeError;
+
 /// Patch tokens kept out of `n_patches` at `ratio`: floor(n x (1 - ratio)).
 ///
 /// A tolerance of 1e-9 protects exact products (n = 100, ratio 0.15 gives 85, not 84)
@@ -40,6 +42,43 @@ impl TokenMask {
             })
             .collect();
         Self { n_patches, keep }
+    }
+
+    /// Checks that this mask fits `rows` views of `n_patches` patches each: one row per
+    /// view, equal lengths, indices in range and distinct.
+    pub fn check(&self, rows: usize, n_patches: usize) -> Result<(), ShapeError> {
+        let bad = |expected: String, got: String| {
+            Err(ShapeError::Mismatch {
+                what: "token mask".into(),
+                expected,
+                got,
+            })
+        };
+        if self.n_patches != n_patches || self.keep.len() != rows {
+            return bad(
+                format!("{rows} rows over {n_patches} patches"),
+                format!("{} rows over {} patches", self.keep.len(), self.n_patches),
+            );
+        }
+        let k = self.kept();
+        for (i, row) in self.keep.iter().enumerate() {
+            let mut sorted = row.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            if row.len() != k
+                || sorted.len() != k
+                || sorted.last().is_some_and(|&j| j as usize >= n_patches)
+            {
+                return bad(
+                    format!("{k} distinct indices below {n_patches} in every row"),
+                    format!("row {i}: {row:?}"),
+                );
+            }
+        }
+        if k == 0 {
+            return bad("at least one kept patch".into(), "none".into());
+        }
+        Ok(())
     }
 
     /// Patches kept per sample.
@@ -92,6 +131,24 @@ mod tests {
         }
         let distinct: std::collections::HashSet<_> = mask.keep.iter().collect();
         assert_eq!(distinct.len(), 16, "every sample draws its own subset");
+    }
+
+    #[test]
+    fn malformed_masks_are_rejected() {
+        let mask = TokenMask::sample(2, 36, 0.15, &mut StdRng::seed_from_u64(1));
+        assert!(mask.check(2, 36).is_ok());
+        assert!(mask.check(3, 36).is_err(), "row count");
+        assert!(mask.check(2, 196).is_err(), "patch count");
+        let mut bad = mask.clone();
+        bad.keep[1][0] = 36;
+        bad.keep[1].sort_unstable();
+        assert!(bad.check(2, 36).is_err(), "index out of range");
+        let mut dup = mask.clone();
+        dup.keep[0][1] = dup.keep[0][0];
+        assert!(dup.check(2, 36).is_err(), "repeated index");
+        let mut short = mask;
+        short.keep[0].pop();
+        assert!(short.check(2, 36).is_err(), "ragged rows");
     }
 
     #[test]

@@ -70,6 +70,8 @@ pub struct MsnForward {
 impl MsnConfig {
     /// Builds the model: random anchor branch, target branch equal to it (with its own
     /// parameter ids, no gradient), prototypes uniform in +-1/sqrt(d_out) as in MSN.
+    /// Random values come from the device's generator: call `device.seed(seed)` first for
+    /// a reproducible initialisation.
     pub fn init(&self, device: &Device) -> Result<MultimodalMsn, ConfigError> {
         self.validate()?;
         let anchor_vit = self.vit.init(device);
@@ -146,6 +148,32 @@ impl MultimodalMsn {
         }
     }
 
+    /// Checks hand-made masks against a batch: one entry per anchor group, each fitting its
+    /// group's views and patch count.
+    pub fn check_masks(
+        &self,
+        batch: &MsnBatch,
+        masks: &[Option<TokenMask>],
+    ) -> Result<(), ShapeError> {
+        if masks.len() != batch.anchors.len() {
+            return Err(ShapeError::Mismatch {
+                what: "token masks".into(),
+                expected: format!(
+                    "one entry (or None) per anchor group: {}",
+                    batch.anchors.len()
+                ),
+                got: masks.len().to_string(),
+            });
+        }
+        for (group, mask) in batch.anchors.iter().zip(masks) {
+            if let Some(mask) = mask {
+                let [rows, _, s, _] = group.images.dims();
+                mask.check(rows, self.anchor_vit.patches_for(s))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Draws the token masks of a batch's anchor groups from `rng`: every group under
     /// [`MaskScope::AllAnchors`], only the first (224 px) group under
     /// [`MaskScope::LargeAnchorOnly`], none when the mask ratio is 0.
@@ -180,21 +208,19 @@ impl MultimodalMsn {
     /// statistics are per view size; with [`HeadBnGrouping::AllAnchors`] once over all.
     ///
     /// # Panics
-    /// On a batch that fails [`Self::check_batch`], or a mask list of another length.
+    /// On a batch that fails [`Self::check_batch`] or masks that fail [`Self::check_masks`].
     pub fn forward_pretrain(
         &self,
         batch: MsnBatch,
         masks: &[Option<TokenMask>],
         config: &MsnConfig,
     ) -> MsnForward {
-        if let Err(e) = self.check_batch(&batch) {
+        if let Err(e) = self
+            .check_batch(&batch)
+            .and_then(|_| self.check_masks(&batch, masks))
+        {
             panic!("invalid MSN batch: {e}");
         }
-        assert_eq!(
-            masks.len(),
-            batch.anchors.len(),
-            "one mask (or None) per anchor group"
-        );
         let targets = self
             .target_head
             .forward(self.target_vit.forward(batch.target, None))
@@ -250,7 +276,7 @@ impl MultimodalMsn {
         let mut mapper = Ema {
             sources: anchor.tensors.into_iter(),
             momentum,
-            field: Vec::new(),
+            path: FieldPath::default(),
         };
         take_mut(&mut self.target_vit, |m| m.map(&mut mapper));
         take_mut(&mut self.target_head, |m| m.map(&mut mapper));
@@ -272,30 +298,39 @@ fn take_mut<M: Module>(slot: &mut M, f: impl FnOnce(M) -> M) {
     *slot = f(current);
 }
 
-/// BatchNorm running statistics are visited like parameters but are buffers: the EMA
-/// leaves them alone (each branch keeps its own, as in MSN).
-fn is_running_statistic(field: Option<&str>) -> bool {
-    matches!(field, Some("running_mean" | "running_var"))
+/// The field path a visitor or mapper is at.
+#[derive(Default)]
+struct FieldPath(Vec<String>);
+
+impl FieldPath {
+    /// BatchNorm running statistics are visited like parameters but are buffers: the EMA
+    /// leaves them alone (each branch keeps its own, as in MSN).
+    fn at_running_statistic(&self) -> bool {
+        matches!(
+            self.0.last().map(String::as_str),
+            Some("running_mean" | "running_var")
+        )
+    }
 }
 
 /// Collects float parameters in visiting order, flattened.
 #[derive(Default)]
 struct Collect {
     tensors: Vec<Tensor<1>>,
-    field: Vec<String>,
+    path: FieldPath,
 }
 
 impl ModuleVisitor for Collect {
     fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.field.push(name.to_string());
+        self.path.0.push(name.to_string());
     }
 
     fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.field.pop();
+        self.path.0.pop();
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if is_running_statistic(self.field.last().map(String::as_str)) {
+        if self.path.at_running_statistic() {
             return;
         }
         let value = param.val().detach();
@@ -308,20 +343,20 @@ impl ModuleVisitor for Collect {
 struct Ema {
     sources: std::vec::IntoIter<Tensor<1>>,
     momentum: f64,
-    field: Vec<String>,
+    path: FieldPath,
 }
 
 impl ModuleMapper for Ema {
     fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.field.push(name.to_string());
+        self.path.0.push(name.to_string());
     }
 
     fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.field.pop();
+        self.path.0.pop();
     }
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        if is_running_statistic(self.field.last().map(String::as_str)) {
+        if self.path.at_running_statistic() {
             return param;
         }
         let source = self

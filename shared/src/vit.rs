@@ -12,9 +12,9 @@
 //! Parameter names follow timm / DeiT (`patch_embed.proj`, `blocks.N.attn.qkv`, ...), so
 //! PyTorch checkpoints map onto this module tree one to one.
 
-use burn::module::{Initializer, Module, Param};
+use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
@@ -22,36 +22,7 @@ use burn::tensor::{Device, Int, Tensor};
 
 use crate::config::VitConfig;
 use crate::error::ShapeError;
-
-/// Weights are drawn from N(0, 0.02), the DeiT / MSN initialisation (without truncation).
-fn normal_init() -> Initializer {
-    Initializer::Normal {
-        mean: 0.0,
-        std: 0.02,
-    }
-}
-
-fn linear(d_in: usize, d_out: usize, device: &Device) -> Linear {
-    LinearConfig::new(d_in, d_out)
-        .with_initializer(normal_init())
-        .init(device)
-        .zero_bias()
-}
-
-/// Zeroes a freshly initialised bias, as timm does.
-trait ZeroBias {
-    fn zero_bias(self) -> Self;
-}
-
-impl ZeroBias for Linear {
-    fn zero_bias(mut self) -> Self {
-        if let Some(bias) = self.bias.take() {
-            let [n] = bias.lazy_shape().dims();
-            self.bias = Some(Initializer::Zeros.init([n], &bias.lazy_device()));
-        }
-        self
-    }
-}
+use crate::init::{deit_linear, normal_002};
 
 /// Splits an image into non-overlapping patches and embeds each (a strided convolution).
 #[derive(Module, Debug)]
@@ -181,21 +152,21 @@ impl VitConfig {
             .map(|_| Block {
                 norm1: ln(),
                 attn: Attention {
-                    qkv: linear(d, 3 * d, device),
-                    proj: linear(d, d, device),
+                    qkv: deit_linear(d, 3 * d, true, device),
+                    proj: deit_linear(d, d, true, device),
                     num_heads: self.heads,
                 },
                 norm2: ln(),
                 mlp: Mlp {
-                    fc1: linear(d, self.mlp_ratio * d, device),
-                    fc2: linear(self.mlp_ratio * d, d, device),
+                    fc1: deit_linear(d, self.mlp_ratio * d, true, device),
+                    fc2: deit_linear(self.mlp_ratio * d, d, true, device),
                 },
             })
             .collect();
         VisionTransformer {
             patch_embed: PatchEmbed { proj },
-            cls_token: normal_init().init([1, 1, d], device),
-            pos_embed: normal_init().init([1, 1 + g * g, d], device),
+            cls_token: normal_002().init([1, 1, d], device),
+            pos_embed: normal_002().init([1, 1 + g * g, d], device),
             blocks,
             norm: ln(),
             patch_size: self.patch_size,
