@@ -15,6 +15,7 @@ use burn::module::{Initializer, Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::{Device, Tensor};
 use rand::Rng;
 
+use crate::classifier::Classifier;
 use crate::config::{HeadBnGrouping, MaskScope, MsnConfig};
 use crate::error::{ConfigError, ShapeError};
 use crate::heads::{EhrFusion, ProjectionHead};
@@ -289,6 +290,14 @@ impl MultimodalMsn {
     /// The encoder kept for downstream use: the EMA target ViT.
     pub fn encoder(&self) -> VisionTransformer {
         self.target_vit.clone()
+    }
+
+    /// A downstream classifier for `labels` outputs: the EMA target ViT, a fresh image-only
+    /// head and, for a multimodal model, an image + EHR head seeded with the pretrained
+    /// f_ehr and g.
+    pub fn classifier(&self, config: &MsnConfig, labels: usize, device: &Device) -> Classifier {
+        let ehr = config.ehr.as_ref().map(|e| (e, self.ehr.clone()));
+        Classifier::new(self.encoder().set_require_grad(true), labels, ehr, device)
     }
 }
 

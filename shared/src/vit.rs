@@ -297,3 +297,23 @@ pub fn resize_position_grid(pos: Tensor<3>, grid: usize) -> Tensor<3> {
         .reshape([one, grid * grid, d]);
     Tensor::cat(vec![cls, resized], 1)
 }
+
+/// Explanation map from one block's attention weights `[B, heads, T, T]` (T = 1 + g*g,
+/// unmasked): how much [CLS] attends to each patch, averaged over heads, as a `[B, g, g]`
+/// grid in image layout (row-major, top-left first). Each map sums to 1 minus the
+/// attention [CLS] pays to itself.
+pub fn cls_attention_map(weights: Tensor<4>) -> Tensor<3> {
+    let [b, h, t, _] = weights.dims();
+    let g = ((t - 1) as f64).sqrt().round() as usize;
+    assert_eq!(
+        g * g + 1,
+        t,
+        "attention over [CLS] + a square grid of patches"
+    );
+    weights
+        .narrow(2, 0, 1)
+        .narrow(3, 1, t - 1)
+        .sum_dim(1)
+        .div_scalar(h as f64)
+        .reshape([b, g, g])
+}

@@ -473,3 +473,45 @@ fn the_image_plus_ehr_head_responds_to_ehr_and_the_image_head_does_not() {
         .unwrap_err();
     assert!(err.to_string().contains("EHR"));
 }
+
+#[test]
+fn a_classifier_from_pretraining_keeps_the_target_encoder_and_the_pretrained_fusion() {
+    let device = Device::flex();
+    device.seed(16);
+    let config = mini(Profile::Paper, Some("sex"));
+    let mut model = config.init(&device).unwrap();
+    model.anchor_vit = config.vit.init(&device); // make anchor and target differ
+    let clf = model.classifier(&config, 14, &device);
+    let fusion = model.ehr.as_ref().unwrap();
+    let head = clf.fused_head.as_ref().unwrap();
+    assert_close(
+        "encoder is the EMA target",
+        &values(clf.encoder.pos_embed.val()),
+        &values(model.target_vit.pos_embed.val()),
+        0.0,
+    );
+    assert_close(
+        "pretrained f_ehr",
+        &values(head.fusion.f_ehr.weight.val()),
+        &values(fusion.f_ehr.weight.val()),
+        0.0,
+    );
+    assert_eq!(clf.image_head.fc.weight.val().dims(), [48, 14]);
+}
+
+#[test]
+fn cls_attention_maps_cover_the_patch_grid() {
+    let device = Device::flex();
+    device.seed(17);
+    let vit = mini(Profile::Paper, None).vit.init(&device);
+    for (size, g) in [(224, 14), (96, 6)] {
+        let out = vit.forward_detailed(random([2, 3, size, size], &device), None, true);
+        let last = out.attention.last().unwrap().clone();
+        let self_attention = values(last.clone().narrow(2, 0, 1).narrow(3, 0, 1).mean_dim(1));
+        let map = cxr_msn::vit::cls_attention_map(last);
+        assert_eq!(map.dims(), [2, g, g]);
+        let sums = values(map.sum_dim(2).sum_dim(1));
+        let expected: Vec<f32> = self_attention.iter().map(|a| 1.0 - a).collect();
+        assert_close("map mass", &sums, &expected, 1e-5);
+    }
+}
