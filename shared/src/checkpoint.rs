@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 
 use burn::module::Module;
-use burn::store::{ModuleSnapshot, SafetensorsStore};
+use burn::store::{ApplyError, ModuleSnapshot, SafetensorsStore};
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
@@ -250,30 +250,55 @@ pub fn read_meta(bytes: &[u8]) -> Result<ModelMeta, CheckpointError> {
 }
 
 /// Loads the weights of model-file bytes into `module`, which must have exactly the
-/// architecture of the file: a missing, extra or differently shaped tensor is an error.
+/// architecture of the file: a missing, extra or differently shaped tensor is an error
+/// that names the first few offenders.
 pub fn load_weights<M: Module>(mut module: M, bytes: &[u8]) -> Result<M, CheckpointError> {
-    let mut store = SafetensorsStore::from_bytes(Some(bytes.to_vec()));
+    // Problems are collected in the result rather than failing inside the store, so the
+    // message can be written for people.
+    let mut store = SafetensorsStore::from_bytes(Some(bytes.to_vec()))
+        .validate(false)
+        .allow_partial(true);
     let result = module
         .load_from(&mut store)
         .map_err(|e| CheckpointError::Weights(e.to_string()))?;
-    if !result.errors.is_empty() {
-        let list: Vec<String> = result.errors.iter().map(|e| e.to_string()).collect();
-        return Err(CheckpointError::Weights(list.join("; ")));
+    let mut problems: Vec<String> = result
+        .errors
+        .iter()
+        .map(|e| match e {
+            ApplyError::ShapeMismatch {
+                path,
+                expected,
+                found,
+            } => format!(
+                "'{path}' has shape {:?} in the file, the architecture expects {:?}",
+                found.as_slice(),
+                expected.as_slice()
+            ),
+            other => other.to_string(),
+        })
+        .collect();
+    problems.extend(
+        result
+            .missing
+            .iter()
+            .map(|(path, _)| format!("'{path}' is missing from the file")),
+    );
+    problems.extend(
+        result
+            .unused
+            .iter()
+            .map(|path| format!("'{path}' has no place in the architecture")),
+    );
+    if problems.is_empty() {
+        return Ok(module);
     }
-    if !result.missing.is_empty() {
-        let list: Vec<&str> = result.missing.iter().map(|(p, _)| p.as_str()).collect();
-        return Err(CheckpointError::Weights(format!(
-            "missing tensors: {}",
-            list.join(", ")
-        )));
+    const SHOWN: usize = 3;
+    let more = problems.len().saturating_sub(SHOWN);
+    let mut message = problems[..problems.len().min(SHOWN)].join("; ");
+    if more > 0 {
+        message += &format!("; and {more} more");
     }
-    if !result.unused.is_empty() {
-        return Err(CheckpointError::Weights(format!(
-            "tensors the architecture has no place for: {}",
-            result.unused.join(", ")
-        )));
-    }
-    Ok(module)
+    Err(CheckpointError::Weights(message))
 }
 
 fn expect_kind(meta: &ModelMeta, kind: ModelKind) -> Result<(), CheckpointError> {

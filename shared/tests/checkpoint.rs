@@ -228,7 +228,14 @@ fn outdated_malformed_wrong_kind_and_mismatched_files_are_named_as_such() {
         &device,
     ));
     assert!(msg.contains("do not match the architecture"), "{msg}");
-    assert!(msg.contains("encoder."), "names the tensor: {msg}");
+    assert!(
+        msg.contains(
+            "'encoder.patch_embed.proj.weight' has shape [48, 1, 16, 16] in the file, \
+             the architecture expects [96, 1, 16, 16]"
+        ),
+        "names the tensor and both shapes: {msg}"
+    );
+    assert!(msg.contains("more"), "{msg}");
 
     // A classifier without its image + EHR head: tensors left over are an error too.
     let mut no_ehr = meta.clone();
@@ -238,7 +245,10 @@ fn outdated_malformed_wrong_kind_and_mismatched_files_are_named_as_such() {
         &with_metadata(&bytes, "cxr_msn.meta", &json),
         &device,
     ));
-    assert!(msg.contains("fused_head"), "{msg}");
+    assert!(
+        msg.contains("'fused_head.") && msg.contains("has no place in the architecture"),
+        "{msg}"
+    );
 
     // Writing refuses inconsistent metadata up front.
     let mut unlabeled = meta;
