@@ -18,18 +18,14 @@ use crate::init::{deit_linear, torch_default_linear};
 /// (burn-nn's own forward uses the biased one). Otherwise: normalise with the running
 /// statistics. `x`: `[N, C]` -> `[N, C]`.
 pub fn batch_norm_1d(bn: &BatchNorm, x: Tensor<2>) -> Tensor<2> {
-    if !(x.device().is_autodiff() && bn.training.is_enabled()) {
-        return batch_norm(
-            x.clone(),
-            bn.gamma.val(),
-            bn.beta.val(),
-            bn.running_mean.value().to_device(&x.device()),
-            bn.running_var.value().to_device(&x.device()),
-            bn.epsilon,
-        );
+    let device = x.device();
+    let running_mean = bn.running_mean.value_sync().to_device(&device);
+    let running_var = bn.running_var.value_sync().to_device(&device);
+    if !(device.is_autodiff() && bn.training.is_enabled()) {
+        let (gamma, beta) = (bn.gamma.val(), bn.beta.val());
+        return batch_norm(x, gamma, beta, running_mean, running_var, bn.epsilon);
     }
     let [n, _] = x.dims();
-    let device = x.device();
     let out = batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon);
     let m = bn.momentum;
     let unbias = if n > 1 {
@@ -37,10 +33,8 @@ pub fn batch_norm_1d(bn: &BatchNorm, x: Tensor<2>) -> Tensor<2> {
     } else {
         1.0
     };
-    let mean = bn.running_mean.value_sync().to_device(&device);
-    let var = bn.running_var.value_sync().to_device(&device);
-    let mean = mean.mul_scalar(1.0 - m) + out.mean.detach().mul_scalar(m);
-    let var = var.mul_scalar(1.0 - m) + out.variance.detach().mul_scalar(m * unbias);
+    let mean = running_mean.mul_scalar(1.0 - m) + out.mean.detach().mul_scalar(m);
+    let var = running_var.mul_scalar(1.0 - m) + out.variance.detach().mul_scalar(m * unbias);
     bn.running_mean.update(mean.detach());
     bn.running_var.update(var.detach());
     out.output
