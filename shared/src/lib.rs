@@ -14,6 +14,7 @@
 //! - [`msn`]: the full model (anchor branch, EMA target branch, prototypes) and its step;
 //! - [`loss`]: the MSN loss (sharpening, Sinkhorn, me-max, entropy);
 //! - [`ehr`]: EHR fields, the 23 named feature sets and their encoding;
+//! - [`image`]: the decoded grey image;
 //! - [`labels`]: the MIMIC, CheXpert and NIH label sets and their orders;
 //! - [`classifier`]: the downstream model (encoder + image and image + EHR heads);
 //! - [`checkpoint`]: the self-describing model file, from and to bytes.
@@ -27,6 +28,7 @@ pub mod config;
 pub mod ehr;
 pub mod error;
 pub mod heads;
+pub mod image;
 mod init;
 pub mod labels;
 pub mod loss;
