@@ -15,6 +15,9 @@
 //! - [`loss`]: the MSN loss (sharpening, Sinkhorn, me-max, entropy);
 //! - [`ehr`]: EHR fields, the 23 named feature sets and their encoding;
 //! - [`image`]: the decoded grey image;
+//! - [`views`]: seeded MSN views (random resized crops, flips), evaluation and fine-tuning
+//!   transforms;
+//! - [`preprocess`]: grey views to normalised `[B, C, S, S]` batches;
 //! - [`labels`]: the MIMIC, CheXpert and NIH label sets and their orders;
 //! - [`classifier`]: the downstream model (encoder + image and image + EHR heads);
 //! - [`checkpoint`]: the self-describing model file, from and to bytes.
@@ -34,6 +37,8 @@ pub mod labels;
 pub mod loss;
 pub mod masking;
 pub mod msn;
+pub mod preprocess;
+pub mod views;
 pub mod vit;
 
 /// The random-number crate this crate's seeded APIs take generators from.

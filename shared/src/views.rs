@@ -1,0 +1,443 @@
+//! The views drawn from one image (METHOD.md sections 4 and 7), seeded and reproducible:
+//!
+//! - pretraining: a target and a random anchor at 224 px (RandomResizedCrop, area scale
+//!   0.3-1.0, aspect ratio 3/4-4/3, horizontal flip p = 0.5) and focal anchors at 96 px
+//!   (area scale 0.05-0.3), as many as configured;
+//! - evaluation: shorter side resized to 256, centre crop 224;
+//! - fine-tuning: the evaluation resize, a horizontal flip, a random affine (rotation up to
+//!   45 degrees, translation up to 0.15 of the side, scale 0.85-1.15), then the centre crop.
+//!
+//! Crops follow torchvision's `RandomResizedCrop.get_params` (ten tries, then a centre
+//! crop of the nearest allowed aspect ratio); resizing is bilinear with antialiasing when
+//! shrinking (PIL's BILINEAR filter), so small focal crops of large radiographs keep their
+//! detail honestly. Every random choice comes from the caller's generator.
+
+use rand::{Rng, RngExt};
+
+use crate::config::ViewConfig;
+use crate::image::GreyImage;
+
+/// A crop rectangle in source pixels: top-left corner and size.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CropBox {
+    /// Left edge.
+    pub x: f64,
+    /// Top edge.
+    pub y: f64,
+    /// Width.
+    pub width: f64,
+    /// Height.
+    pub height: f64,
+}
+
+/// The views of one image for a pretraining step.
+#[derive(Debug, Clone)]
+pub struct MsnViews {
+    /// Unmasked target view, `large_size` square.
+    pub target: GreyImage,
+    /// The random anchor, `large_size` square.
+    pub anchor: GreyImage,
+    /// Focal anchors, `focal_size` square each.
+    pub focal: Vec<GreyImage>,
+}
+
+/// torchvision's `RandomResizedCrop.get_params`: a box whose area is a `scale` fraction of
+/// the image and whose aspect ratio (w / h) is log-uniform in `ratio`; ten tries, then the
+/// whole image cropped to the nearest allowed ratio, centred.
+pub fn random_resized_crop_box(
+    width: usize,
+    height: usize,
+    scale: (f64, f64),
+    ratio: (f64, f64),
+    rng: &mut impl Rng,
+) -> CropBox {
+    let (w_img, h_img) = (width as f64, height as f64);
+    let area = w_img * h_img;
+    let (log_lo, log_hi) = (ratio.0.ln(), ratio.1.ln());
+    for _ in 0..10 {
+        let target_area = area * rng.random_range(scale.0..=scale.1);
+        let aspect = rng.random_range(log_lo..=log_hi).exp();
+        let w = (target_area * aspect).sqrt().round();
+        let h = (target_area / aspect).sqrt().round();
+        if w > 0.0 && h > 0.0 && w <= w_img && h <= h_img {
+            let y = rng.random_range(0..=(h_img - h) as usize) as f64;
+            let x = rng.random_range(0..=(w_img - w) as usize) as f64;
+            return CropBox {
+                x,
+                y,
+                width: w,
+                height: h,
+            };
+        }
+    }
+    let in_ratio = w_img / h_img;
+    let (w, h) = if in_ratio < ratio.0 {
+        (w_img, (w_img / ratio.0).round())
+    } else if in_ratio > ratio.1 {
+        ((h_img * ratio.1).round(), h_img)
+    } else {
+        (w_img, h_img)
+    };
+    CropBox {
+        x: ((w_img - w) / 2.0).floor(),
+        y: ((h_img - h) / 2.0).floor(),
+        width: w,
+        height: h,
+    }
+}
+
+/// Antialiased bilinear weights (PIL's BILINEAR filter) for resampling the source span
+/// `[start, start + len)` of a line of `src_len` pixels onto `out_len` pixels.
+/// Returns, for each output pixel, the first source index and its normalised weights.
+fn resample_weights(src_len: usize, start: f64, len: f64, out_len: usize) -> Vec<(usize, Vec<f32>)> {
+    let scale = len / out_len as f64;
+    let support_scale = scale.max(1.0);
+    let support = support_scale; // triangle filter of radius 1, stretched when shrinking
+    (0..out_len)
+        .map(|i| {
+            let center = start + (i as f64 + 0.5) * scale;
+            let lo = ((center - support).floor().max(0.0)) as usize;
+            let hi = ((center + support).ceil() as usize).min(src_len);
+            let lo = lo.min(hi.saturating_sub(1));
+            let mut weights: Vec<f32> = (lo..hi.max(lo + 1))
+                .map(|j| {
+                    let t = ((j as f64 + 0.5 - center) / support_scale).abs();
+                    (1.0 - t).max(0.0) as f32
+                })
+                .collect();
+            let sum: f32 = weights.iter().sum();
+            if sum > 0.0 {
+                weights.iter_mut().for_each(|w| *w /= sum);
+            } else {
+                // The span fell between samples: nearest pixel.
+                weights.iter_mut().for_each(|w| *w = 0.0);
+                weights[0] = 1.0;
+            }
+            (lo, weights)
+        })
+        .collect()
+}
+
+/// Resamples the `crop` of `img` to `out_w` x `out_h` pixels (bilinear, antialiased when
+/// shrinking), optionally mirrored left-right.
+pub fn resize_crop(img: &GreyImage, crop: CropBox, out_w: usize, out_h: usize, flip: bool) -> GreyImage {
+    let cols = resample_weights(img.width, crop.x, crop.width, out_w);
+    let rows = resample_weights(img.height, crop.y, crop.height, out_h);
+    // Horizontal pass over the rows the vertical pass needs.
+    let row_lo = rows.iter().map(|(lo, _)| *lo).min().unwrap_or(0);
+    let row_hi = rows
+        .iter()
+        .map(|(lo, w)| lo + w.len())
+        .max()
+        .unwrap_or(0)
+        .min(img.height);
+    let mut horizontal = vec![0.0f32; (row_hi - row_lo) * out_w];
+    for y in row_lo..row_hi {
+        let src = &img.pixels[y * img.width..(y + 1) * img.width];
+        let dst = &mut horizontal[(y - row_lo) * out_w..(y - row_lo + 1) * out_w];
+        for (x, (lo, weights)) in cols.iter().enumerate() {
+            let out_x = if flip { out_w - 1 - x } else { x };
+            dst[out_x] = weights
+                .iter()
+                .zip(&src[*lo..])
+                .map(|(w, p)| w * p)
+                .sum();
+        }
+    }
+    let mut pixels = vec![0.0f32; out_w * out_h];
+    for (y, (lo, weights)) in rows.iter().enumerate() {
+        let dst = &mut pixels[y * out_w..(y + 1) * out_w];
+        for (k, w) in weights.iter().enumerate() {
+            let src = &horizontal[(lo + k - row_lo) * out_w..(lo + k - row_lo + 1) * out_w];
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d += w * s;
+            }
+        }
+    }
+    GreyImage {
+        width: out_w,
+        height: out_h,
+        pixels,
+    }
+}
+
+/// One RandomResizedCrop view: crop box, flip with probability `flip_p`, resize to `size`.
+pub fn random_view(
+    img: &GreyImage,
+    size: usize,
+    scale: (f64, f64),
+    views: &ViewConfig,
+    rng: &mut impl Rng,
+) -> GreyImage {
+    let crop = random_resized_crop_box(img.width, img.height, scale, views.ratio, rng);
+    let flip = rng.random_bool(views.flip_probability);
+    resize_crop(img, crop, size, size, flip)
+}
+
+/// All pretraining views of one image: target, random anchor, then the focal anchors.
+pub fn msn_views(img: &GreyImage, views: &ViewConfig, rng: &mut impl Rng) -> MsnViews {
+    let large = |rng: &mut _| random_view(img, views.large_size, views.large_scale, views, rng);
+    let target = large(rng);
+    let anchor = large(rng);
+    let focal = (0..views.focal_views)
+        .map(|_| random_view(img, views.focal_size, views.focal_scale, views, rng))
+        .collect();
+    MsnViews {
+        target,
+        anchor,
+        focal,
+    }
+}
+
+/// Resizes so that the shorter side is `shorter` pixels, keeping the aspect ratio
+/// (torchvision `Resize(int)`: the longer side is truncated, not rounded).
+pub fn resize_shorter_side(img: &GreyImage, shorter: usize) -> GreyImage {
+    let (w, h) = (img.width as f64, img.height as f64);
+    let (out_w, out_h) = if img.width <= img.height {
+        (shorter, (shorter as f64 * h / w) as usize)
+    } else {
+        ((shorter as f64 * w / h) as usize, shorter)
+    };
+    let whole = CropBox {
+        x: 0.0,
+        y: 0.0,
+        width: w,
+        height: h,
+    };
+    resize_crop(img, whole, out_w.max(1), out_h.max(1), false)
+}
+
+/// The centre `size` x `size` crop (torchvision `CenterCrop`: offsets rounded; pads with
+/// black when the image is smaller).
+pub fn center_crop(img: &GreyImage, size: usize) -> GreyImage {
+    let top = ((img.height as f64 - size as f64) / 2.0).round() as isize;
+    let left = ((img.width as f64 - size as f64) / 2.0).round() as isize;
+    let mut pixels = vec![0.0f32; size * size];
+    for y in 0..size {
+        let sy = y as isize + top;
+        if sy < 0 || sy >= img.height as isize {
+            continue;
+        }
+        for x in 0..size {
+            let sx = x as isize + left;
+            if sx >= 0 && sx < img.width as isize {
+                pixels[y * size + x] = img.get(sx as usize, sy as usize);
+            }
+        }
+    }
+    GreyImage {
+        width: size,
+        height: size,
+        pixels,
+    }
+}
+
+/// The evaluation transform: shorter side to 256, centre crop 224.
+pub fn eval_view(img: &GreyImage) -> GreyImage {
+    center_crop(&resize_shorter_side(img, 256), 224)
+}
+
+/// Fine-tuning augmentation settings (METHOD.md section 7).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AffineConfig {
+    /// Rotation drawn uniformly in +-degrees. Default 45.
+    pub degrees: f64,
+    /// Translation drawn uniformly in +-fraction of the width and height. Default 0.15.
+    pub translate: f64,
+    /// Scale range. Default (0.85, 1.15).
+    pub scale: (f64, f64),
+    /// Horizontal flip probability. Default 0.5.
+    pub flip_probability: f64,
+}
+
+impl Default for AffineConfig {
+    fn default() -> Self {
+        Self {
+            degrees: 45.0,
+            translate: 0.15,
+            scale: (0.85, 1.15),
+            flip_probability: 0.5,
+        }
+    }
+}
+
+/// The fine-tuning view: shorter side to 256, flip, random affine about the centre
+/// (bilinear, black outside the image), centre crop 224.
+pub fn train_view(img: &GreyImage, cfg: &AffineConfig, rng: &mut impl Rng) -> GreyImage {
+    let resized = resize_shorter_side(img, 256);
+    let flip = rng.random_bool(cfg.flip_probability);
+    let angle = rng.random_range(-cfg.degrees..=cfg.degrees).to_radians();
+    let max_dx = (cfg.translate * resized.width as f64).round();
+    let max_dy = (cfg.translate * resized.height as f64).round();
+    let dx = rng.random_range(-max_dx..=max_dx).round();
+    let dy = rng.random_range(-max_dy..=max_dy).round();
+    let scale = rng.random_range(cfg.scale.0..=cfg.scale.1);
+    let moved = affine(&resized, angle, (dx, dy), scale, flip);
+    center_crop(&moved, 224)
+}
+
+/// Applies flip, then rotation by `angle` (radians, counter-clockwise as displayed), scale
+/// and translation about the image centre, by inverse mapping with bilinear sampling.
+pub fn affine(img: &GreyImage, angle: f64, shift: (f64, f64), scale: f64, flip: bool) -> GreyImage {
+    let (w, h) = (img.width, img.height);
+    let (cx, cy) = (w as f64 * 0.5, h as f64 * 0.5);
+    let (sin, cos) = angle.sin_cos();
+    let mut pixels = vec![0.0f32; w * h];
+    for y in 0..h {
+        for x in 0..w {
+            // Output pixel centre relative to the centre, minus the translation.
+            let ox = x as f64 + 0.5 - cx - shift.0;
+            let oy = y as f64 + 0.5 - cy - shift.1;
+            // Inverse rotation (y points down, so counter-clockwise as displayed) and scale.
+            let sx = (cos * ox - sin * oy) / scale + cx;
+            let sy = (sin * ox + cos * oy) / scale + cy;
+            let sx = if flip { w as f64 - sx } else { sx };
+            pixels[y * w + x] = bilinear(img, sx - 0.5, sy - 0.5);
+        }
+    }
+    GreyImage {
+        width: w,
+        height: h,
+        pixels,
+    }
+}
+
+/// Bilinear sample at pixel-centre coordinates (x, y); black outside the image.
+fn bilinear(img: &GreyImage, x: f64, y: f64) -> f32 {
+    if x < -1.0 || y < -1.0 || x > img.width as f64 || y > img.height as f64 {
+        return 0.0;
+    }
+    let (x0, y0) = (x.floor(), y.floor());
+    let (fx, fy) = ((x - x0) as f32, (y - y0) as f32);
+    let at = |xi: f64, yi: f64| -> f32 {
+        if xi < 0.0 || yi < 0.0 || xi >= img.width as f64 || yi >= img.height as f64 {
+            0.0
+        } else {
+            img.get(xi as usize, yi as usize)
+        }
+    };
+    let top = at(x0, y0) * (1.0 - fx) + at(x0 + 1.0, y0) * fx;
+    let bottom = at(x0, y0 + 1.0) * (1.0 - fx) + at(x0 + 1.0, y0 + 1.0) * fx;
+    top * (1.0 - fy) + bottom * fy
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    fn ramp(width: usize, height: usize) -> GreyImage {
+        let pixels = (0..height)
+            .flat_map(|y| (0..width).map(move |x| (x + 2 * y) as f32 / (width + 2 * height) as f32))
+            .collect();
+        GreyImage::new(width, height, pixels).unwrap()
+    }
+
+    #[test]
+    fn crop_boxes_respect_scale_and_ratio_and_stay_inside() {
+        let mut rng = StdRng::seed_from_u64(1);
+        for (w, h) in [(1000, 800), (512, 512), (300, 900)] {
+            for (scale, n) in [((0.3, 1.0), 500), ((0.05, 0.3), 500)] {
+                let mut fallbacks = 0;
+                for _ in 0..n {
+                    let b = random_resized_crop_box(w, h, scale, (0.75, 4.0 / 3.0), &mut rng);
+                    assert!(b.x >= 0.0 && b.y >= 0.0);
+                    assert!(b.x + b.width <= w as f64 && b.y + b.height <= h as f64);
+                    let frac = b.width * b.height / (w * h) as f64;
+                    let ratio = b.width / b.height;
+                    // Rounding to whole pixels moves the area and ratio slightly.
+                    let in_scale = frac >= scale.0 * 0.97 && frac <= scale.1 * 1.03;
+                    let in_ratio = ratio >= 0.75 * 0.97 && ratio <= 4.0 / 3.0 * 1.03;
+                    if !(in_scale && in_ratio) {
+                        fallbacks += 1;
+                    }
+                }
+                assert!(fallbacks * 20 < n, "{w}x{h} {scale:?}: {fallbacks} out of range");
+            }
+        }
+    }
+
+    #[test]
+    fn resizing_preserves_a_constant_and_the_mean_of_a_ramp() {
+        let flat = GreyImage::new(37, 53, vec![0.25; 37 * 53]).unwrap();
+        let whole = CropBox {
+            x: 0.0,
+            y: 0.0,
+            width: 37.0,
+            height: 53.0,
+        };
+        for (w, h) in [(10, 12), (96, 96), (200, 150)] {
+            let out = resize_crop(&flat, whole, w, h, false);
+            assert!(out.pixels.iter().all(|p| (p - 0.25).abs() < 1e-6));
+        }
+        let img = ramp(400, 300);
+        let mean = |i: &GreyImage| i.pixels.iter().sum::<f32>() / i.pixels.len() as f32;
+        let small = resize_crop(
+            &img,
+            CropBox {
+                x: 0.0,
+                y: 0.0,
+                width: 400.0,
+                height: 300.0,
+            },
+            40,
+            30,
+            false,
+        );
+        assert!((mean(&small) - mean(&img)).abs() < 2e-3);
+    }
+
+    #[test]
+    fn flip_mirrors_and_identity_resize_is_exact() {
+        let img = ramp(8, 6);
+        let whole = CropBox {
+            x: 0.0,
+            y: 0.0,
+            width: 8.0,
+            height: 6.0,
+        };
+        assert_eq!(resize_crop(&img, whole, 8, 6, false), img);
+        let flipped = resize_crop(&img, whole, 8, 6, true);
+        for y in 0..6 {
+            for x in 0..8 {
+                assert_eq!(flipped.get(x, y), img.get(7 - x, y));
+            }
+        }
+    }
+
+    #[test]
+    fn views_have_the_configured_sizes_and_are_reproducible() {
+        let img = ramp(640, 512);
+        let cfg = ViewConfig::default();
+        let a = msn_views(&img, &cfg, &mut StdRng::seed_from_u64(3));
+        let b = msn_views(&img, &cfg, &mut StdRng::seed_from_u64(3));
+        let c = msn_views(&img, &cfg, &mut StdRng::seed_from_u64(4));
+        assert_eq!((a.target.width, a.target.height), (224, 224));
+        assert_eq!((a.anchor.width, a.anchor.height), (224, 224));
+        assert_eq!(a.focal.len(), 10);
+        assert!(a.focal.iter().all(|f| f.width == 96 && f.height == 96));
+        assert_eq!(a.target, b.target);
+        assert_eq!(a.focal[9], b.focal[9]);
+        assert_ne!(a.target, c.target);
+    }
+
+    #[test]
+    fn eval_and_train_views_are_224_and_identity_affine_changes_nothing() {
+        let img = ramp(300, 400);
+        let e = eval_view(&img);
+        assert_eq!((e.width, e.height), (224, 224));
+        let resized = resize_shorter_side(&img, 256);
+        assert_eq!((resized.width, resized.height), (256, 341));
+        let same = affine(&resized, 0.0, (0.0, 0.0), 1.0, false);
+        for (a, b) in same.pixels.iter().zip(&resized.pixels) {
+            assert!((a - b).abs() < 1e-6);
+        }
+        // A 90 degree turn of a square maps the top-left corner to the bottom-left.
+        let sq = ramp(16, 16);
+        let turned = affine(&sq, std::f64::consts::FRAC_PI_2, (0.0, 0.0), 1.0, false);
+        assert!((turned.get(0, 15) - sq.get(0, 0)).abs() < 1e-5, "{}", turned.get(0, 15));
+        let t = train_view(&img, &AffineConfig::default(), &mut StdRng::seed_from_u64(5));
+        assert_eq!((t.width, t.height), (224, 224));
+    }
+}
