@@ -89,7 +89,12 @@ pub fn random_resized_crop_box(
 /// Antialiased bilinear weights (PIL's BILINEAR filter) for resampling the source span
 /// `[start, start + len)` of a line of `src_len` pixels onto `out_len` pixels.
 /// Returns, for each output pixel, the first source index and its normalised weights.
-fn resample_weights(src_len: usize, start: f64, len: f64, out_len: usize) -> Vec<(usize, Vec<f32>)> {
+fn resample_weights(
+    src_len: usize,
+    start: f64,
+    len: f64,
+    out_len: usize,
+) -> Vec<(usize, Vec<f32>)> {
     let scale = len / out_len as f64;
     let support_scale = scale.max(1.0);
     let support = support_scale; // triangle filter of radius 1, stretched when shrinking
@@ -120,7 +125,13 @@ fn resample_weights(src_len: usize, start: f64, len: f64, out_len: usize) -> Vec
 
 /// Resamples the `crop` of `img` to `out_w` x `out_h` pixels (bilinear, antialiased when
 /// shrinking), optionally mirrored left-right.
-pub fn resize_crop(img: &GreyImage, crop: CropBox, out_w: usize, out_h: usize, flip: bool) -> GreyImage {
+pub fn resize_crop(
+    img: &GreyImage,
+    crop: CropBox,
+    out_w: usize,
+    out_h: usize,
+    flip: bool,
+) -> GreyImage {
     let cols = resample_weights(img.width, crop.x, crop.width, out_w);
     let rows = resample_weights(img.height, crop.y, crop.height, out_h);
     // Horizontal pass over the rows the vertical pass needs.
@@ -137,11 +148,7 @@ pub fn resize_crop(img: &GreyImage, crop: CropBox, out_w: usize, out_h: usize, f
         let dst = &mut horizontal[(y - row_lo) * out_w..(y - row_lo + 1) * out_w];
         for (x, (lo, weights)) in cols.iter().enumerate() {
             let out_x = if flip { out_w - 1 - x } else { x };
-            dst[out_x] = weights
-                .iter()
-                .zip(&src[*lo..])
-                .map(|(w, p)| w * p)
-                .sum();
+            dst[out_x] = weights.iter().zip(&src[*lo..]).map(|(w, p)| w * p).sum();
         }
     }
     let mut pixels = vec![0.0f32; out_w * out_h];
@@ -353,7 +360,10 @@ mod tests {
                         fallbacks += 1;
                     }
                 }
-                assert!(fallbacks * 20 < n, "{w}x{h} {scale:?}: {fallbacks} out of range");
+                assert!(
+                    fallbacks * 20 < n,
+                    "{w}x{h} {scale:?}: {fallbacks} out of range"
+                );
             }
         }
     }
@@ -436,8 +446,16 @@ mod tests {
         // A 90 degree turn of a square maps the top-left corner to the bottom-left.
         let sq = ramp(16, 16);
         let turned = affine(&sq, std::f64::consts::FRAC_PI_2, (0.0, 0.0), 1.0, false);
-        assert!((turned.get(0, 15) - sq.get(0, 0)).abs() < 1e-5, "{}", turned.get(0, 15));
-        let t = train_view(&img, &AffineConfig::default(), &mut StdRng::seed_from_u64(5));
+        assert!(
+            (turned.get(0, 15) - sq.get(0, 0)).abs() < 1e-5,
+            "{}",
+            turned.get(0, 15)
+        );
+        let t = train_view(
+            &img,
+            &AffineConfig::default(),
+            &mut StdRng::seed_from_u64(5),
+        );
         assert_eq!((t.width, t.height), (224, 224));
     }
 }
