@@ -4,9 +4,6 @@
 //! files (`inspect`). Pretraining, probing, fine-tuning, evaluation and export arrive as
 //! further subcommands with the trainer issue.
 
-mod files;
-mod synthetic;
-
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -14,6 +11,7 @@ use clap::{Parser, Subcommand};
 use cxr_msn::checkpoint::read_meta;
 use cxr_msn::config::{MsnConfig, Profile, VitConfig, VitPreset};
 use cxr_msn::ehr::FeatureSet;
+use cxr_msn_trainer::synthetic;
 
 #[derive(Parser, Debug)]
 #[command(

@@ -1,0 +1,7 @@
+//! The library behind the `cxr-msn` tool: everything that touches files, threads and
+//! datasets (the model crate `cxr_msn` does none of that). The binary in `main.rs` is a thin
+//! command-line layer over it.
+
+pub mod files;
+pub mod loader;
+pub mod synthetic;
