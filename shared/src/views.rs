@@ -354,8 +354,8 @@ mod tests {
                     let frac = b.width * b.height / (w * h) as f64;
                     let ratio = b.width / b.height;
                     // Rounding to whole pixels moves the area and ratio slightly.
-                    let in_scale = frac >= scale.0 * 0.97 && frac <= scale.1 * 1.03;
-                    let in_ratio = ratio >= 0.75 * 0.97 && ratio <= 4.0 / 3.0 * 1.03;
+                    let in_scale = (scale.0 * 0.97..=scale.1 * 1.03).contains(&frac);
+                    let in_ratio = (0.75 * 0.97..=4.0 / 3.0 * 1.03).contains(&ratio);
                     if !(in_scale && in_ratio) {
                         fallbacks += 1;
                     }
