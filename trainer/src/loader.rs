@@ -438,8 +438,10 @@ mod tests {
 
     #[test]
     fn batches_are_in_order_complete_and_independent_of_thread_count() {
-        let mut views = ViewConfig::default();
-        views.focal_views = 2;
+        let views = ViewConfig {
+            focal_views: 2,
+            ..Default::default()
+        };
         let one = Loader::new(
             items(10),
             Views::Msn(views.clone()),
