@@ -1,8 +1,15 @@
 //! `cxr-msn`: the command-line tool of the project.
 //!
-//! This first version describes what the model crate offers (`info`) and reads model
-//! files (`inspect`). Pretraining, probing, fine-tuning, evaluation and export arrive as
-//! further subcommands with the trainer issue.
+//! This version describes what the model crate offers (`info`), reads model files
+//! (`inspect`) and links MIMIC-CXR to MIMIC-IV (`ehr`). The dataset readers of [`data`]
+//! serve the pretraining, probing, fine-tuning and evaluation subcommands that arrive with
+//! the trainer issue.
+
+// Until the training subcommands use them, the dataset adapters are reached from the
+// binary only through `ehr` and from the tests; dead-code warnings stay on in test builds.
+#[cfg_attr(not(test), allow(dead_code))]
+mod data;
+mod ehr_command;
 
 use std::path::PathBuf;
 
@@ -36,6 +43,17 @@ enum Command {
         /// A model file written by cxr-msn (safetensors with cxr-msn metadata).
         file: PathBuf,
     },
+    /// Link MIMIC-CXR images to MIMIC-IV and write one row of EHR facts per image.
+    ///
+    /// Sex and age come from patients, in-hospital mortality from the admission whose
+    /// dates contain the scan date, ICU from an ICU stay containing it; view and
+    /// orientation from the MIMIC-CXR metadata. Images without sex and images with a rare
+    /// view (other than PA, LATERAL, AP, LL) are dropped and counted; a missing view or
+    /// orientation is imputed with the most frequent value among images of the same
+    /// PerformedProcedureStepDescription (else overall) and flagged.
+    ///
+    /// Example: cxr-msn ehr --mimic-cxr data/mimic-cxr-jpg/2.0.0 --mimic-iv data/mimiciv/2.2 --out data/ehr.csv
+    Ehr(ehr_command::EhrArgs),
 }
 
 fn main() -> Result<()> {
@@ -50,6 +68,10 @@ fn main() -> Result<()> {
             let meta = read_meta(&bytes).with_context(|| format!("{}", file.display()))?;
             println!("{}", file.display());
             print!("{meta}");
+            Ok(())
+        }
+        Command::Ehr(args) => {
+            print!("{}", ehr_command::run(&args)?);
             Ok(())
         }
     }
