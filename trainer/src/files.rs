@@ -1,35 +1,59 @@
 //! File helpers: writes that never leave a half-written file behind.
 
-use std::io::Write;
-use std::path::Path;
+use std::fs::{self, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-/// Writes `bytes` to `path` atomically: into a temporary sibling first, flushed to disk,
-/// then renamed over `path`, so readers see the old file or the new one, never a torn one.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+/// Writes `path` atomically with what `fill` writes: the content goes to a hidden temporary
+/// sibling, is flushed to disk, then renamed over `path`, so readers see the old file or the
+/// complete new one. On any error the temporary file is removed and `path` is left as it was.
+pub fn write_atomically(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
     let name = path
         .file_name()
-        .with_context(|| format!("{} is not a file path", path.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let write = || -> std::io::Result<()> {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a file name"))?
+        .to_string_lossy();
+    let mut temp = TempFile {
+        path: path.with_file_name(format!(".{name}.{}.tmp", std::process::id())),
+        keep: false,
     };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        anyhow::Error::new(e).context(format!("cannot write {}", path.display()))
-    })
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&temp.path)?;
+    let mut writer = BufWriter::new(file);
+    fill(&mut writer)?;
+    let file = writer.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    fs::rename(&temp.path, path)?;
+    temp.keep = true;
+    Ok(())
+}
+
+/// [`write_atomically`] of a byte buffer, with the path in the error.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomically(path, |w| w.write_all(bytes))
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Removes the temporary file when dropped, unless it was renamed into place.
+struct TempFile {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.keep {
+            // The file may not exist (creation failed); nothing else to do then.
+            let _ = fs::remove_file(&self.path);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -38,15 +62,28 @@ mod tests {
 
     #[test]
     fn writes_replace_and_leave_no_temporary_files() {
-        let dir = std::env::temp_dir().join(format!("cxr-msn-files-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("a.txt");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.txt");
         write_atomic(&path, b"one").unwrap();
         write_atomic(&path, b"two").unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"two");
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
-        let err = write_atomic(&dir.join("missing/b.txt"), b"x").unwrap_err();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        let err = write_atomic(&dir.path().join("missing/b.txt"), b"x").unwrap_err();
         assert!(format!("{err:#}").contains("missing/b.txt"));
-        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_failed_write_leaves_the_old_file_and_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.csv");
+        fs::write(&out, "old\n").unwrap();
+        let err = write_atomically(&out, |w| {
+            w.write_all(b"half")?;
+            Err(io::Error::other("disk full"))
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("disk full"));
+        assert_eq!(fs::read_to_string(&out).unwrap(), "old\n");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

@@ -2,6 +2,8 @@
 //! datasets (the model crate `cxr_msn` does none of that). The binary in `main.rs` is a thin
 //! command-line layer over it.
 
+pub mod data;
+pub mod ehr_command;
 pub mod files;
 pub mod loader;
 pub mod synthetic;

@@ -1,8 +1,9 @@
 //! `cxr-msn`: the command-line tool of the project.
 //!
-//! This first version describes what the model crate offers (`info`) and reads model
-//! files (`inspect`). Pretraining, probing, fine-tuning, evaluation and export arrive as
-//! further subcommands with the trainer issue.
+//! This version describes what the model crate offers (`info`), reads model files
+//! (`inspect`) and links MIMIC-CXR to MIMIC-IV (`ehr`). The dataset readers of [`data`]
+//! serve the pretraining, probing, fine-tuning and evaluation subcommands that arrive with
+//! the trainer issue.
 
 use std::path::PathBuf;
 
@@ -11,7 +12,7 @@ use clap::{Parser, Subcommand};
 use cxr_msn::checkpoint::read_meta;
 use cxr_msn::config::{MsnConfig, Profile, VitConfig, VitPreset};
 use cxr_msn::ehr::FeatureSet;
-use cxr_msn_trainer::synthetic;
+use cxr_msn_trainer::{ehr_command, synthetic};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -58,6 +59,17 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         threads: usize,
     },
+    /// Link MIMIC-CXR images to MIMIC-IV and write one row of EHR facts per image.
+    ///
+    /// Sex and age come from patients, in-hospital mortality from the admission whose
+    /// dates contain the scan date, ICU from an ICU stay containing it; view and
+    /// orientation from the MIMIC-CXR metadata. Images without sex and images with a rare
+    /// view (other than PA, LATERAL, AP, LL) are dropped and counted; a missing view or
+    /// orientation is imputed with the most frequent value among images of the same
+    /// PerformedProcedureStepDescription (else overall) and flagged.
+    ///
+    /// Example: cxr-msn ehr --mimic-cxr data/mimic-cxr-jpg/2.0.0 --mimic-iv data/mimiciv/2.2 --out data/ehr.csv
+    Ehr(ehr_command::EhrArgs),
 }
 
 fn main() -> Result<()> {
@@ -101,6 +113,10 @@ fn main() -> Result<()> {
                     100.0 * n as f64 / summary.images as f64
                 );
             }
+            Ok(())
+        }
+        Command::Ehr(args) => {
+            print!("{}", ehr_command::run(&args)?);
             Ok(())
         }
     }
