@@ -29,7 +29,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
-use cxr_msn::ehr::EhrRecord;
+use anyhow::Context;
+use cxr_msn::ehr::{EhrRecord, FeatureSet};
+
+use crate::loader::Item;
 
 pub use error::DataError;
 
@@ -283,6 +286,35 @@ impl Dataset {
         }
         self.label_names = order.iter().map(|s| s.to_string()).collect();
         Ok(())
+    }
+
+    /// Loader items for the records of `split` (every record when `None`): the EHR encoded
+    /// with `features` (empty when `None`, for vanilla MSN) and the label targets under
+    /// `policy`. A record that lacks an EHR field the feature set needs is an error naming
+    /// its image and the field.
+    pub fn items(
+        &self,
+        split: Option<Split>,
+        features: Option<&FeatureSet>,
+        policy: &LabelPolicy,
+    ) -> anyhow::Result<Vec<Item>> {
+        self.records
+            .iter()
+            .filter(|r| split.is_none() || r.split == split)
+            .map(|r| {
+                let ehr = match features {
+                    Some(set) => set
+                        .encode(&r.ehr)
+                        .with_context(|| format!("{}", r.image.display()))?,
+                    None => Vec::new(),
+                };
+                Ok(Item {
+                    path: r.image.clone(),
+                    ehr,
+                    labels: r.targets(policy),
+                })
+            })
+            .collect()
     }
 
     /// The records of one split.

@@ -254,6 +254,42 @@ mod tests {
     }
 
     #[test]
+    fn the_manifest_reads_back_through_the_manifest_adapter() {
+        use crate::data::{LabelPolicy, OnBadRow, Split, manifest};
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SynthConfig {
+            count: 20,
+            size: 64,
+            seed: 8,
+            threads: 1,
+        };
+        let summary = generate(dir.path(), &cfg).unwrap();
+        let data = manifest::load(&summary.manifest, OnBadRow::Fail).unwrap();
+        assert_eq!(data.records.len(), 20);
+        assert_eq!(data.label_names, MIMIC_LABELS.map(String::from).to_vec());
+        assert_eq!(data.records_in(Split::Test).count(), 2);
+        let stats = NihStats::embedded();
+        for (i, record) in data.records.iter().enumerate() {
+            let s = subject(&stats, cfg.seed, i);
+            assert!(record.image.is_file(), "{}", record.image.display());
+            assert_eq!(record.ehr.sex, Some(s.sex));
+            assert_eq!(record.ehr.age, Some(s.age));
+            assert_eq!(record.ehr.in_icu, Some(s.icu));
+            let targets: Vec<bool> = record
+                .targets(&LabelPolicy::default())
+                .iter()
+                .map(|t| *t == Some(1.0))
+                .collect();
+            assert_eq!(targets, s.findings.to_vec());
+        }
+        let all = cxr_msn::ehr::FeatureSet::from_name("all").unwrap();
+        let items = data
+            .items(None, Some(&all), &LabelPolicy::default())
+            .unwrap();
+        assert_eq!(items[0].ehr.len(), 13);
+    }
+
+    #[test]
     fn the_same_seed_gives_the_same_image_and_a_new_seed_another() {
         let s = Subject::healthy(40.0, Sex::Female, ViewPosition::Ap);
         assert_eq!(render::render(&s, 128, 3), render::render(&s, 128, 3));
