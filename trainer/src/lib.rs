@@ -6,4 +6,5 @@ pub mod data;
 pub mod ehr_command;
 pub mod files;
 pub mod loader;
+pub mod source;
 pub mod synthetic;

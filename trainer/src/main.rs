@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use cxr_msn::checkpoint::read_meta;
 use cxr_msn::config::{MsnConfig, Profile, VitConfig, VitPreset};
 use cxr_msn::ehr::FeatureSet;
+use cxr_msn_trainer::source::{DataArgs, describe};
 use cxr_msn_trainer::{ehr_command, synthetic};
 
 #[derive(Parser, Debug)]
@@ -58,6 +59,15 @@ enum Command {
         /// Worker threads (0 = all cores).
         #[arg(long, default_value_t = 0)]
         threads: usize,
+    },
+    /// Read a dataset as training would and describe it: rows kept and dropped (with
+    /// reasons), splits, label prevalence under the label policy, EHR completeness.
+    ///
+    /// Examples: cxr-msn data --data data/synth/manifest.csv
+    ///           cxr-msn data --format nih --data nih/Data_Entry_2017_v2020.csv.gz --remove-no-finding
+    Data {
+        #[command(flatten)]
+        source: DataArgs,
     },
     /// Link MIMIC-CXR images to MIMIC-IV and write one row of EHR facts per image.
     ///
@@ -113,6 +123,11 @@ fn main() -> Result<()> {
                     100.0 * n as f64 / summary.images as f64
                 );
             }
+            Ok(())
+        }
+        Command::Data { source } => {
+            let data = source.load()?;
+            print!("{}", describe(&data, &source.policy()));
             Ok(())
         }
         Command::Ehr(args) => {
