@@ -14,24 +14,8 @@ use cxr_msn::classifier::Classifier;
 use cxr_msn::config::{EhrConfig, MsnConfig, VitConfig, VitPreset};
 use cxr_msn::ehr::FeatureSet;
 use cxr_msn::error::CheckpointError;
+use cxr_msn::labels::MIMIC_LABELS as LABELS;
 use safetensors::SafeTensors;
-
-const LABELS: [&str; 14] = [
-    "Atelectasis",
-    "Cardiomegaly",
-    "Consolidation",
-    "Edema",
-    "Enlarged Cardiomediastinum",
-    "Fracture",
-    "Lung Lesion",
-    "Lung Opacity",
-    "No Finding",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Pneumonia",
-    "Pneumothorax",
-    "Support Devices",
-];
 
 fn mini_config() -> MsnConfig {
     let mut c = MsnConfig::msn(VitPreset::Tiny).with_ehr(FeatureSet::from_name("all").unwrap());
