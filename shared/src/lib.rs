@@ -15,6 +15,8 @@
 //! - [`loss`]: the MSN loss (sharpening, Sinkhorn, me-max, entropy);
 //! - [`ehr`]: EHR fields, the 23 named feature sets and their encoding;
 //! - [`image`]: the decoded grey image;
+//! - [`decode`]: PNG, JPEG and DICOM bytes to that grey image, with the DICOM header fields
+//!   that prefill the EHR form;
 //! - [`labels`]: the MIMIC, CheXpert and NIH label sets and their orders;
 //! - [`classifier`]: the downstream model (encoder + image and image + EHR heads);
 //! - [`checkpoint`]: the self-describing model file, from and to bytes.
@@ -25,6 +27,7 @@
 pub mod checkpoint;
 pub mod classifier;
 pub mod config;
+pub mod decode;
 pub mod ehr;
 pub mod error;
 pub mod heads;
@@ -43,5 +46,5 @@ pub use checkpoint::{ModelKind, ModelMeta};
 pub use classifier::Classifier;
 pub use config::{MsnConfig, Profile, VitConfig, VitPreset};
 pub use ehr::{EhrRecord, FeatureSet};
-pub use error::{CheckpointError, ConfigError, EhrError, ShapeError};
+pub use error::{CheckpointError, ConfigError, DecodeError, EhrError, ShapeError};
 pub use msn::{MsnBatch, MultimodalMsn};
