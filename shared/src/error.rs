@@ -124,3 +124,95 @@ pub enum CheckpointError {
     #[error("could not serialise the model: {0}")]
     Write(String),
 }
+
+/// Image bytes that cannot be turned into a [`crate::image::GreyImage`]
+/// (see [`crate::decode::decode`]).
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum DecodeError {
+    /// No bytes at all.
+    #[error("the image file is empty (0 bytes); expected a PNG, JPEG or DICOM file")]
+    Empty,
+    /// The bytes are none of the formats read here.
+    #[error(
+        "unrecognised image format: expected PNG (starts 89 50 4E 47), JPEG (starts FF D8 FF) \
+         or DICOM ('DICM' at byte 128, after the 128-byte preamble); {0}"
+    )]
+    UnknownFormat(String),
+    /// The data ends early or breaks the format's rules.
+    #[error("{format} data is truncated or corrupt: {detail}")]
+    Corrupt {
+        /// The format that was being read.
+        format: crate::decode::ImageFormat,
+        /// What was wrong, and where.
+        detail: String,
+    },
+    /// A valid file that uses a feature this decoder does not implement.
+    #[error("{format} image not supported: {detail}")]
+    Unsupported {
+        /// The format that was being read.
+        format: crate::decode::ImageFormat,
+        /// What is not supported, and what is.
+        detail: String,
+    },
+    /// A DICOM transfer syntax without a decoder here.
+    #[error(
+        "DICOM transfer syntax {uid} ({name}) is not supported: {reason}. Supported: implicit and \
+         explicit VR little endian, deflated explicit VR little endian, RLE lossless, JPEG \
+         baseline and extended (8-bit), JPEG lossless (processes 14 and 14 SV1), JPEG 2000 \
+         (lossless and lossy)"
+    )]
+    UnsupportedTransferSyntax {
+        /// The transfer syntax UID from the file meta group.
+        uid: String,
+        /// Its name in the standard, or "unknown transfer syntax".
+        name: String,
+        /// Why it cannot be read.
+        reason: String,
+    },
+    /// The declared size exceeds [`crate::decode::DecodeLimits`]; checked before any pixel
+    /// buffer is allocated.
+    #[error(
+        "{format} image of {width}x{height} pixels ({pixels} pixels) exceeds the decode limit \
+         of {max_side} pixels per side and {max_pixels} pixels in all"
+    )]
+    TooLarge {
+        /// The format that was being read.
+        format: crate::decode::ImageFormat,
+        /// Declared width in pixels.
+        width: u64,
+        /// Declared height in pixels.
+        height: u64,
+        /// `width * height`.
+        pixels: u64,
+        /// The limit on either side.
+        max_side: usize,
+        /// The limit on the pixel count.
+        max_pixels: usize,
+    },
+    /// A width or height of zero.
+    #[error("{format} image declares a size of {width}x{height}; expected at least 1x1 pixels")]
+    ZeroSize {
+        /// The format that was being read.
+        format: crate::decode::ImageFormat,
+        /// Declared width in pixels.
+        width: u64,
+        /// Declared height in pixels.
+        height: u64,
+    },
+    /// A DICOM file without the Pixel Data element (e.g. a structured report).
+    #[error(
+        "DICOM file has no pixel data: element (7FE0,0010) Pixel Data is missing, so this is \
+         not an image (a report or presentation state?)"
+    )]
+    MissingPixelData,
+    /// A DICOM image attribute that is required but missing or malformed.
+    #[error("DICOM attribute {name} {tag}: {detail}")]
+    BadAttribute {
+        /// The tag, as `(gggg,eeee)`.
+        tag: String,
+        /// Its keyword, e.g. `Rows`.
+        name: &'static str,
+        /// What is wrong and what was expected.
+        detail: String,
+    },
+}

@@ -15,6 +15,8 @@
 //! - [`loss`]: the MSN loss (sharpening, Sinkhorn, me-max, entropy);
 //! - [`ehr`]: EHR fields, the 23 named feature sets and their encoding;
 //! - [`image`]: the decoded grey image;
+//! - [`decode`]: PNG, JPEG and DICOM bytes to that grey image, with the DICOM header fields
+//!   that prefill the EHR form;
 //! - [`views`]: seeded MSN views (random resized crops, flips), evaluation and fine-tuning
 //!   transforms;
 //! - [`preprocess`]: grey views to normalised `[B, C, S, S]` batches;
@@ -28,6 +30,7 @@
 pub mod checkpoint;
 pub mod classifier;
 pub mod config;
+pub mod decode;
 pub mod ehr;
 pub mod error;
 pub mod heads;
@@ -48,5 +51,5 @@ pub use checkpoint::{ModelKind, ModelMeta};
 pub use classifier::Classifier;
 pub use config::{MsnConfig, Profile, VitConfig, VitPreset};
 pub use ehr::{EhrRecord, FeatureSet};
-pub use error::{CheckpointError, ConfigError, EhrError, ShapeError};
+pub use error::{CheckpointError, ConfigError, DecodeError, EhrError, ShapeError};
 pub use msn::{MsnBatch, MultimodalMsn};
