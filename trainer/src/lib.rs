@@ -2,9 +2,11 @@
 //! datasets (the model crate `cxr_msn` does none of that). The binary in `main.rs` is a thin
 //! command-line layer over it.
 
+pub mod bench;
 pub mod data;
 pub mod ehr_command;
 pub mod files;
+pub mod images;
 pub mod loader;
 pub mod source;
 pub mod synthetic;

@@ -5,15 +5,16 @@
 //! serve the pretraining, probing, fine-tuning and evaluation subcommands that arrive with
 //! the trainer issue.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use cxr_msn::checkpoint::read_meta;
 use cxr_msn::config::{MsnConfig, Profile, VitConfig, VitPreset};
+use cxr_msn::decode::DecodeLimits;
 use cxr_msn::ehr::FeatureSet;
 use cxr_msn_trainer::source::{DataArgs, describe};
-use cxr_msn_trainer::{ehr_command, synthetic};
+use cxr_msn_trainer::{bench, ehr_command, images, synthetic};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -68,6 +69,14 @@ enum Command {
     Data {
         #[command(flatten)]
         source: DataArgs,
+        /// Also decode every image and list the ones that fail.
+        #[arg(long)]
+        check_images: bool,
+    },
+    /// Measure throughput against a baseline in the same run (see BENCHMARKS.md).
+    Bench {
+        #[command(subcommand)]
+        target: bench::BenchTarget,
     },
     /// Link MIMIC-CXR images to MIMIC-IV and write one row of EHR facts per image.
     ///
@@ -125,9 +134,33 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Data { source } => {
+        Command::Data {
+            source,
+            check_images,
+        } => {
             let data = source.load()?;
             print!("{}", describe(&data, &source.policy()));
+            if check_images {
+                let paths: Vec<&Path> = data.records.iter().map(|r| r.image.as_path()).collect();
+                let failures = images::check_all(&paths, &DecodeLimits::default(), 0);
+                println!(
+                    "images decoded: {} of {}",
+                    paths.len() - failures.len(),
+                    paths.len()
+                );
+                for (_, message) in failures.iter().take(20) {
+                    println!("  {message}");
+                }
+                if !failures.is_empty() {
+                    anyhow::bail!("{} images cannot be decoded", failures.len());
+                }
+            }
+            Ok(())
+        }
+        Command::Bench {
+            target: bench::BenchTarget::Loader(args),
+        } => {
+            print!("{}", bench::run_loader(&args)?);
             Ok(())
         }
         Command::Ehr(args) => {
