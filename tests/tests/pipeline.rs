@@ -1,0 +1,121 @@
+//! The whole data path into the model: the real `cxr-msn synth` binary writes a synthetic
+//! dataset, the manifest adapter reads it, the loader decodes the PNGs and draws MSN views
+//! on worker threads, and one multimodal pretraining step runs on the flex CPU backend.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use cxr_msn::config::{EhrConfig, MsnConfig, VitPreset};
+use cxr_msn::decode::DecodeLimits;
+use cxr_msn::ehr::FeatureSet;
+use cxr_msn::msn::{AnchorGroup, MsnBatch};
+use cxr_msn::rand::SeedableRng;
+use cxr_msn::rand::rngs::StdRng;
+use cxr_msn_trainer::data::{LabelPolicy, OnBadRow, manifest};
+use cxr_msn_trainer::images::file_decoder;
+use cxr_msn_trainer::loader::{Loader, LoaderConfig, Views};
+
+/// The trainer binary: `$CXR_MSN_BIN`, or `cxr-msn` in the target directory of this test.
+fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("CXR_MSN_BIN") {
+        return path.into();
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let bin = dir.join(format!("cxr-msn{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+#[test]
+fn synthetic_data_flows_through_the_loader_into_a_pretraining_step() {
+    let dir = std::env::temp_dir().join(format!("cxr-msn-pipeline-{}", std::process::id()));
+    let out = Command::new(binary())
+        .args([
+            "synth", "--count", "12", "--size", "128", "--seed", "3", "--out",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let check = Command::new(binary())
+        .args(["data", "--check-images", "--data"])
+        .arg(dir.join("manifest.csv"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success() && text.contains("images decoded: 12 of 12"),
+        "{text}"
+    );
+
+    let data = manifest::load(&dir.join("manifest.csv"), OnBadRow::Fail).unwrap();
+    let features = FeatureSet::from_name("demographic").unwrap();
+    let items = data
+        .items(None, Some(&features), &LabelPolicy::default())
+        .unwrap();
+    let mut views = cxr_msn::config::ViewConfig::default();
+    views.focal_views = 2;
+    let mut cfg = LoaderConfig::new(cxr_msn::config::Normalization::imagenet(1));
+    cfg.batch_size = 4;
+    cfg.threads = 2;
+    let loader = Loader::new(
+        items,
+        Views::Msn(views.clone()),
+        cfg,
+        file_decoder(DecodeLimits::default()),
+    )
+    .unwrap();
+    let batch = loader.epoch(0).next().unwrap().unwrap();
+
+    let device = Device::flex().autodiff();
+    device.seed(1);
+    let mut config = MsnConfig::paper(VitPreset::Tiny)
+        .with_ehr(features)
+        .with_channels(1);
+    config.vit.depth = 2;
+    config.views = views;
+    config.ehr = Some(EhrConfig {
+        ehr_dim: 16,
+        ..config.ehr.unwrap()
+    });
+    let model = config.init(&device).unwrap();
+    let msn_batch = MsnBatch {
+        target: batch.images.clone().to_tensor(&device),
+        anchors: vec![
+            AnchorGroup {
+                images: batch.anchors.clone().unwrap().to_tensor(&device),
+            },
+            AnchorGroup {
+                images: batch.focal.clone().unwrap().to_tensor(&device),
+            },
+        ],
+        ehr: Some(Tensor::from_data(
+            TensorData::new(batch.ehr.clone(), [4, 3]),
+            &device,
+        )),
+    };
+    model.check_batch(&msn_batch).unwrap();
+    let masks = model.sample_masks(&msn_batch, &config, &mut StdRng::seed_from_u64(2));
+    let forward = model.forward_pretrain(msn_batch, &masks, &config);
+    let loss = model.loss(&forward, &config);
+    let value = loss.total.clone().into_data().to_vec::<f32>().unwrap()[0];
+    assert!(value.is_finite() && value > 0.0, "loss {value}");
+    let grads = loss.total.backward();
+    let g = model.ehr.as_ref().unwrap().f_ehr.weight.val().grad(&grads);
+    assert!(g.is_some(), "the EHR encoder learns from real batches");
+    std::fs::remove_dir_all(&dir).ok();
+}
