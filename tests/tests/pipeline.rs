@@ -67,8 +67,10 @@ fn synthetic_data_flows_through_the_loader_into_a_pretraining_step() {
     let items = data
         .items(None, Some(&features), &LabelPolicy::default())
         .unwrap();
-    let mut views = cxr_msn::config::ViewConfig::default();
-    views.focal_views = 2;
+    let views = cxr_msn::config::ViewConfig {
+        focal_views: 2,
+        ..Default::default()
+    };
     let mut cfg = LoaderConfig::new(cxr_msn::config::Normalization::imagenet(1));
     cfg.batch_size = 4;
     cfg.threads = 2;
@@ -112,7 +114,7 @@ fn synthetic_data_flows_through_the_loader_into_a_pretraining_step() {
     let masks = model.sample_masks(&msn_batch, &config, &mut StdRng::seed_from_u64(2));
     let forward = model.forward_pretrain(msn_batch, &masks, &config);
     let loss = model.loss(&forward, &config);
-    let value = loss.total.clone().into_data().to_vec::<f32>().unwrap()[0];
+    let value = loss.total.clone().into_data().try_to_vec::<f32>().unwrap()[0];
     assert!(value.is_finite() && value > 0.0, "loss {value}");
     let grads = loss.total.backward();
     let g = model.ehr.as_ref().unwrap().f_ehr.weight.val().grad(&grads);
