@@ -62,6 +62,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn unreadable_images_are_dropped_counted_and_named() {
+        use crate::data::{OnBadRow, manifest};
+        let dir = tempfile::tempdir().unwrap();
+        let img = GreyImage::new(4, 4, vec![0.2; 16]).unwrap();
+        std::fs::write(
+            dir.path().join("a.png"),
+            crate::synthetic::encode_png(&img).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("b.png"), b"\x89PNG\r\n\x1a\ntruncated").unwrap();
+        let csv = dir.path().join("m.csv");
+        std::fs::write(&csv, "path,Edema\na.png,1\nb.png,0\nc.png,0\n").unwrap();
+        let mut data = manifest::load(&csv, OnBadRow::Fail).unwrap();
+        let failures = data.drop_unreadable_images(&DecodeLimits::default());
+        assert_eq!(data.records.len(), 1);
+        assert_eq!(failures.len(), 2);
+        assert!(failures[0].0.ends_with("b.png") && failures[1].0.ends_with("c.png"));
+        assert_eq!(data.report.kept, 1);
+        assert_eq!(data.report.dropped["image cannot be read"], 2);
+        assert_eq!(
+            data.report.rows_read,
+            data.report.kept + data.report.dropped_total()
+        );
+    }
+
+    #[test]
     fn failures_name_the_file_and_the_problem() {
         let dir = tempfile::tempdir().unwrap();
         let good = dir.path().join("good.png");

@@ -5,7 +5,7 @@
 //! serve the pretraining, probing, fine-tuning and evaluation subcommands that arrive with
 //! the trainer issue.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -14,7 +14,7 @@ use cxr_msn::config::{MsnConfig, Profile, VitConfig, VitPreset};
 use cxr_msn::decode::DecodeLimits;
 use cxr_msn::ehr::FeatureSet;
 use cxr_msn_trainer::source::{DataArgs, describe};
-use cxr_msn_trainer::{bench, ehr_command, images, synthetic};
+use cxr_msn_trainer::{bench, ehr_command, synthetic};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -69,9 +69,13 @@ enum Command {
     Data {
         #[command(flatten)]
         source: DataArgs,
-        /// Also decode every image and list the ones that fail.
+        /// Also decode every image and list the ones that fail (an error unless
+        /// --skip-bad-images).
         #[arg(long)]
         check_images: bool,
+        /// With --check-images: drop unreadable images and count them instead of failing.
+        #[arg(long)]
+        skip_bad_images: bool,
     },
     /// Measure throughput against a baseline in the same run (see BENCHMARKS.md).
     Bench {
@@ -137,22 +141,26 @@ fn main() -> Result<()> {
         Command::Data {
             source,
             check_images,
+            skip_bad_images,
         } => {
-            let data = source.load()?;
+            let mut data = source.load()?;
+            let total = data.records.len();
+            let failures = if check_images {
+                data.drop_unreadable_images(&DecodeLimits::default())
+            } else {
+                Vec::new()
+            };
             print!("{}", describe(&data, &source.policy()));
             if check_images {
-                let paths: Vec<&Path> = data.records.iter().map(|r| r.image.as_path()).collect();
-                let failures = images::check_all(&paths, &DecodeLimits::default(), 0);
-                println!(
-                    "images decoded: {} of {}",
-                    paths.len() - failures.len(),
-                    paths.len()
-                );
+                println!("images decoded: {} of {total}", total - failures.len());
                 for (_, message) in failures.iter().take(20) {
                     println!("  {message}");
                 }
-                if !failures.is_empty() {
-                    anyhow::bail!("{} images cannot be decoded", failures.len());
+                if !failures.is_empty() && !skip_bad_images {
+                    anyhow::bail!(
+                        "{} images cannot be read (--skip-bad-images drops and counts them)",
+                        failures.len()
+                    );
                 }
             }
             Ok(())

@@ -337,6 +337,37 @@ impl Dataset {
             self.report.kept = self.report.kept.saturating_sub(gone);
         }
     }
+
+    /// Decodes every image (on all cores) and removes the records whose file is missing or
+    /// cannot be decoded, counting them in the report as "image cannot be read"; returns
+    /// the failures (path and message) so they can be shown. Use it before a long run to
+    /// skip bad files instead of stopping at the first.
+    pub fn drop_unreadable_images(
+        &mut self,
+        limits: &cxr_msn::decode::DecodeLimits,
+    ) -> Vec<(PathBuf, String)> {
+        let paths: Vec<&std::path::Path> = self.records.iter().map(|r| r.image.as_path()).collect();
+        let failures = crate::images::check_all(&paths, limits, 0);
+        let bad: std::collections::BTreeSet<usize> = failures.iter().map(|(i, _)| *i).collect();
+        let report: Vec<(PathBuf, String)> = failures
+            .into_iter()
+            .map(|(i, message)| (self.records[i].image.clone(), message))
+            .collect();
+        let mut index = 0;
+        self.records.retain(|_| {
+            index += 1;
+            !bad.contains(&(index - 1))
+        });
+        if !bad.is_empty() {
+            *self
+                .report
+                .dropped
+                .entry("image cannot be read".to_string())
+                .or_default() += bad.len();
+            self.report.kept = self.report.kept.saturating_sub(bad.len());
+        }
+        report
+    }
 }
 
 #[cfg(test)]
