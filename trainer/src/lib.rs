@@ -3,6 +3,7 @@
 //! command-line layer over it.
 
 pub mod bench;
+pub mod contact_sheet;
 pub mod data;
 pub mod ehr_command;
 pub mod files;

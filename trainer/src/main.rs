@@ -10,11 +10,12 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use cxr_msn::checkpoint::read_meta;
+use cxr_msn::config::ViewConfig;
 use cxr_msn::config::{MsnConfig, Profile, VitConfig, VitPreset};
 use cxr_msn::decode::DecodeLimits;
 use cxr_msn::ehr::FeatureSet;
 use cxr_msn_trainer::source::{DataArgs, describe};
-use cxr_msn_trainer::{bench, ehr_command, synthetic};
+use cxr_msn_trainer::{bench, contact_sheet, ehr_command, synthetic};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -76,6 +77,24 @@ enum Command {
         /// With --check-images: drop unreadable images and count them instead of failing.
         #[arg(long)]
         skip_bad_images: bool,
+    },
+    /// Draw the views pretraining would make of one image (evaluation view, target, random
+    /// anchor, focal views) and save them side by side as a PNG.
+    ///
+    /// Example: cxr-msn views --image data/synth/images/000001.png --out views.png --seed 3
+    Views {
+        /// A PNG, JPEG or DICOM file.
+        #[arg(long)]
+        image: PathBuf,
+        /// The PNG to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Seed of the crops and flips.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Focal views.
+        #[arg(long, default_value_t = 10)]
+        focal_views: usize,
     },
     /// Measure throughput against a baseline in the same run (see BENCHMARKS.md).
     Bench {
@@ -163,6 +182,20 @@ fn main() -> Result<()> {
                     );
                 }
             }
+            Ok(())
+        }
+        Command::Views {
+            image,
+            out,
+            seed,
+            focal_views,
+        } => {
+            let views = ViewConfig {
+                focal_views,
+                ..ViewConfig::default()
+            };
+            contact_sheet::write_sheet(&image, &out, &views, seed)?;
+            println!("wrote {}", out.display());
             Ok(())
         }
         Command::Bench {
