@@ -121,3 +121,113 @@ fn synthetic_data_flows_through_the_loader_into_a_pretraining_step() {
     assert!(g.is_some(), "the EHR encoder learns from real batches");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn pretraining_runs_saves_each_epoch_and_continues_where_it_stopped() {
+    let dir = std::env::temp_dir().join(format!("cxr-msn-pretrain-{}", std::process::id()));
+    let synth = Command::new(binary())
+        .args([
+            "synth", "--count", "20", "--size", "96", "--seed", "5", "--out",
+        ])
+        .arg(dir.join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        synth.status.success(),
+        "{}",
+        String::from_utf8_lossy(&synth.stderr)
+    );
+    let run = dir.join("run");
+    let pretrain = |extra: &[&str]| {
+        let out = Command::new(binary())
+            .args([
+                "pretrain",
+                "--ehr",
+                "sex",
+                "--depth",
+                "1",
+                "--batch-size",
+                "4",
+            ])
+            .args([
+                "--focal-views",
+                "1",
+                "--epochs",
+                "2",
+                "--threads",
+                "2",
+                "--data",
+            ])
+            .arg(dir.join("data/manifest.csv"))
+            .arg("--out")
+            .arg(&run)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let first = pretrain(&["--stop-after", "1"]);
+    assert!(first.contains("epoch 0: mean loss"), "{first}");
+    assert!(!first.contains("epoch 1:"), "{first}");
+    let state = std::fs::read_to_string(run.join("state.json")).unwrap();
+    assert_eq!(state, r#"{"epochs_done":1,"steps_done":4}"#);
+
+    let second = pretrain(&[]);
+    assert!(
+        second.contains("continuing") && second.contains("after epoch 1"),
+        "{second}"
+    );
+    assert!(
+        second.contains("epoch 1: mean loss") && !second.contains("epoch 0:"),
+        "{second}"
+    );
+    let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    let steps: Vec<&str> = metrics
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        ["0", "1", "2", "3", "4", "5", "6", "7"],
+        "one row per step, numbered on"
+    );
+
+    // The checkpoint is a pretraining model file that `inspect` reads.
+    let inspect = Command::new(binary())
+        .arg("inspect")
+        .arg(run.join("checkpoint.safetensors"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&inspect.stdout);
+    assert!(
+        text.contains("pretraining") && text.contains("training.epochs_done: 2"),
+        "{text}"
+    );
+
+    // A different configuration in the same folder is refused.
+    let out = Command::new(binary())
+        .args([
+            "pretrain",
+            "--ehr",
+            "age",
+            "--depth",
+            "1",
+            "--batch-size",
+            "4",
+            "--data",
+        ])
+        .arg(dir.join("data/manifest.csv"))
+        .arg("--out")
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another configuration"));
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -9,5 +9,7 @@ pub mod ehr_command;
 pub mod files;
 pub mod images;
 pub mod loader;
+pub mod pretrain;
+pub mod schedule;
 pub mod source;
 pub mod synthetic;

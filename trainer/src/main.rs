@@ -15,7 +15,7 @@ use cxr_msn::config::{MsnConfig, Profile, VitConfig, VitPreset};
 use cxr_msn::decode::DecodeLimits;
 use cxr_msn::ehr::FeatureSet;
 use cxr_msn_trainer::source::{DataArgs, describe};
-use cxr_msn_trainer::{bench, contact_sheet, ehr_command, synthetic};
+use cxr_msn_trainer::{bench, contact_sheet, ehr_command, pretrain, synthetic};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -62,6 +62,10 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         threads: usize,
     },
+    /// Pretrain a (multimodal) MSN on the CPU; running it again continues the run.
+    ///
+    /// Example: cxr-msn pretrain --data data/synth/manifest.csv --ehr demographic --out runs/demo
+    Pretrain(pretrain::PretrainArgs),
     /// Read a dataset as training would and describe it: rows kept and dropped (with
     /// reasons), splits, label prevalence under the label policy, EHR completeness.
     ///
@@ -196,6 +200,10 @@ fn main() -> Result<()> {
             };
             contact_sheet::write_sheet(&image, &out, &views, seed)?;
             println!("wrote {}", out.display());
+            Ok(())
+        }
+        Command::Pretrain(args) => {
+            pretrain::run(&args, &mut std::io::stdout())?;
             Ok(())
         }
         Command::Bench {

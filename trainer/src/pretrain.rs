@@ -1,0 +1,354 @@
+//! `cxr-msn pretrain`: multimodal MSN pretraining on the CPU (Burn's flex backend).
+//!
+//! The run folder holds `config.json` (the full configuration and the command's settings),
+//! `metrics.csv` (one row per step: lr, weight decay, EMA momentum, loss and its parts),
+//! `checkpoint.safetensors` (the pretraining model file, written atomically after every
+//! epoch) and `state.json` (the last finished epoch). Running the same command again
+//! continues after the last finished epoch.
+//!
+//! The step follows the chosen profile: views and masking, EMA timing and schedule, the
+//! learning-rate and weight-decay schedules, decoupled weight decay on everything (`paper`)
+//! or on weights only (`msn`), and clipping by the global gradient norm (`msn`).
+//! Not yet: the GPU (wgpu) backend, several devices, f16 mixed precision (the `paper`
+//! profile's runs here are f32), and the optimiser's moments across a resume (they restart
+//! from zero; the weights, EMA target and schedules continue exactly).
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::tensor::{Device, Tensor, TensorData};
+use clap::Args;
+use cxr_msn::checkpoint::{ModelMeta, load_pretraining, write_model};
+use cxr_msn::config::{EmaTiming, MsnConfig, Normalization, Profile, VitPreset};
+use cxr_msn::decode::DecodeLimits;
+use cxr_msn::ehr::FeatureSet;
+use cxr_msn::msn::{AnchorGroup, MsnBatch, MultimodalMsn};
+use cxr_msn::rand::SeedableRng;
+use cxr_msn::rand::rngs::StdRng;
+use serde::{Deserialize, Serialize};
+
+use crate::data::Split;
+use crate::files::write_atomic;
+use crate::images::file_decoder;
+use crate::loader::{Batch, Loader, LoaderConfig, Views};
+use crate::schedule::{Progress, clip_global_norm, decay, learning_rate, weight_decay};
+use crate::source::DataArgs;
+
+/// The settings of `cxr-msn pretrain`.
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct PretrainArgs {
+    #[command(flatten)]
+    #[serde(skip)]
+    pub source: DataArgs,
+    /// Run folder (created; an existing run in it is continued).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Recipe: the authors' code (`paper`) or the original MSN (`msn`).
+    #[arg(long, default_value = "paper")]
+    pub profile: String,
+    /// ViT size: tiny, tiny-3h, small, base.
+    #[arg(long, default_value = "tiny")]
+    pub preset: String,
+    /// EHR feature set for the anchor branch (see `cxr-msn info`), or `none` for vanilla MSN.
+    #[arg(long, default_value = "none")]
+    pub ehr: String,
+    /// Input channels: 3 (grey repeated, as the authors) or 1.
+    #[arg(long, default_value_t = 3)]
+    pub channels: usize,
+    /// Epochs (default: the profile's).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Images per batch (default: the profile's).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Focal views per image (default: 10).
+    #[arg(long)]
+    pub focal_views: Option<usize>,
+    /// Transformer blocks (default: 12); fewer only for quick smoke runs.
+    #[arg(long)]
+    pub depth: Option<usize>,
+    /// Seed of the initialisation, the shuffles, the views and the masks.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Loader threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Preprocessed-image cache folder (recommended for full-size JPEGs).
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+    /// Stop after this many epochs in this invocation (for time-limited jobs: run the
+    /// same command again to continue).
+    #[arg(long)]
+    pub stop_after: Option<usize>,
+}
+
+/// What `state.json` records.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunState {
+    /// Epochs finished.
+    pub epochs_done: usize,
+    /// Steps finished.
+    pub steps_done: usize,
+}
+
+/// The model configuration the settings ask for.
+pub fn model_config(args: &PretrainArgs) -> Result<MsnConfig> {
+    let profile = Profile::from_name(&args.profile)?;
+    let preset = VitPreset::from_name(&args.preset)?;
+    let mut config = MsnConfig::for_profile(profile, preset).with_channels(args.channels);
+    if args.ehr != "none" {
+        config = config.with_ehr(FeatureSet::from_name(&args.ehr)?);
+    }
+    if let Some(e) = args.epochs {
+        config.optim.epochs = e;
+    }
+    if let Some(b) = args.batch_size {
+        config.optim.batch_size = b;
+    }
+    if let Some(f) = args.focal_views {
+        config.views.focal_views = f;
+    }
+    if let Some(d) = args.depth {
+        config.vit.depth = d;
+    }
+    config.validate()?;
+    if config.optim.batch_size < 2 {
+        bail!("the batch size must be at least 2 (BatchNorm needs batch statistics)");
+    }
+    Ok(config)
+}
+
+fn batch_tensors(batch: Batch, ehr_in: Option<usize>, device: &Device) -> Result<MsnBatch> {
+    let b = batch.items.len();
+    let anchors = batch.anchors.context("MSN batches carry anchors")?;
+    let focal = batch.focal.context("MSN batches carry focal views")?;
+    let mut groups = vec![AnchorGroup {
+        images: anchors.to_tensor(device),
+    }];
+    if focal.shape[0] > 0 {
+        groups.push(AnchorGroup {
+            images: focal.to_tensor(device),
+        });
+    }
+    Ok(MsnBatch {
+        target: batch.images.to_tensor(device),
+        anchors: groups,
+        ehr: ehr_in.map(|n| Tensor::from_data(TensorData::new(batch.ehr, [b, n]), device)),
+    })
+}
+
+fn scalar(t: Tensor<1>) -> Result<f64> {
+    Ok(t.into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?[0] as f64)
+}
+
+fn read_state(dir: &Path) -> Result<Option<RunState>> {
+    let path = dir.join("state.json");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(Some(serde_json::from_str(&text).with_context(|| {
+        format!("{} is malformed", path.display())
+    })?))
+}
+
+/// Runs (or continues) a pretraining run; returns the mean loss of the last epoch run here
+/// (NaN when there was nothing left to run).
+pub fn run(args: &PretrainArgs, log: &mut dyn std::io::Write) -> Result<f64> {
+    let config = model_config(args)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let data = args.source.load()?;
+    let features = config.ehr.as_ref().map(|e| e.feature_set.clone());
+    let split = if data.records_in(Split::Train).next().is_some() {
+        Some(Split::Train)
+    } else {
+        None
+    };
+    let items = data.items(split, features.as_ref(), &args.source.policy())?;
+    let normalization = Normalization::imagenet(config.vit.channels);
+    let mut loader_cfg = LoaderConfig::new(normalization.clone());
+    loader_cfg.batch_size = config.optim.batch_size;
+    loader_cfg.threads = args.threads;
+    loader_cfg.seed = args.seed;
+    loader_cfg.cache_dir = args.cache.clone();
+    let loader = Loader::new(
+        items,
+        Views::Msn(config.views.clone()),
+        loader_cfg,
+        file_decoder(DecodeLimits::default()),
+    )?;
+    let steps_per_epoch = loader.batches_per_epoch();
+    if steps_per_epoch == 0 {
+        bail!(
+            "fewer training images than one batch of {}",
+            config.optim.batch_size
+        );
+    }
+
+    let device = Device::flex().autodiff();
+    device.seed(args.seed);
+    let checkpoint = args.out.join("checkpoint.safetensors");
+    let state = read_state(&args.out)?;
+    let (mut model, mut state): (MultimodalMsn, RunState) = match state {
+        Some(s) if checkpoint.exists() => {
+            let bytes = std::fs::read(&checkpoint)
+                .with_context(|| format!("cannot read {}", checkpoint.display()))?;
+            let (model, meta) = load_pretraining(&bytes, &device)
+                .with_context(|| format!("{}", checkpoint.display()))?;
+            if meta.config != config {
+                bail!(
+                    "{} holds a run with another configuration; use another --out folder",
+                    args.out.display()
+                );
+            }
+            writeln!(
+                log,
+                "continuing {} after epoch {}",
+                args.out.display(),
+                s.epochs_done
+            )?;
+            (model, s)
+        }
+        _ => (
+            config.init(&device)?,
+            RunState {
+                epochs_done: 0,
+                steps_done: 0,
+            },
+        ),
+    };
+    let settings = serde_json::json!({ "config": config, "args": args, "data": args.source.data });
+    write_atomic(
+        &args.out.join("config.json"),
+        serde_json::to_string_pretty(&settings)?.as_bytes(),
+    )?;
+
+    let o = &config.optim;
+    let mut optim = AdamWConfig::new()
+        .with_epsilon(1e-8)
+        .with_weight_decay(0.0)
+        .init();
+    let metrics_path = args.out.join("metrics.csv");
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .with_context(|| format!("cannot write {}", metrics_path.display()))?;
+    if metrics.metadata()?.len() == 0 {
+        writeln!(
+            metrics,
+            "epoch,step,lr,weight_decay,ema_momentum,loss,ce,me_max,entropy,grad_norm,seconds"
+        )?;
+    }
+    let ehr_in = features.as_ref().map(FeatureSet::width);
+    let mut last_mean = f64::NAN;
+    let end = match args.stop_after {
+        Some(n) => (state.epochs_done + n).min(o.epochs),
+        None => o.epochs,
+    };
+    if state.epochs_done >= o.epochs {
+        writeln!(
+            log,
+            "{} has finished all {} epochs; nothing to do",
+            args.out.display(),
+            o.epochs
+        )?;
+    }
+    for epoch in state.epochs_done..end {
+        let started = Instant::now();
+        let mut sum = 0.0;
+        for (i, batch) in loader.epoch(epoch).enumerate() {
+            let step = state.steps_done;
+            let progress = Progress {
+                step,
+                steps_per_epoch,
+                epochs: o.epochs,
+            };
+            let momentum = config.ema.momentum(step, steps_per_epoch * o.epochs);
+            if config.ema.timing == EmaTiming::BeforeForward {
+                model.ema_update(momentum);
+            }
+            let batch = batch_tensors(batch?, ehr_in, &device)?;
+            model.check_batch(&batch)?;
+            let mut rng =
+                StdRng::seed_from_u64(args.seed ^ (step as u64).wrapping_mul(0x9E37_79B9));
+            let masks = model.sample_masks(&batch, &config, &mut rng);
+            let forward = model.forward_pretrain(batch, &masks, &config);
+            let loss = model.loss(&forward, &config);
+            let values = [
+                scalar(loss.total.clone())?,
+                scalar(loss.ce.clone())?,
+                scalar(loss.me_max.clone())?,
+                scalar(loss.entropy.clone())?,
+            ];
+            if !values[0].is_finite() {
+                bail!(
+                    "the loss became {} at step {step}; the last good checkpoint is {}",
+                    values[0],
+                    checkpoint.display()
+                );
+            }
+            let mut grads = GradientsParams::from_grads(loss.total.backward(), &model);
+            let norm = match o.clip_grad_norm {
+                Some(max) => clip_global_norm(&model, &mut grads, max),
+                None => f64::NAN,
+            };
+            let lr = learning_rate(o, progress);
+            let wd = weight_decay(o, progress);
+            model = decay(model, lr, wd, o.decay_all_parameters);
+            model = optim.step(lr, model, grads);
+            if config.ema.timing == EmaTiming::AfterStep {
+                model.ema_update(momentum);
+            }
+            state.steps_done += 1;
+            sum += values[0];
+            writeln!(
+                metrics,
+                "{epoch},{step},{lr:e},{wd:e},{momentum},{},{},{},{},{norm},{:.3}",
+                values[0],
+                values[1],
+                values[2],
+                values[3],
+                started.elapsed().as_secs_f64()
+            )?;
+            if i % 10 == 0 {
+                writeln!(
+                    log,
+                    "epoch {epoch} step {i}/{steps_per_epoch}: loss {:.4} (ce {:.4}, me-max {:.4})",
+                    values[0], values[1], values[2]
+                )?;
+            }
+        }
+        metrics.flush()?;
+        last_mean = sum / steps_per_epoch as f64;
+        let mut meta = ModelMeta::pretraining(config.clone());
+        meta.normalization = normalization.clone();
+        meta.training.insert("seed".into(), args.seed.to_string());
+        meta.training
+            .insert("epochs_done".into(), (epoch + 1).to_string());
+        meta.training
+            .insert("steps_done".into(), state.steps_done.to_string());
+        meta.training
+            .insert("data".into(), args.source.data.display().to_string());
+        write_atomic(&checkpoint, &write_model(&model, &meta)?)?;
+        state.epochs_done = epoch + 1;
+        write_atomic(
+            &args.out.join("state.json"),
+            serde_json::to_string(&state)?.as_bytes(),
+        )?;
+        writeln!(
+            log,
+            "epoch {epoch}: mean loss {last_mean:.4} in {:.1} s; saved {}",
+            started.elapsed().as_secs_f64(),
+            checkpoint.display()
+        )?;
+    }
+    Ok(last_mean)
+}
