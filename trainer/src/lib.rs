@@ -9,6 +9,7 @@ pub mod ehr_command;
 pub mod files;
 pub mod images;
 pub mod loader;
+pub mod metrics;
 pub mod pretrain;
 pub mod schedule;
 pub mod source;

@@ -1,0 +1,285 @@
+//! Evaluation metrics of METHOD.md section 7: per-label AUROC and average precision (AUPRC),
+//! their macro means, and 95% confidence intervals by the basic bootstrap over test rows.
+//!
+//! Scores are `[N, L]` row-major; targets are `Option<f32>` per cell (`None` = left out,
+//! e.g. an ignored uncertain label). A label whose kept targets hold one class only has no
+//! AUROC and is left out of the macro means (as scikit-learn would refuse it).
+
+use cxr_msn::rand::rngs::StdRng;
+use cxr_msn::rand::{RngExt, SeedableRng};
+
+/// Area under the ROC curve of one label: the probability that a random positive scores
+/// above a random negative, ties counting half (the Mann-Whitney U statistic, equal to
+/// scikit-learn's `roc_auc_score`). `None` when one class is absent.
+pub fn auroc(scores: &[f32], positive: &[bool]) -> Option<f64> {
+    let n_pos = positive.iter().filter(|&&p| p).count();
+    let n_neg = positive.len() - n_pos;
+    if n_pos == 0 || n_neg == 0 {
+        return None;
+    }
+    // Average ranks (1-based) with ties sharing their mean rank.
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    let mut rank_sum_pos = 0.0;
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j + 1 < order.len() && scores[order[j + 1]] == scores[order[i]] {
+            j += 1;
+        }
+        let mean_rank = (i + j) as f64 / 2.0 + 1.0;
+        rank_sum_pos += order[i..=j].iter().filter(|&&k| positive[k]).count() as f64 * mean_rank;
+        i = j + 1;
+    }
+    let u = rank_sum_pos - (n_pos * (n_pos + 1)) as f64 / 2.0;
+    Some(u / (n_pos * n_neg) as f64)
+}
+
+/// Average precision (area under the precision-recall curve as scikit-learn's
+/// `average_precision_score`): sum over distinct thresholds of (R_k - R_{k-1}) P_k.
+/// `None` without positives.
+pub fn average_precision(scores: &[f32], positive: &[bool]) -> Option<f64> {
+    let n_pos = positive.iter().filter(|&&p| p).count();
+    if n_pos == 0 {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    let (mut tp, mut fp, mut ap, mut last_recall) = (0usize, 0usize, 0.0, 0.0);
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j + 1 < order.len() && scores[order[j + 1]] == scores[order[i]] {
+            j += 1;
+        }
+        for &k in &order[i..=j] {
+            if positive[k] {
+                tp += 1;
+            } else {
+                fp += 1;
+            }
+        }
+        let recall = tp as f64 / n_pos as f64;
+        let precision = tp as f64 / (tp + fp) as f64;
+        ap += (recall - last_recall) * precision;
+        last_recall = recall;
+        i = j + 1;
+    }
+    Some(ap)
+}
+
+/// Per-label and macro metrics of one evaluation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metrics {
+    /// AUROC per label (`None` where one class is absent).
+    pub auroc: Vec<Option<f64>>,
+    /// Average precision per label (`None` without positives or negatives).
+    pub average_precision: Vec<Option<f64>>,
+    /// Mean AUROC over the labels that have one.
+    pub macro_auroc: Option<f64>,
+    /// Mean average precision over the same labels.
+    pub macro_average_precision: Option<f64>,
+}
+
+fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    (n > 0).then(|| sum / n as f64)
+}
+
+/// Metrics of `scores` (`[N, L]`) against `targets` (`[N, L]`), over the rows `rows`.
+pub fn evaluate_rows(
+    scores: &[f32],
+    targets: &[Option<f32>],
+    labels: usize,
+    rows: &[usize],
+) -> Metrics {
+    let mut auroc_all = Vec::with_capacity(labels);
+    let mut ap_all = Vec::with_capacity(labels);
+    for l in 0..labels {
+        let (mut s, mut p) = (
+            Vec::with_capacity(rows.len()),
+            Vec::with_capacity(rows.len()),
+        );
+        for &r in rows {
+            if let Some(t) = targets[r * labels + l] {
+                s.push(scores[r * labels + l]);
+                p.push(t > 0.5);
+            }
+        }
+        let a = auroc(&s, &p);
+        auroc_all.push(a);
+        ap_all.push(a.and_then(|_| average_precision(&s, &p)));
+    }
+    Metrics {
+        macro_auroc: mean(auroc_all.iter().flatten().copied()),
+        macro_average_precision: mean(ap_all.iter().flatten().copied()),
+        auroc: auroc_all,
+        average_precision: ap_all,
+    }
+}
+
+/// Metrics over all rows.
+pub fn evaluate(scores: &[f32], targets: &[Option<f32>], labels: usize) -> Metrics {
+    let n = scores.len() / labels.max(1);
+    evaluate_rows(scores, targets, labels, &(0..n).collect::<Vec<_>>())
+}
+
+/// A point estimate with its 95% confidence interval.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Interval {
+    /// On all rows.
+    pub value: f64,
+    /// Lower bound.
+    pub low: f64,
+    /// Upper bound.
+    pub high: f64,
+}
+
+/// 95% basic-bootstrap intervals of the macro AUROC and macro AUPRC: `resamples` draws of
+/// the rows with replacement (seeded), and the interval (2 theta - q97.5, 2 theta - q2.5)
+/// of METHOD.md section 7 ("theta - percentile of theta_b - theta").
+pub fn bootstrap_macro(
+    scores: &[f32],
+    targets: &[Option<f32>],
+    labels: usize,
+    resamples: usize,
+    seed: u64,
+) -> (Option<Interval>, Option<Interval>) {
+    let n = scores.len() / labels.max(1);
+    let full = evaluate(scores, targets, labels);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (mut a, mut p) = (Vec::with_capacity(resamples), Vec::with_capacity(resamples));
+    for _ in 0..resamples {
+        let rows: Vec<usize> = (0..n).map(|_| rng.random_range(0..n)).collect();
+        let m = evaluate_rows(scores, targets, labels, &rows);
+        a.extend(m.macro_auroc);
+        p.extend(m.macro_average_precision);
+    }
+    let interval = |theta: Option<f64>, mut draws: Vec<f64>| {
+        let theta = theta?;
+        if draws.is_empty() {
+            return None;
+        }
+        draws.sort_by(f64::total_cmp);
+        let q =
+            |f: f64| draws[((f * (draws.len() - 1) as f64).round() as usize).min(draws.len() - 1)];
+        Some(Interval {
+            value: theta,
+            low: 2.0 * theta - q(0.975),
+            high: 2.0 * theta - q(0.025),
+        })
+    };
+    (
+        interval(full.macro_auroc, a),
+        interval(full.macro_average_precision, p),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    struct Case {
+        labels: Vec<Vec<u8>>,
+        scores: Vec<Vec<f64>>,
+        auroc: Vec<Option<f64>>,
+        average_precision: Vec<Option<f64>>,
+        macro_auroc: f64,
+        macro_average_precision: f64,
+    }
+
+    #[test]
+    fn auroc_and_average_precision_match_scikit_learn() {
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/metrics/cases.json"),
+        )
+        .unwrap();
+        let cases: Vec<Case> = serde_json::from_str(&text).unwrap();
+        for (c, case) in cases.iter().enumerate() {
+            let labels = case.labels[0].len();
+            let scores: Vec<f32> = case.scores.iter().flatten().map(|&s| s as f32).collect();
+            let targets: Vec<Option<f32>> = case
+                .labels
+                .iter()
+                .flatten()
+                .map(|&l| Some(l as f32))
+                .collect();
+            let m = evaluate(&scores, &targets, labels);
+            for l in 0..labels {
+                match (m.auroc[l], case.auroc[l]) {
+                    (Some(a), Some(b)) => {
+                        assert!((a - b).abs() < 1e-12, "case {c} label {l}: {a} vs {b}")
+                    }
+                    (None, None) => {}
+                    other => panic!("case {c} label {l}: {other:?}"),
+                }
+                match (m.average_precision[l], case.average_precision[l]) {
+                    (Some(a), Some(b)) => {
+                        assert!((a - b).abs() < 1e-12, "case {c} label {l} AP: {a} vs {b}")
+                    }
+                    (None, None) => {}
+                    other => panic!("case {c} label {l} AP: {other:?}"),
+                }
+            }
+            assert!((m.macro_auroc.unwrap() - case.macro_auroc).abs() < 1e-12);
+            assert!(
+                (m.macro_average_precision.unwrap() - case.macro_average_precision).abs() < 1e-12
+            );
+        }
+    }
+
+    #[test]
+    fn hand_derived_cases() {
+        // Perfect, reversed, and all ties.
+        assert_eq!(
+            auroc(&[0.1, 0.2, 0.8, 0.9], &[false, false, true, true]),
+            Some(1.0)
+        );
+        assert_eq!(
+            auroc(&[0.9, 0.8, 0.2, 0.1], &[false, false, true, true]),
+            Some(0.0)
+        );
+        assert_eq!(auroc(&[0.5; 4], &[false, true, false, true]), Some(0.5));
+        assert_eq!(auroc(&[0.1, 0.2], &[true, true]), None);
+        // One positive ranked second of three: AP = 1/2.
+        assert_eq!(
+            average_precision(&[0.9, 0.5, 0.1], &[false, true, false]),
+            Some(0.5)
+        );
+        // Ignored targets are left out.
+        let m = evaluate(&[0.1, 0.9, 0.5], &[Some(0.0), Some(1.0), None], 1);
+        assert_eq!(m.auroc[0], Some(1.0));
+    }
+
+    #[test]
+    fn bootstrap_intervals_bracket_the_estimate_and_narrow_with_more_data() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let make = |n: usize, rng: &mut StdRng| {
+            let mut scores = Vec::new();
+            let mut targets = Vec::new();
+            for _ in 0..n {
+                let y = rng.random_bool(0.3);
+                scores.push(rng.random_range(0.0..1.0f32) + if y { 0.4 } else { 0.0 });
+                targets.push(Some(y as u8 as f32));
+            }
+            (scores, targets)
+        };
+        let (s, t) = make(100, &mut rng);
+        let (auc, ap) = bootstrap_macro(&s, &t, 1, 1000, 1);
+        let (auc, ap) = (auc.unwrap(), ap.unwrap());
+        assert!(auc.low < auc.value && auc.value < auc.high && auc.high <= 1.2);
+        assert!(ap.low < ap.value && ap.value < ap.high);
+        let (s, t) = make(2000, &mut rng);
+        let big = bootstrap_macro(&s, &t, 1, 300, 1).0.unwrap();
+        assert!(
+            big.high - big.low < (auc.high - auc.low) / 2.0,
+            "more rows, tighter interval"
+        );
+        assert_eq!(
+            bootstrap_macro(&s, &t, 1, 50, 9),
+            bootstrap_macro(&s, &t, 1, 50, 9)
+        );
+    }
+}
