@@ -210,6 +210,49 @@ fn pretraining_runs_saves_each_epoch_and_continues_where_it_stopped() {
         "{text}"
     );
 
+    // The linear probe on the checkpoint writes metrics and a classifier the web page accepts.
+    let probe = Command::new(binary())
+        .args([
+            "probe",
+            "--epochs",
+            "2",
+            "--bootstrap",
+            "20",
+            "--threads",
+            "2",
+            "--data",
+        ])
+        .arg(dir.join("data/manifest.csv"))
+        .arg("--checkpoint")
+        .arg(run.join("checkpoint.safetensors"))
+        .arg("--out")
+        .arg(run.join("probe"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&probe.stdout);
+    assert!(
+        probe.status.success(),
+        "{}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+    assert!(
+        text.contains("head image:") && text.contains("head image+ehr:"),
+        "{text}"
+    );
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("probe/metrics.json")).unwrap())
+            .unwrap();
+    assert!(
+        metrics["heads"]["image+ehr"]["validation_macro_auroc"].is_number()
+            || metrics["heads"]["image+ehr"]["validation_macro_auroc"].is_null()
+    );
+    let classifier = std::fs::read(run.join("probe/classifier.safetensors")).unwrap();
+    let summary = cxr_msn_web::describe_model(&classifier).unwrap();
+    assert!(
+        summary.contains("classifier") && summary.contains("Support Devices"),
+        "{summary}"
+    );
+
     // A different configuration in the same folder is refused.
     let out = Command::new(binary())
         .args([

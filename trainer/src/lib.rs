@@ -11,6 +11,7 @@ pub mod images;
 pub mod loader;
 pub mod metrics;
 pub mod pretrain;
+pub mod probe;
 pub mod schedule;
 pub mod source;
 pub mod synthetic;

@@ -15,7 +15,7 @@ use cxr_msn::config::{MsnConfig, Profile, VitConfig, VitPreset};
 use cxr_msn::decode::DecodeLimits;
 use cxr_msn::ehr::FeatureSet;
 use cxr_msn_trainer::source::{DataArgs, describe};
-use cxr_msn_trainer::{bench, contact_sheet, ehr_command, pretrain, synthetic};
+use cxr_msn_trainer::{bench, contact_sheet, ehr_command, pretrain, probe, synthetic};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -66,6 +66,11 @@ enum Command {
     ///
     /// Example: cxr-msn pretrain --data data/synth/manifest.csv --ehr demographic --out runs/demo
     Pretrain(pretrain::PretrainArgs),
+    /// Linear evaluation of a pretrained encoder: heads trained on frozen features with
+    /// early stopping, test macro AUROC/AUPRC with 95% CIs, and a classifier model file.
+    ///
+    /// Example: cxr-msn probe --data data/synth/manifest.csv --checkpoint runs/demo/checkpoint.safetensors --out runs/demo/probe
+    Probe(probe::ProbeArgs),
     /// Read a dataset as training would and describe it: rows kept and dropped (with
     /// reasons), splits, label prevalence under the label policy, EHR completeness.
     ///
@@ -204,6 +209,10 @@ fn main() -> Result<()> {
         }
         Command::Pretrain(args) => {
             pretrain::run(&args, &mut std::io::stdout())?;
+            Ok(())
+        }
+        Command::Probe(args) => {
+            print!("{}", probe::run(&args)?);
             Ok(())
         }
         Command::Bench {
