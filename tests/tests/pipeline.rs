@@ -253,6 +253,59 @@ fn pretraining_runs_saves_each_epoch_and_continues_where_it_stopped() {
         "{summary}"
     );
 
+    // `eval` on the saved classifier reproduces the probe's test metrics (another path:
+    // the model file, the loader, the classifier forward).
+    let eval = Command::new(binary())
+        .args(["eval", "--bootstrap", "20", "--data"])
+        .arg(dir.join("data/manifest.csv"))
+        .arg("--model")
+        .arg(run.join("probe/classifier.safetensors"))
+        .arg("--out")
+        .arg(run.join("eval.json"))
+        .output()
+        .unwrap();
+    assert!(
+        eval.status.success(),
+        "{}",
+        String::from_utf8_lossy(&eval.stderr)
+    );
+    let evaluated: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("eval.json")).unwrap()).unwrap();
+    for (head, probe_head) in [("image", "image"), ("image+ehr", "image+ehr")] {
+        let a = &evaluated[head]["macro_auroc"][0];
+        let b = &metrics["heads"][probe_head]["test_macro_auroc"]["value"];
+        match (a.as_f64(), b.as_f64()) {
+            (Some(a), Some(b)) => assert!((a - b).abs() < 1e-9, "{head}: eval {a} vs probe {b}"),
+            (None, None) => {}
+            other => panic!("{head}: eval and probe disagree: {other:?}"),
+        }
+    }
+
+    // `predict` on a folder, with the EHR given on the command line.
+    let predict = Command::new(binary())
+        .args(["predict", "--sex", "F", "--model"])
+        .arg(run.join("probe/classifier.safetensors"))
+        .arg("--input")
+        .arg(dir.join("data/images"))
+        .arg("--out")
+        .arg(run.join("predictions.csv"))
+        .output()
+        .unwrap();
+    assert!(
+        predict.status.success(),
+        "{}",
+        String::from_utf8_lossy(&predict.stderr)
+    );
+    let csv = std::fs::read_to_string(run.join("predictions.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 1 + 20);
+    assert!(lines[0].starts_with("path,Atelectasis,") && lines[0].contains(",ehr:Atelectasis,"));
+    assert_eq!(
+        lines[1].split(',').count(),
+        1 + 14 + 14,
+        "image and image + EHR scores"
+    );
+
     // A different configuration in the same folder is refused.
     let out = Command::new(binary())
         .args([

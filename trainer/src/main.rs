@@ -15,7 +15,7 @@ use cxr_msn::config::{MsnConfig, Profile, VitConfig, VitPreset};
 use cxr_msn::decode::DecodeLimits;
 use cxr_msn::ehr::FeatureSet;
 use cxr_msn_trainer::source::{DataArgs, describe};
-use cxr_msn_trainer::{bench, contact_sheet, ehr_command, pretrain, probe, synthetic};
+use cxr_msn_trainer::{bench, contact_sheet, ehr_command, evaluate, pretrain, probe, synthetic};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -71,6 +71,16 @@ enum Command {
     ///
     /// Example: cxr-msn probe --data data/synth/manifest.csv --checkpoint runs/demo/checkpoint.safetensors --out runs/demo/probe
     Probe(probe::ProbeArgs),
+    /// Score a dataset split with a classifier model file: per-label AUROC, macro AUROC and
+    /// AUPRC with 95% CIs, for the image-only and the image + EHR head.
+    ///
+    /// Example: cxr-msn eval --data data/synth/manifest.csv --model runs/demo/probe/classifier.safetensors
+    Eval(evaluate::EvalArgs),
+    /// Score image files (PNG, JPEG, DICOM; one file or a folder) into a CSV of
+    /// probabilities; EHR from flags or DICOM headers feeds the image + EHR head.
+    ///
+    /// Example: cxr-msn predict --model classifier.safetensors --input xrays/ --out predictions.csv --age 67 --sex F
+    Predict(evaluate::PredictArgs),
     /// Read a dataset as training would and describe it: rows kept and dropped (with
     /// reasons), splits, label prevalence under the label policy, EHR completeness.
     ///
@@ -213,6 +223,14 @@ fn main() -> Result<()> {
         }
         Command::Probe(args) => {
             print!("{}", probe::run(&args)?);
+            Ok(())
+        }
+        Command::Eval(args) => {
+            print!("{}", evaluate::run_eval(&args)?);
+            Ok(())
+        }
+        Command::Predict(args) => {
+            print!("{}", evaluate::run_predict(&args)?);
             Ok(())
         }
         Command::Bench {

@@ -1,0 +1,318 @@
+//! `cxr-msn eval` and `cxr-msn predict`: a classifier model file applied to a dataset split
+//! (metrics with confidence intervals) or to image files (a CSV of probabilities).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::{Device, Tensor, TensorData};
+use clap::Args;
+use cxr_msn::checkpoint::{ModelMeta, load_classifier};
+use cxr_msn::classifier::Classifier;
+use cxr_msn::decode::{DecodeLimits, decode};
+use cxr_msn::ehr::{EhrRecord, Orientation, Sex, ViewPosition};
+use cxr_msn::preprocess::BatchData;
+use cxr_msn::views::eval_view;
+
+use crate::data::Split;
+use crate::files::write_atomic;
+use crate::images::file_decoder;
+use crate::loader::{Item, Loader, LoaderConfig, Views};
+use crate::metrics::{bootstrap_macro, evaluate};
+use crate::source::DataArgs;
+
+/// Probabilities of a set of images: image-only, and image + EHR where available.
+pub struct Scores {
+    /// `[N, labels]` image-only probabilities.
+    pub image: Vec<f32>,
+    /// `[N, labels]` image + EHR probabilities (when the model and the items have EHR).
+    pub fused: Option<Vec<f32>>,
+}
+
+fn to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
+    t.into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))
+}
+
+/// Scores loader items (evaluation transform) with a classifier on the CPU.
+pub fn score_items(
+    model: &Classifier,
+    meta: &ModelMeta,
+    items: Vec<Item>,
+    threads: usize,
+) -> Result<Scores> {
+    let device = Device::flex();
+    let ehr_in = model.fused_head.as_ref().map(|h| h.fusion.ehr_in());
+    let use_ehr = ehr_in.is_some_and(|n| items.iter().all(|i| i.ehr.len() == n));
+    let mut cfg = LoaderConfig::new(meta.normalization.clone());
+    cfg.batch_size = 16;
+    cfg.threads = threads;
+    cfg.shuffle = false;
+    cfg.drop_last = false;
+    let loader = Loader::new(
+        items,
+        Views::Eval,
+        cfg,
+        file_decoder(DecodeLimits::default()),
+    )?;
+    let (mut image, mut fused) = (Vec::new(), Vec::new());
+    for batch in loader.epoch(0) {
+        let batch = batch?;
+        let b = batch.items.len();
+        let ehr = match (use_ehr, ehr_in) {
+            (true, Some(n)) => Some(Tensor::from_data(
+                TensorData::new(batch.ehr, [b, n]),
+                &device,
+            )),
+            _ => None,
+        };
+        let out = model.forward(batch.images.to_tensor(&device), ehr, false)?;
+        image.extend(to_vec(out.image_probs)?);
+        if let Some(f) = out.fused_probs {
+            fused.extend(to_vec(f)?);
+        }
+    }
+    Ok(Scores {
+        image,
+        fused: use_ehr.then_some(fused),
+    })
+}
+
+fn load_model(path: &Path) -> Result<(Classifier, ModelMeta)> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    load_classifier(&bytes, &Device::flex()).with_context(|| format!("{}", path.display()))
+}
+
+/// The settings of `cxr-msn eval`.
+#[derive(Args, Debug, Clone)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub source: DataArgs,
+    /// A classifier model file (from `probe`).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Split to score: train, validate, test, or all.
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Where to write the metrics (JSON).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Bootstrap resamples for the 95% intervals.
+    #[arg(long, default_value_t = 1000)]
+    pub bootstrap: usize,
+    /// Seed of the bootstrap.
+    #[arg(long, default_value_t = 24)]
+    pub seed: u64,
+    /// Loader threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+/// Scores a dataset split with a classifier: per-label AUROC, macro AUROC and AUPRC with
+/// 95% intervals, for each head. Dataset labels are put in the model's label order (so a
+/// MIMIC-trained head can be scored on CheXpert); a label the dataset lacks is an error.
+pub fn run_eval(args: &EvalArgs) -> Result<String> {
+    let (model, meta) = load_model(&args.model)?;
+    let mut data = args.source.load()?;
+    let order: Vec<&str> = meta.labels.iter().map(String::as_str).collect();
+    data.reorder_labels(&order)
+        .context("the dataset's labels do not cover the model's")?;
+    let split = match args.split.as_str() {
+        "all" => None,
+        s => Some(Split::parse(s).with_context(|| {
+            format!("unknown split '{s}': expected train, validate, test or all")
+        })?),
+    };
+    let features = meta.config.ehr.as_ref().map(|e| e.feature_set.clone());
+    let items = match data.items(split, features.as_ref(), &args.source.policy()) {
+        Ok(items) => items,
+        // Without the EHR fields the image + EHR head needs, score the image head only.
+        Err(_) if features.is_some() => data.items(split, None, &args.source.policy())?,
+        Err(e) => return Err(e),
+    };
+    if items.is_empty() {
+        bail!(
+            "the {} split of {} is empty",
+            args.split,
+            args.source.data.display()
+        );
+    }
+    let targets: Vec<Option<f32>> = items.iter().flat_map(|i| i.labels.clone()).collect();
+    let n = items.len();
+    let scores = score_items(&model, &meta, items, args.threads)?;
+    let labels = meta.labels.len();
+    let mut report = format!("{n} images of the {} split, {labels} labels\n", args.split);
+    let mut json = serde_json::Map::new();
+    for (name, probs) in [
+        ("image", Some(&scores.image)),
+        ("image+ehr", scores.fused.as_ref()),
+    ] {
+        let Some(probs) = probs else { continue };
+        let m = evaluate(probs, &targets, labels);
+        let (auc, ap) = bootstrap_macro(probs, &targets, labels, args.bootstrap, args.seed);
+        let fmt = |i: Option<crate::metrics::Interval>| {
+            i.map_or("n/a".to_string(), |i| {
+                format!("{:.4} (95% CI {:.4}-{:.4})", i.value, i.low, i.high)
+            })
+        };
+        let _ = writeln!(
+            report,
+            "head {name}: macro AUROC {}, macro AUPRC {}",
+            fmt(auc),
+            fmt(ap)
+        );
+        for (label, a) in meta.labels.iter().zip(&m.auroc) {
+            let _ = writeln!(
+                report,
+                "  {label:28} {}",
+                a.map_or("n/a (one class)".into(), |a| format!("{a:.4}"))
+            );
+        }
+        json.insert(
+            name.into(),
+            serde_json::json!({
+                "macro_auroc": auc.map(|i| [i.value, i.low, i.high]),
+                "macro_auprc": ap.map(|i| [i.value, i.low, i.high]),
+                "auroc": meta.labels.iter().zip(&m.auroc).map(|(l, a)| (l.clone(), serde_json::json!(a))).collect::<serde_json::Map<_, _>>(),
+            }),
+        );
+    }
+    if let Some(out) = &args.out {
+        write_atomic(out, serde_json::to_string_pretty(&json)?.as_bytes())?;
+        let _ = writeln!(report, "wrote {}", out.display());
+    }
+    Ok(report)
+}
+
+/// The settings of `cxr-msn predict`.
+#[derive(Args, Debug, Clone)]
+pub struct PredictArgs {
+    /// A classifier model file (from `probe`).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// An image file (PNG, JPEG, DICOM) or a folder of them.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// The CSV to write: path, then each label's image-only probability, then (when the
+    /// model has the head and the EHR is known) each label's image + EHR probability.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Patient sex (M/F) for the image + EHR head; DICOM headers fill it when present.
+    #[arg(long)]
+    pub sex: Option<String>,
+    /// Age in years; DICOM headers fill it when present.
+    #[arg(long)]
+    pub age: Option<f32>,
+    /// View position (PA, AP, LATERAL, LL); DICOM headers fill it when present.
+    #[arg(long)]
+    pub view: Option<String>,
+    /// Orientation (Erect, Recumbent).
+    #[arg(long)]
+    pub orientation: Option<String>,
+    /// In an ICU stay (true/false).
+    #[arg(long)]
+    pub icu: Option<bool>,
+    /// Died in hospital (true/false).
+    #[arg(long)]
+    pub mortality: Option<bool>,
+}
+
+fn image_files(input: &Path) -> Result<Vec<PathBuf>> {
+    if input.is_file() {
+        return Ok(vec![input.to_path_buf()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(input)
+        .with_context(|| format!("cannot read {}", input.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                    matches!(
+                        e.to_ascii_lowercase().as_str(),
+                        "png" | "jpg" | "jpeg" | "dcm" | "dicom"
+                    )
+                })
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!(
+            "{} holds no .png, .jpg, .jpeg or .dcm files",
+            input.display()
+        );
+    }
+    Ok(files)
+}
+
+/// Scores image files and writes the CSV; returns a short report.
+pub fn run_predict(args: &PredictArgs) -> Result<String> {
+    let (model, meta) = load_model(&args.model)?;
+    let given = EhrRecord {
+        sex: args.sex.as_deref().map(Sex::parse).transpose()?,
+        age: args.age,
+        view: args.view.as_deref().map(ViewPosition::parse).transpose()?,
+        orientation: args
+            .orientation
+            .as_deref()
+            .map(Orientation::parse)
+            .transpose()?,
+        died_in_hospital: args.mortality,
+        in_icu: args.icu,
+    };
+    let device = Device::flex();
+    let features = meta.config.ehr.as_ref().map(|e| e.feature_set.clone());
+    let mut csv = String::from("path");
+    for l in &meta.labels {
+        let _ = write!(csv, ",{l}");
+    }
+    if features.is_some() {
+        for l in &meta.labels {
+            let _ = write!(csv, ",ehr:{l}");
+        }
+    }
+    csv.push('\n');
+    let files = image_files(&args.input)?;
+    let mut fused_count = 0;
+    for file in &files {
+        let bytes =
+            std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let decoded = decode(&bytes, &DecodeLimits::default())
+            .with_context(|| format!("{}", file.display()))?;
+        let mut ehr = given.clone();
+        if let Some(tags) = &decoded.dicom {
+            ehr.sex = ehr.sex.or(tags.sex);
+            ehr.age = ehr.age.or(tags.age_years);
+            ehr.view = ehr.view.or(tags.view);
+        }
+        let view = eval_view(&decoded.image);
+        let images = BatchData::pack(&[&view], &meta.normalization)?.to_tensor(&device);
+        let encoded = features.as_ref().and_then(|f| f.encode(&ehr).ok());
+        let ehr_tensor = encoded
+            .as_ref()
+            .map(|v| Tensor::from_data(TensorData::new(v.clone(), [1, v.len()]), &device));
+        let out = model.forward(images, ehr_tensor, false)?;
+        let _ = write!(csv, "{}", file.display());
+        for p in to_vec(out.image_probs)? {
+            let _ = write!(csv, ",{p}");
+        }
+        if features.is_some() {
+            match out.fused_probs {
+                Some(f) => {
+                    fused_count += 1;
+                    for p in to_vec(f)? {
+                        let _ = write!(csv, ",{p}");
+                    }
+                }
+                None => csv.push_str(&",".repeat(meta.labels.len())),
+            }
+        }
+        csv.push('\n');
+    }
+    write_atomic(&args.out, csv.as_bytes())?;
+    Ok(format!(
+        "scored {} images ({fused_count} with EHR) into {}\n",
+        files.len(),
+        args.out.display()
+    ))
+}
