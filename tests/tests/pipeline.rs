@@ -306,6 +306,38 @@ fn pretraining_runs_saves_each_epoch_and_continues_where_it_stopped() {
         "image and image + EHR scores"
     );
 
+    // Fine-tuning end to end writes its metrics and a classifier.
+    let finetune = Command::new(binary())
+        .args([
+            "finetune",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--bootstrap",
+            "20",
+            "--data",
+        ])
+        .arg(dir.join("data/manifest.csv"))
+        .arg("--checkpoint")
+        .arg(run.join("checkpoint.safetensors"))
+        .arg("--out")
+        .arg(run.join("finetune"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&finetune.stdout);
+    assert!(
+        finetune.status.success(),
+        "{}",
+        String::from_utf8_lossy(&finetune.stderr)
+    );
+    assert!(
+        text.contains("epoch 0: validation macro AUROC") && text.contains("test, head image+ehr"),
+        "{text}"
+    );
+    let file = std::fs::read(run.join("finetune/classifier.safetensors")).unwrap();
+    assert!(cxr_msn_web::describe_model(&file).is_ok());
+
     // A different configuration in the same folder is refused.
     let out = Command::new(binary())
         .args([

@@ -8,6 +8,7 @@ pub mod data;
 pub mod ehr_command;
 pub mod evaluate;
 pub mod files;
+pub mod finetune;
 pub mod images;
 pub mod loader;
 pub mod metrics;

@@ -15,7 +15,9 @@ use cxr_msn::config::{MsnConfig, Profile, VitConfig, VitPreset};
 use cxr_msn::decode::DecodeLimits;
 use cxr_msn::ehr::FeatureSet;
 use cxr_msn_trainer::source::{DataArgs, describe};
-use cxr_msn_trainer::{bench, contact_sheet, ehr_command, evaluate, pretrain, probe, synthetic};
+use cxr_msn_trainer::{
+    bench, contact_sheet, ehr_command, evaluate, finetune, pretrain, probe, synthetic,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -71,6 +73,11 @@ enum Command {
     ///
     /// Example: cxr-msn probe --data data/synth/manifest.csv --checkpoint runs/demo/checkpoint.safetensors --out runs/demo/probe
     Probe(probe::ProbeArgs),
+    /// Fine-tune the pretrained encoder with the classifier heads end to end, with early
+    /// stopping; test metrics with 95% CIs and a classifier model file.
+    ///
+    /// Example: cxr-msn finetune --data data/synth/manifest.csv --checkpoint runs/demo/checkpoint.safetensors --out runs/demo/finetune
+    Finetune(finetune::FinetuneArgs),
     /// Score a dataset split with a classifier model file: per-label AUROC, macro AUROC and
     /// AUPRC with 95% CIs, for the image-only and the image + EHR head.
     ///
@@ -223,6 +230,10 @@ fn main() -> Result<()> {
         }
         Command::Probe(args) => {
             print!("{}", probe::run(&args)?);
+            Ok(())
+        }
+        Command::Finetune(args) => {
+            print!("{}", finetune::run(&args)?);
             Ok(())
         }
         Command::Eval(args) => {

@@ -118,7 +118,7 @@ fn extract(
 }
 
 /// Mean binary cross-entropy with logits over the kept targets.
-fn masked_bce(logits: Tensor<2>, targets: &[Option<f32>], device: &Device) -> Tensor<1> {
+pub(crate) fn masked_bce(logits: Tensor<2>, targets: &[Option<f32>], device: &Device) -> Tensor<1> {
     let dims = logits.dims();
     let y: Vec<f32> = targets.iter().map(|t| t.unwrap_or(0.0)).collect();
     let m: Vec<f32> = targets.iter().map(|t| t.is_some() as u8 as f32).collect();
