@@ -338,6 +338,30 @@ fn pretraining_runs_saves_each_epoch_and_continues_where_it_stopped() {
     let file = std::fs::read(run.join("finetune/classifier.safetensors")).unwrap();
     assert!(cxr_msn_web::describe_model(&file).is_ok());
 
+    // Export: operating points chosen on the validation split, stored in the model file.
+    let export = Command::new(binary())
+        .args(["export", "--data"])
+        .arg(dir.join("data/manifest.csv"))
+        .arg("--model")
+        .arg(run.join("probe/classifier.safetensors"))
+        .arg("--out")
+        .arg(run.join("web.safetensors"))
+        .output()
+        .unwrap();
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    let web = std::fs::read(run.join("web.safetensors")).unwrap();
+    let meta = cxr_msn::checkpoint::read_meta(&web).unwrap();
+    assert_eq!(meta.operating_points.len(), 14);
+    assert!(
+        meta.operating_points
+            .iter()
+            .all(|t| (0.0..=1.0).contains(t))
+    );
+
     // A different configuration in the same folder is refused.
     let out = Command::new(binary())
         .args([

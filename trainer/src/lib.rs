@@ -7,6 +7,7 @@ pub mod contact_sheet;
 pub mod data;
 pub mod ehr_command;
 pub mod evaluate;
+pub mod export;
 pub mod files;
 pub mod finetune;
 pub mod images;

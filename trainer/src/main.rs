@@ -16,7 +16,7 @@ use cxr_msn::decode::DecodeLimits;
 use cxr_msn::ehr::FeatureSet;
 use cxr_msn_trainer::source::{DataArgs, describe};
 use cxr_msn_trainer::{
-    bench, contact_sheet, ehr_command, evaluate, finetune, pretrain, probe, synthetic,
+    bench, contact_sheet, ehr_command, evaluate, export, finetune, pretrain, probe, synthetic,
 };
 
 #[derive(Parser, Debug)]
@@ -78,6 +78,11 @@ enum Command {
     ///
     /// Example: cxr-msn finetune --data data/synth/manifest.csv --checkpoint runs/demo/checkpoint.safetensors --out runs/demo/finetune
     Finetune(finetune::FinetuneArgs),
+    /// Write the model file the browser loads: a classifier with per-label operating points
+    /// chosen on a labelled split (Youden's J).
+    ///
+    /// Example: cxr-msn export --data data/synth/manifest.csv --model runs/demo/probe/classifier.safetensors --out static/model.safetensors
+    Export(export::ExportArgs),
     /// Score a dataset split with a classifier model file: per-label AUROC, macro AUROC and
     /// AUPRC with 95% CIs, for the image-only and the image + EHR head.
     ///
@@ -234,6 +239,10 @@ fn main() -> Result<()> {
         }
         Command::Finetune(args) => {
             print!("{}", finetune::run(&args)?);
+            Ok(())
+        }
+        Command::Export(args) => {
+            print!("{}", export::run(&args)?);
             Ok(())
         }
         Command::Eval(args) => {

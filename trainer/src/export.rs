@@ -1,0 +1,149 @@
+//! `cxr-msn export`: the model file the browser loads, with operating points.
+//!
+//! A classifier's probabilities become yes/no findings at a per-label threshold. Export
+//! chooses each threshold on a labelled split (validation by default) by Youden's J
+//! (sensitivity + specificity - 1, the point of the ROC curve farthest above chance),
+//! stores them as the model's operating points, and checks that the written file loads.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::Device;
+use clap::Args;
+use cxr_msn::checkpoint::{load_classifier, write_model};
+
+use crate::data::Split;
+use crate::evaluate::score_items;
+use crate::files::write_atomic;
+use crate::source::DataArgs;
+
+/// The settings of `cxr-msn export`.
+#[derive(Args, Debug, Clone)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub source: DataArgs,
+    /// The classifier model file (from `probe` or `finetune`).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The model file to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The labelled split the operating points are chosen on.
+    #[arg(long, default_value = "validate")]
+    pub split: String,
+    /// Loader threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+/// The threshold maximising Youden's J for one label; 0.5 when the label has one class only.
+/// Ties in J go to the lower threshold (more sensitive).
+pub fn youden_threshold(scores: &[f32], positive: &[bool]) -> f32 {
+    let n_pos = positive.iter().filter(|&&p| p).count();
+    let n_neg = positive.len() - n_pos;
+    if n_pos == 0 || n_neg == 0 {
+        return 0.5;
+    }
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    // Sweep thresholds from high to low: predict positive when score >= threshold.
+    let (mut tp, mut fp) = (0usize, 0usize);
+    let (mut best_j, mut best_t) = (f64::NEG_INFINITY, 0.5f32);
+    let mut i = 0;
+    while i < order.len() {
+        let t = scores[order[i]];
+        while i < order.len() && scores[order[i]] == t {
+            if positive[order[i]] {
+                tp += 1;
+            } else {
+                fp += 1;
+            }
+            i += 1;
+        }
+        let j = tp as f64 / n_pos as f64 - fp as f64 / n_neg as f64;
+        if j >= best_j {
+            (best_j, best_t) = (j, t);
+        }
+    }
+    best_t
+}
+
+/// Runs the export; returns the report printed by the command.
+pub fn run(args: &ExportArgs) -> Result<String> {
+    let bytes = std::fs::read(&args.model)
+        .with_context(|| format!("cannot read {}", args.model.display()))?;
+    let (model, mut meta) = load_classifier(&bytes, &Device::flex())
+        .with_context(|| format!("{}", args.model.display()))?;
+    let mut data = args.source.load()?;
+    let order: Vec<&str> = meta.labels.iter().map(String::as_str).collect();
+    data.reorder_labels(&order)
+        .context("the dataset's labels do not cover the model's")?;
+    let split = Split::parse(&args.split).with_context(|| {
+        format!(
+            "unknown split '{}': expected train, validate or test",
+            args.split
+        )
+    })?;
+    let items = data.items(Some(split), None, &args.source.policy())?;
+    if items.is_empty() {
+        bail!(
+            "the {} split of {} is empty",
+            args.split,
+            args.source.data.display()
+        );
+    }
+    let labels = meta.labels.len();
+    let targets: Vec<Option<f32>> = items.iter().flat_map(|i| i.labels.clone()).collect();
+    let n = items.len();
+    let scores = score_items(&model, &meta, items, args.threads)?;
+    let mut report = format!(
+        "operating points (Youden's J on {n} {} images, image-only head):\n",
+        args.split
+    );
+    meta.operating_points = (0..labels)
+        .map(|l| {
+            let (mut s, mut p) = (Vec::new(), Vec::new());
+            for r in 0..n {
+                if let Some(t) = targets[r * labels + l] {
+                    s.push(scores.image[r * labels + l]);
+                    p.push(t > 0.5);
+                }
+            }
+            let t = youden_threshold(&s, &p);
+            let _ = writeln!(report, "  {:28} {t:.4}", meta.labels[l]);
+            t
+        })
+        .collect();
+    meta.training.insert(
+        "export.operating_points".into(),
+        format!(
+            "Youden's J on the {} split of {}",
+            args.split,
+            args.source.data.display()
+        ),
+    );
+    let out = write_model(&model, &meta)?;
+    load_classifier(&out, &Device::flex()).context("the exported file does not load back")?;
+    write_atomic(&args.out, &out)?;
+    let _ = writeln!(report, "wrote {} ({} bytes)", args.out.display(), out.len());
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn youden_picks_the_best_separating_threshold() {
+        // Positives at 0.6 and above, negatives below: the threshold is the lowest positive.
+        let s = [0.1, 0.3, 0.6, 0.8, 0.2, 0.9];
+        let p = [false, false, true, true, false, true];
+        assert_eq!(youden_threshold(&s, &p), 0.6);
+        // One overlapping negative at 0.7: J(0.6) = 1 - 1/3 beats J(0.8) = 2/3 - 0, tie ->
+        // the lower threshold.
+        let s = [0.1, 0.7, 0.6, 0.8, 0.2, 0.9];
+        assert_eq!(youden_threshold(&s, &p), 0.6);
+        assert_eq!(youden_threshold(&[0.2, 0.4], &[true, true]), 0.5);
+    }
+}
