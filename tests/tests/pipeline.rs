@@ -362,6 +362,29 @@ fn pretraining_runs_saves_each_epoch_and_continues_where_it_stopped() {
             .all(|t| (0.0..=1.0).contains(t))
     );
 
+    // Embedding map and cluster quality of the pretrained encoder.
+    let embed = Command::new(binary())
+        .args(["embed", "--split", "all", "--data"])
+        .arg(dir.join("data/manifest.csv"))
+        .arg("--model")
+        .arg(run.join("checkpoint.safetensors"))
+        .arg("--out")
+        .arg(run.join("embed"))
+        .output()
+        .unwrap();
+    assert!(
+        embed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&embed.stderr)
+    );
+    let map = std::fs::read_to_string(run.join("embed/embedding_map.csv")).unwrap();
+    assert_eq!(map.lines().count(), 1 + 20);
+    let clusters: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("embed/clusters.json")).unwrap())
+            .unwrap();
+    let sex = clusters["ehr:sex"].as_f64();
+    assert!(sex.is_none_or(|s| (-1.0..=1.0).contains(&s)));
+
     // A different configuration in the same folder is refused.
     let out = Command::new(binary())
         .args([

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod contact_sheet;
 pub mod data;
 pub mod ehr_command;
+pub mod embed;
 pub mod evaluate;
 pub mod export;
 pub mod files;

@@ -16,7 +16,8 @@ use cxr_msn::decode::DecodeLimits;
 use cxr_msn::ehr::FeatureSet;
 use cxr_msn_trainer::source::{DataArgs, describe};
 use cxr_msn_trainer::{
-    bench, contact_sheet, ehr_command, evaluate, export, finetune, pretrain, probe, synthetic,
+    bench, contact_sheet, ehr_command, embed, evaluate, export, finetune, pretrain, probe,
+    synthetic,
 };
 
 #[derive(Parser, Debug)]
@@ -78,6 +79,11 @@ enum Command {
     ///
     /// Example: cxr-msn finetune --data data/synth/manifest.csv --checkpoint runs/demo/checkpoint.safetensors --out runs/demo/finetune
     Finetune(finetune::FinetuneArgs),
+    /// Map the encoder's embedding space in 2-D (principal components) and measure how well
+    /// it separates each finding and EHR group (silhouette).
+    ///
+    /// Example: cxr-msn embed --data data/synth/manifest.csv --model runs/demo/checkpoint.safetensors --out runs/demo/embed
+    Embed(embed::EmbedArgs),
     /// Write the model file the browser loads: a classifier with per-label operating points
     /// chosen on a labelled split (Youden's J).
     ///
@@ -239,6 +245,10 @@ fn main() -> Result<()> {
         }
         Command::Finetune(args) => {
             print!("{}", finetune::run(&args)?);
+            Ok(())
+        }
+        Command::Embed(args) => {
+            print!("{}", embed::run(&args)?);
             Ok(())
         }
         Command::Export(args) => {

@@ -47,3 +47,25 @@ out = pathlib.Path(__file__).resolve().parents[1] / "data" / "metrics" / "cases.
 out.parent.mkdir(parents=True, exist_ok=True)
 out.write_text(json.dumps(cases) + "\n")
 print(f"wrote {out}")
+
+
+def silhouette_fixture():
+    """Silhouette scores (scikit-learn) of small labelled point sets, for metrics.rs."""
+    from sklearn.metrics import silhouette_score
+
+    rng2 = np.random.default_rng(5)
+    cases2 = []
+    for n, d, groups in [(30, 3, 2), (50, 5, 3)]:
+        labels = rng2.integers(0, groups, n)
+        points = (rng2.normal(size=(n, d)) + labels[:, None] * 1.5).astype(np.float32)
+        cases2.append({
+            "points": points.astype(float).tolist(),
+            "groups": labels.tolist(),
+            "silhouette": float(silhouette_score(points.astype(np.float64), labels)),
+        })
+    out2 = pathlib.Path(__file__).resolve().parents[1] / "data" / "metrics" / "silhouette.json"
+    out2.write_text(json.dumps(cases2) + "\n")
+    print(f"wrote {out2}")
+
+
+silhouette_fixture()

@@ -1,0 +1,329 @@
+//! `cxr-msn embed`: a 2-D map of the encoder's embedding space and numbers for how well it
+//! separates findings and EHR groups (the paper only showed t-SNE pictures; its open
+//! question asks for quantities).
+//!
+//! The map is the projection on the first two principal components of the [CLS] embeddings
+//! (deterministic, reproducible). Cluster quality is the mean silhouette, computed in the
+//! full embedding space with Euclidean distances (scikit-learn's `silhouette_score`), for
+//! each label (positive vs negative) and each EHR field present (sex, view, ...).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::Device;
+use clap::Args;
+use cxr_msn::checkpoint::{ModelKind, load_classifier, load_pretraining, read_meta};
+use cxr_msn::decode::DecodeLimits;
+use cxr_msn::vit::VisionTransformer;
+
+use crate::data::{Record, Split};
+use crate::files::write_atomic;
+use crate::images::file_decoder;
+use crate::loader::{Loader, LoaderConfig, Views};
+use crate::source::DataArgs;
+
+/// Mean silhouette of `points` (`n` rows of `d` values) grouped by `groups`; `None` with
+/// fewer than two groups. A point alone in its group scores 0, as in scikit-learn.
+pub fn silhouette(points: &[f32], d: usize, groups: &[usize]) -> Option<f64> {
+    let n = groups.len();
+    let k = groups.iter().max().map_or(0, |m| m + 1);
+    let mut sizes = vec![0usize; k];
+    for &g in groups {
+        sizes[g] += 1;
+    }
+    if sizes.iter().filter(|&&s| s > 0).count() < 2 {
+        return None;
+    }
+    let row = |i: usize| &points[i * d..(i + 1) * d];
+    let mut total = 0.0;
+    let mut sums = vec![0.0f64; k];
+    for i in 0..n {
+        sums.iter_mut().for_each(|s| *s = 0.0);
+        for j in 0..n {
+            if i != j {
+                let dist: f64 = row(i)
+                    .iter()
+                    .zip(row(j))
+                    .map(|(a, b)| ((a - b) as f64).powi(2))
+                    .sum::<f64>()
+                    .sqrt();
+                sums[groups[j]] += dist;
+            }
+        }
+        let own = groups[i];
+        if sizes[own] <= 1 {
+            continue;
+        }
+        let a = sums[own] / (sizes[own] - 1) as f64;
+        let b = (0..k)
+            .filter(|&g| g != own && sizes[g] > 0)
+            .map(|g| sums[g] / sizes[g] as f64)
+            .fold(f64::INFINITY, f64::min);
+        total += (b - a) / a.max(b);
+    }
+    Some(total / n as f64)
+}
+
+/// Projections of the centred rows on the first two principal components (power iteration
+/// with deflation, from a fixed start), `[n, 2]`.
+pub fn pca_2d(points: &[f32], d: usize) -> Vec<[f64; 2]> {
+    let n = points.len() / d;
+    let mean: Vec<f64> = (0..d)
+        .map(|c| (0..n).map(|r| points[r * d + c] as f64).sum::<f64>() / n.max(1) as f64)
+        .collect();
+    let x: Vec<Vec<f64>> = (0..n)
+        .map(|r| (0..d).map(|c| points[r * d + c] as f64 - mean[c]).collect())
+        .collect();
+    let mut components: Vec<Vec<f64>> = Vec::new();
+    for k in 0..2 {
+        let mut v: Vec<f64> = (0..d).map(|c| 1.0 + (c * 7 + k * 3) as f64 % 5.0).collect();
+        for _ in 0..200 {
+            // w = X^T X v, minus what earlier components explain.
+            let proj: Vec<f64> = x.iter().map(|row| dot(row, &v)).collect();
+            let mut w = vec![0.0; d];
+            for (row, p) in x.iter().zip(&proj) {
+                for (wc, xc) in w.iter_mut().zip(row) {
+                    *wc += xc * p;
+                }
+            }
+            for c in &components {
+                let overlap = dot(&w, c);
+                w.iter_mut().zip(c).for_each(|(wc, cc)| *wc -= overlap * cc);
+            }
+            let norm = dot(&w, &w).sqrt();
+            if norm < 1e-12 {
+                break;
+            }
+            v = w.into_iter().map(|wc| wc / norm).collect();
+        }
+        components.push(v);
+    }
+    x.iter()
+        .map(|row| [dot(row, &components[0]), dot(row, &components[1])])
+        .collect()
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// The settings of `cxr-msn embed`.
+#[derive(Args, Debug, Clone)]
+pub struct EmbedArgs {
+    #[command(flatten)]
+    pub source: DataArgs,
+    /// A pretraining checkpoint or a classifier model file; its encoder is used.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Split to embed: train, validate, test, or all.
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Output folder: embedding_map.csv and clusters.json.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Loader threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+fn encoder(path: &PathBuf) -> Result<(VisionTransformer, cxr_msn::config::Normalization)> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let device = Device::flex();
+    let meta = read_meta(&bytes).with_context(|| format!("{}", path.display()))?;
+    Ok(match meta.kind {
+        ModelKind::Pretraining => (
+            load_pretraining(&bytes, &device)?.0.encoder(),
+            meta.normalization,
+        ),
+        ModelKind::Classifier => (
+            load_classifier(&bytes, &device)?.0.encoder,
+            meta.normalization,
+        ),
+    })
+}
+
+/// Runs the embedding map; returns the report printed by the command.
+pub fn run(args: &EmbedArgs) -> Result<String> {
+    let (vit, normalization) = encoder(&args.model)?;
+    let data = args.source.load()?;
+    let split = match args.split.as_str() {
+        "all" => None,
+        s => Some(Split::parse(s).with_context(|| format!("unknown split '{s}'"))?),
+    };
+    let records: Vec<&Record> = data
+        .records
+        .iter()
+        .filter(|r| split.is_none() || r.split == split)
+        .collect();
+    if records.len() < 3 {
+        bail!("{} images are too few for a map", records.len());
+    }
+    let items = data.items(split, None, &args.source.policy())?;
+    let mut cfg = LoaderConfig::new(normalization);
+    cfg.batch_size = 16;
+    cfg.threads = args.threads;
+    cfg.shuffle = false;
+    cfg.drop_last = false;
+    let loader = Loader::new(
+        items,
+        Views::Eval,
+        cfg,
+        file_decoder(DecodeLimits::default()),
+    )?;
+    let device = Device::flex();
+    let mut points = Vec::new();
+    for batch in loader.epoch(0) {
+        let out = vit
+            .forward(batch?.images.to_tensor(&device), None)
+            .into_data();
+        points.extend(
+            out.try_to_vec::<f32>()
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?,
+        );
+    }
+    let d = vit.dim();
+    let map = pca_2d(&points, d);
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+
+    // Groupings: each label (positive vs not) and each EHR field with values.
+    let policy = args.source.policy();
+    let mut groupings: BTreeMap<String, Vec<Option<usize>>> = BTreeMap::new();
+    for (l, name) in data.label_names.iter().enumerate() {
+        groupings.insert(
+            format!("label:{name}"),
+            records
+                .iter()
+                .map(|r| r.labels[l].value(&policy).map(|v| (v > 0.5) as usize))
+                .collect(),
+        );
+    }
+    let field =
+        |f: &dyn Fn(&Record) -> Option<usize>| records.iter().map(|r| f(r)).collect::<Vec<_>>();
+    groupings.insert("ehr:sex".into(), field(&|r| r.ehr.sex.map(|s| s as usize)));
+    groupings.insert(
+        "ehr:view".into(),
+        field(&|r| r.ehr.view.map(|v| v as usize)),
+    );
+    groupings.insert("ehr:icu".into(), field(&|r| r.ehr.in_icu.map(usize::from)));
+    groupings.insert(
+        "ehr:age_over_60".into(),
+        field(&|r| r.ehr.age.map(|a| (a > 60.0) as usize)),
+    );
+
+    let mut report = format!(
+        "{} images, embedding width {d}; silhouette (higher separates better):\n",
+        records.len()
+    );
+    let mut clusters = serde_json::Map::new();
+    for (name, groups) in &groupings {
+        let keep: Vec<usize> = (0..records.len())
+            .filter(|&i| groups[i].is_some())
+            .collect();
+        let pts: Vec<f32> = keep
+            .iter()
+            .flat_map(|&i| points[i * d..(i + 1) * d].iter().copied())
+            .collect();
+        let g: Vec<usize> = keep.iter().map(|&i| groups[i].unwrap_or(0)).collect();
+        let s = silhouette(&pts, d, &g);
+        if let Some(s) = s {
+            let _ = writeln!(report, "  {name:34} {s:+.4} ({} images)", keep.len());
+        }
+        clusters.insert(name.clone(), serde_json::json!(s));
+    }
+    let mut csv = String::from("path,x,y");
+    for name in &data.label_names {
+        let _ = write!(csv, ",{name}");
+    }
+    csv.push_str(",sex,age,view\n");
+    for (r, xy) in records.iter().zip(&map) {
+        let _ = write!(csv, "{},{},{}", r.image.display(), xy[0], xy[1]);
+        for l in &r.labels {
+            let _ = write!(
+                csv,
+                ",{}",
+                l.value(&policy).map_or(String::new(), |v| v.to_string())
+            );
+        }
+        let _ = writeln!(
+            csv,
+            ",{},{},{}",
+            r.ehr.sex.map_or("", |s| if s == cxr_msn::ehr::Sex::Male {
+                "M"
+            } else {
+                "F"
+            }),
+            r.ehr.age.map_or(String::new(), |a| a.to_string()),
+            r.ehr
+                .view
+                .map_or(String::new(), |v| format!("{v:?}").to_uppercase())
+        );
+    }
+    write_atomic(&args.out.join("embedding_map.csv"), csv.as_bytes())?;
+    write_atomic(
+        &args.out.join("clusters.json"),
+        serde_json::to_string_pretty(&clusters)?.as_bytes(),
+    )?;
+    let _ = writeln!(
+        report,
+        "wrote {} (embedding_map.csv, clusters.json)",
+        args.out.display()
+    );
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    struct Case {
+        points: Vec<Vec<f64>>,
+        groups: Vec<usize>,
+        silhouette: f64,
+    }
+
+    #[test]
+    fn silhouette_matches_scikit_learn() {
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/data/metrics/silhouette.json"),
+        )
+        .unwrap();
+        let cases: Vec<Case> = serde_json::from_str(&text).unwrap();
+        for case in cases {
+            let d = case.points[0].len();
+            let pts: Vec<f32> = case.points.iter().flatten().map(|&v| v as f32).collect();
+            let s = silhouette(&pts, d, &case.groups).unwrap();
+            assert!(
+                (s - case.silhouette).abs() < 1e-6,
+                "{s} vs {}",
+                case.silhouette
+            );
+        }
+        assert_eq!(silhouette(&[0.0, 1.0], 1, &[0, 0]), None, "one group");
+    }
+
+    #[test]
+    fn pca_finds_the_direction_of_largest_spread() {
+        // Points along (1, 1, 0) with a little noise along (1, -1, 0).
+        let mut pts = Vec::new();
+        for i in 0..20 {
+            let t = i as f32 - 10.0;
+            let e = if i % 2 == 0 { 0.1 } else { -0.1 };
+            pts.extend([t + e, t - e, 0.0]);
+        }
+        let map = pca_2d(&pts, 3);
+        let spread = |k: usize| map.iter().map(|p| p[k] * p[k]).sum::<f64>();
+        assert!(spread(0) > 100.0 * spread(1));
+        // Point 0 sits 9.5 below the mean along (1, 1)/sqrt(2).
+        assert!(
+            (map[0][0].abs() - 2.0f64.sqrt() * 9.5).abs() < 0.05,
+            "{}",
+            map[0][0]
+        );
+    }
+}
