@@ -79,6 +79,15 @@ pub struct PretrainArgs {
     /// Preprocessed-image cache folder (recommended for full-size JPEGs).
     #[arg(long)]
     pub cache: Option<PathBuf>,
+    /// A TOML file of configuration overrides applied to the profile before the flags above:
+    /// any field of the model configuration, by section (`[vit]`, `[head]`, `[loss]`,
+    /// `[ema]`, `[optim]`, `[views]`) or at the top (`num_prototypes`, `mask_ratio`, ...).
+    /// `--print-config` shows them all.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Print the full configuration these settings give (TOML) and exit.
+    #[arg(long)]
+    pub print_config: bool,
     /// Stop after this many epochs in this invocation (for time-limited jobs: run the
     /// same command again to continue).
     #[arg(long)]
@@ -94,13 +103,70 @@ pub struct RunState {
     pub steps_done: usize,
 }
 
-/// The model configuration the settings ask for.
+/// Merges `overrides` into `base`, table by table.
+fn merge(base: &mut serde_json::Value, overrides: serde_json::Value) {
+    match (base, overrides) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+/// Applies a TOML file of overrides to a configuration; unknown fields are errors.
+pub fn apply_toml(config: MsnConfig, path: &Path) -> Result<MsnConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
+    let mut value = serde_json::to_value(&config)?;
+    let known = value.clone();
+    let overrides = serde_json::to_value(table)?;
+    check_known(&known, &overrides, "").with_context(|| format!("{}", path.display()))?;
+    merge(&mut value, overrides);
+    serde_json::from_value(value)
+        .with_context(|| format!("{}: a value has the wrong type", path.display()))
+}
+
+/// Refuses keys the configuration does not have (a typo must not pass silently).
+fn check_known(known: &serde_json::Value, overrides: &serde_json::Value, at: &str) -> Result<()> {
+    if let (serde_json::Value::Object(k), serde_json::Value::Object(o)) = (known, overrides) {
+        for (key, v) in o {
+            let path = if at.is_empty() {
+                key.clone()
+            } else {
+                format!("{at}.{key}")
+            };
+            match k.get(key) {
+                Some(inner) => check_known(inner, v, &path)?,
+                None => bail!(
+                    "unknown setting '{path}'; known here: {}",
+                    k.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The model configuration the settings ask for: the profile, then the TOML overrides, then
+/// the flags.
 pub fn model_config(args: &PretrainArgs) -> Result<MsnConfig> {
     let profile = Profile::from_name(&args.profile)?;
     let preset = VitPreset::from_name(&args.preset)?;
     let mut config = MsnConfig::for_profile(profile, preset).with_channels(args.channels);
     if args.ehr != "none" {
         config = config.with_ehr(FeatureSet::from_name(&args.ehr)?);
+    }
+    if let Some(path) = &args.config {
+        config = apply_toml(config, path)?;
     }
     if let Some(e) = args.epochs {
         config.optim.epochs = e;
@@ -162,6 +228,10 @@ fn read_state(dir: &Path) -> Result<Option<RunState>> {
 /// (NaN when there was nothing left to run).
 pub fn run(args: &PretrainArgs, log: &mut dyn std::io::Write) -> Result<f64> {
     let config = model_config(args)?;
+    if args.print_config {
+        write!(log, "{}", toml::to_string(&config)?)?;
+        return Ok(f64::NAN);
+    }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let data = args.source.load()?;
@@ -351,4 +421,38 @@ pub fn run(args: &PretrainArgs, log: &mut dyn std::io::Write) -> Result<f64> {
         )?;
     }
     Ok(last_mean)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_overrides_apply_by_section_and_typos_or_wrong_types_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("run.toml");
+        let base = MsnConfig::paper(VitPreset::Tiny);
+        std::fs::write(
+            &file,
+            "mask_ratio = 0.3\n[loss]\nsinkhorn_iterations = 5\n[optim]\npeak_lr = 5e-4\n",
+        )
+        .unwrap();
+        let c = apply_toml(base.clone(), &file).unwrap();
+        assert_eq!(
+            (c.mask_ratio, c.loss.sinkhorn_iterations, c.optim.peak_lr),
+            (0.3, 5, 5e-4)
+        );
+        assert_eq!(
+            c.head, base.head,
+            "untouched sections stay as the profile has them"
+        );
+        std::fs::write(&file, "[loss]\nsinkhorn_iters = 5\n").unwrap();
+        let err = format!("{:#}", apply_toml(base.clone(), &file).unwrap_err());
+        assert!(
+            err.contains("loss.sinkhorn_iters") && err.contains("sinkhorn_iterations"),
+            "{err}"
+        );
+        std::fs::write(&file, "[loss]\ntemperature = \"hot\"\n").unwrap();
+        assert!(format!("{:#}", apply_toml(base, &file).unwrap_err()).contains("wrong type"));
+    }
 }
