@@ -3,30 +3,13 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use cxr_msn_e2e::binary;
+
 use burn::tensor::Device;
 use cxr_msn::checkpoint::{ModelMeta, write_model};
 use cxr_msn::classifier::Classifier;
 use cxr_msn::config::{MsnConfig, VitPreset};
 use cxr_msn::ehr::FeatureSet;
-
-/// The trainer binary: `$CXR_MSN_BIN`, or `cxr-msn` in the target directory of this test.
-fn binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("CXR_MSN_BIN") {
-        return path.into();
-    }
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    let bin = dir.join(format!("cxr-msn{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} not found: build it first with `cargo build -p cxr-msn-trainer` (scripts/test does)",
-        bin.display()
-    );
-    bin
-}
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("cxr-msn-e2e-{}-{name}", std::process::id()));

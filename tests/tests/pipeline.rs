@@ -2,8 +2,9 @@
 //! dataset, the manifest adapter reads it, the loader decodes the PNGs and draws MSN views
 //! on worker threads, and one multimodal pretraining step runs on the flex CPU backend.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use cxr_msn_e2e::binary;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use cxr_msn::config::{EhrConfig, MsnConfig, VitPreset};
@@ -15,25 +16,6 @@ use cxr_msn::rand::rngs::StdRng;
 use cxr_msn_trainer::data::{LabelPolicy, OnBadRow, manifest};
 use cxr_msn_trainer::images::file_decoder;
 use cxr_msn_trainer::loader::{Loader, LoaderConfig, Views};
-
-/// The trainer binary: `$CXR_MSN_BIN`, or `cxr-msn` in the target directory of this test.
-fn binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("CXR_MSN_BIN") {
-        return path.into();
-    }
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    let bin = dir.join(format!("cxr-msn{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} not found: build it first (scripts/test does)",
-        bin.display()
-    );
-    bin
-}
 
 #[test]
 fn synthetic_data_flows_through_the_loader_into_a_pretraining_step() {

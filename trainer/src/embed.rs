@@ -161,11 +161,7 @@ pub fn run(args: &EmbedArgs) -> Result<String> {
         bail!("{} images are too few for a map", records.len());
     }
     let items = data.items(split, None, &args.source.policy())?;
-    let mut cfg = LoaderConfig::new(normalization);
-    cfg.batch_size = 16;
-    cfg.threads = args.threads;
-    cfg.shuffle = false;
-    cfg.drop_last = false;
+    let cfg = LoaderConfig::for_scoring(normalization, args.threads);
     let loader = Loader::new(
         items,
         Views::Eval,

@@ -18,7 +18,7 @@ use crate::data::Split;
 use crate::files::write_atomic;
 use crate::images::file_decoder;
 use crate::loader::{Item, Loader, LoaderConfig, Views};
-use crate::metrics::{bootstrap_macro, evaluate};
+use crate::metrics::{Interval, bootstrap_macro, evaluate};
 use crate::source::DataArgs;
 
 /// Probabilities of a set of images: image-only, and image + EHR where available.
@@ -45,11 +45,7 @@ pub fn score_items(
     let device = Device::flex();
     let ehr_in = model.fused_head.as_ref().map(|h| h.fusion.ehr_in());
     let use_ehr = ehr_in.is_some_and(|n| items.iter().all(|i| i.ehr.len() == n));
-    let mut cfg = LoaderConfig::new(meta.normalization.clone());
-    cfg.batch_size = 16;
-    cfg.threads = threads;
-    cfg.shuffle = false;
-    cfg.drop_last = false;
+    let cfg = LoaderConfig::for_scoring(meta.normalization.clone(), threads);
     let loader = Loader::new(
         items,
         Views::Eval,
@@ -151,16 +147,11 @@ pub fn run_eval(args: &EvalArgs) -> Result<String> {
         let Some(probs) = probs else { continue };
         let m = evaluate(probs, &targets, labels);
         let (auc, ap) = bootstrap_macro(probs, &targets, labels, args.bootstrap, args.seed);
-        let fmt = |i: Option<crate::metrics::Interval>| {
-            i.map_or("n/a".to_string(), |i| {
-                format!("{:.4} (95% CI {:.4}-{:.4})", i.value, i.low, i.high)
-            })
-        };
         let _ = writeln!(
             report,
             "head {name}: macro AUROC {}, macro AUPRC {}",
-            fmt(auc),
-            fmt(ap)
+            Interval::describe(auc),
+            Interval::describe(ap)
         );
         for (label, a) in meta.labels.iter().zip(&m.auroc) {
             let _ = writeln!(

@@ -10,7 +10,7 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Tensor, TensorData};
@@ -19,17 +19,14 @@ use cxr_msn::checkpoint::{ModelMeta, load_pretraining, write_model};
 use cxr_msn::classifier::Classifier;
 use cxr_msn::decode::DecodeLimits;
 use cxr_msn::ehr::FeatureSet;
-use cxr_msn::rand::SeedableRng;
-use cxr_msn::rand::rngs::StdRng;
-use cxr_msn::rand::seq::SliceRandom;
 use cxr_msn::views::AffineConfig;
 
-use crate::data::Split;
+use crate::downstream::{DownstreamArgs, splits};
 use crate::evaluate::score_items;
 use crate::files::write_atomic;
 use crate::images::file_decoder;
 use crate::loader::{Loader, LoaderConfig, Views};
-use crate::metrics::{bootstrap_macro, evaluate};
+use crate::metrics::{Interval, bootstrap_macro, evaluate};
 use crate::probe::masked_bce;
 use crate::source::DataArgs;
 
@@ -44,33 +41,11 @@ pub struct FinetuneArgs {
     /// Output folder: metrics.json and classifier.safetensors.
     #[arg(long)]
     pub out: PathBuf,
-    /// Most epochs.
-    #[arg(long, default_value_t = 50)]
-    pub epochs: usize,
-    /// Epochs without a better validation macro AUROC before stopping.
-    #[arg(long, default_value_t = 5)]
-    pub patience: usize,
-    /// Adam learning rate (cosine to 0 over the epochs).
-    #[arg(long, default_value_t = 1e-4)]
-    pub lr: f64,
-    /// Batch size.
-    #[arg(long, default_value_t = 64)]
-    pub batch_size: usize,
-    /// Fraction of the training images used (low-data regime).
-    #[arg(long, default_value_t = 1.0)]
-    pub train_fraction: f64,
-    /// Seed (the authors used 24).
-    #[arg(long, default_value_t = 24)]
-    pub seed: u64,
-    /// Bootstrap resamples for the confidence intervals.
-    #[arg(long, default_value_t = 1000)]
-    pub bootstrap: usize,
-    /// Loader threads (0 = all cores).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
     /// Preprocessed-image cache folder.
     #[arg(long)]
     pub cache: Option<PathBuf>,
+    #[command(flatten)]
+    pub train: DownstreamArgs,
 }
 
 /// Fine-tunes and returns the report printed by the command.
@@ -78,7 +53,7 @@ pub fn run(args: &FinetuneArgs) -> Result<String> {
     let bytes = std::fs::read(&args.checkpoint)
         .with_context(|| format!("cannot read {}", args.checkpoint.display()))?;
     let device = Device::flex().autodiff();
-    device.seed(args.seed);
+    device.seed(args.train.seed);
     let (msn, pre_meta) = load_pretraining(&bytes, &device)
         .with_context(|| format!("{}", args.checkpoint.display()))?;
     let config = pre_meta.config.clone();
@@ -87,25 +62,7 @@ pub fn run(args: &FinetuneArgs) -> Result<String> {
     let features: Option<FeatureSet> = config.ehr.as_ref().map(|e| e.feature_set.clone());
     let ehr_in = features.as_ref().map(FeatureSet::width);
     let policy = args.source.policy();
-    let mut train = data.items(Some(Split::Train), features.as_ref(), &policy)?;
-    let val = data.items(Some(Split::Validate), features.as_ref(), &policy)?;
-    let test = data.items(Some(Split::Test), features.as_ref(), &policy)?;
-    if train.is_empty() || val.is_empty() || test.is_empty() {
-        bail!(
-            "fine-tuning needs train, validate and test images; this dataset has {}, {} and {}",
-            train.len(),
-            val.len(),
-            test.len()
-        );
-    }
-    if !(args.train_fraction > 0.0 && args.train_fraction <= 1.0) {
-        bail!(
-            "--train-fraction must be in (0, 1], got {}",
-            args.train_fraction
-        );
-    }
-    train.shuffle(&mut StdRng::seed_from_u64(args.seed));
-    train.truncate(((train.len() as f64 * args.train_fraction).ceil() as usize).max(1));
+    let (train, val, test) = splits(&data, features.as_ref(), &policy, &args.train)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
 
@@ -118,13 +75,13 @@ pub fn run(args: &FinetuneArgs) -> Result<String> {
     );
     meta.training.insert(
         "finetune.train_fraction".into(),
-        args.train_fraction.to_string(),
+        args.train.train_fraction.to_string(),
     );
 
     let mut cfg = LoaderConfig::new(meta.normalization.clone());
-    cfg.batch_size = args.batch_size.min(train.len());
-    cfg.threads = args.threads;
-    cfg.seed = args.seed;
+    cfg.batch_size = args.train.batch_size.min(train.len());
+    cfg.threads = args.train.threads;
+    cfg.seed = args.train.seed;
     cfg.cache_dir = args.cache.clone();
     let loader = Loader::new(
         train,
@@ -138,10 +95,8 @@ pub fn run(args: &FinetuneArgs) -> Result<String> {
     let mut log = String::new();
     let (mut best, mut best_auc, mut waited) = (model.valid(), f64::NEG_INFINITY, 0);
     let val_targets: Vec<Option<f32>> = val.iter().flat_map(|i| i.labels.clone()).collect();
-    for epoch in 0..args.epochs {
-        let lr = 0.5
-            * args.lr
-            * (1.0 + (std::f64::consts::PI * epoch as f64 / args.epochs as f64).cos());
+    for epoch in 0..args.train.epochs {
+        let lr = args.train.lr_at(epoch);
         for batch in loader.epoch(epoch) {
             let batch = batch?;
             let b = batch.items.len();
@@ -161,7 +116,7 @@ pub fn run(args: &FinetuneArgs) -> Result<String> {
             model = optim.step(lr, model, grads);
         }
         let current: Classifier = model.valid();
-        let scores = score_items(&current, &meta, val.clone(), args.threads)?;
+        let scores = score_items(&current, &meta, val.clone(), args.train.threads)?;
         let auc = evaluate(&scores.image, &val_targets, labels)
             .macro_auroc
             .unwrap_or(f64::NAN);
@@ -170,7 +125,7 @@ pub fn run(args: &FinetuneArgs) -> Result<String> {
             (best, best_auc, waited) = (current, auc, 0);
         } else {
             waited += 1;
-            if waited >= args.patience {
+            if waited >= args.train.patience {
                 let _ = writeln!(
                     log,
                     "stopped: no better validation AUROC for {waited} epochs"
@@ -181,7 +136,7 @@ pub fn run(args: &FinetuneArgs) -> Result<String> {
     }
 
     let targets: Vec<Option<f32>> = test.iter().flat_map(|i| i.labels.clone()).collect();
-    let scores = score_items(&best, &meta, test, args.threads)?;
+    let scores = score_items(&best, &meta, test, args.train.threads)?;
     let mut json = serde_json::Map::new();
     json.insert("validation_macro_auroc".into(), serde_json::json!(best_auc));
     for (name, probs) in [
@@ -189,17 +144,18 @@ pub fn run(args: &FinetuneArgs) -> Result<String> {
         ("image+ehr", scores.fused.as_ref()),
     ] {
         let Some(probs) = probs else { continue };
-        let (auc, ap) = bootstrap_macro(probs, &targets, labels, args.bootstrap, args.seed);
-        let fmt = |i: Option<crate::metrics::Interval>| {
-            i.map_or("n/a".to_string(), |i| {
-                format!("{:.4} (95% CI {:.4}-{:.4})", i.value, i.low, i.high)
-            })
-        };
+        let (auc, ap) = bootstrap_macro(
+            probs,
+            &targets,
+            labels,
+            args.train.bootstrap,
+            args.train.seed,
+        );
         let _ = writeln!(
             log,
             "test, head {name}: macro AUROC {}, macro AUPRC {}",
-            fmt(auc),
-            fmt(ap)
+            Interval::describe(auc),
+            Interval::describe(ap)
         );
         json.insert(
             name.into(),

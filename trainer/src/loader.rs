@@ -91,6 +91,20 @@ impl LoaderConfig {
     }
 }
 
+impl LoaderConfig {
+    /// For scoring: the items in order, every item once (no shuffle, a last partial batch
+    /// kept), batches of 16.
+    pub fn for_scoring(normalization: Normalization, threads: usize) -> Self {
+        Self {
+            batch_size: 16,
+            threads,
+            shuffle: false,
+            drop_last: false,
+            ..Self::new(normalization)
+        }
+    }
+}
+
 /// One batch, as plain data (tensors are made on the device's thread).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {

@@ -135,6 +135,15 @@ pub struct Interval {
     pub high: f64,
 }
 
+impl Interval {
+    /// `value (95% CI low-high)`, or `n/a` when there is none.
+    pub fn describe(interval: Option<Interval>) -> String {
+        interval.map_or("n/a".to_string(), |i| {
+            format!("{:.4} (95% CI {:.4}-{:.4})", i.value, i.low, i.high)
+        })
+    }
+}
+
 /// 95% basic-bootstrap intervals of the macro AUROC and macro AUPRC: `resamples` draws of
 /// the rows with replacement (seeded), and the interval (2 theta - q97.5, 2 theta - q2.5)
 /// of METHOD.md section 7 ("theta - percentile of theta_b - theta").

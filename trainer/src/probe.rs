@@ -16,7 +16,7 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::activation::{sigmoid, softplus};
@@ -32,7 +32,7 @@ use cxr_msn::rand::rngs::StdRng;
 use cxr_msn::rand::seq::SliceRandom;
 use cxr_msn::vit::VisionTransformer;
 
-use crate::data::Split;
+use crate::downstream::{DownstreamArgs, splits};
 use crate::files::write_atomic;
 use crate::images::file_decoder;
 use crate::loader::{Item, Loader, LoaderConfig, Views};
@@ -50,30 +50,8 @@ pub struct ProbeArgs {
     /// Output folder: metrics.json, test_scores.csv, classifier.safetensors.
     #[arg(long)]
     pub out: PathBuf,
-    /// Most epochs.
-    #[arg(long, default_value_t = 50)]
-    pub epochs: usize,
-    /// Epochs without a better validation macro AUROC before stopping.
-    #[arg(long, default_value_t = 5)]
-    pub patience: usize,
-    /// Adam learning rate (cosine to 0 over the epochs).
-    #[arg(long, default_value_t = 1e-4)]
-    pub lr: f64,
-    /// Batch size of the heads' training.
-    #[arg(long, default_value_t = 64)]
-    pub batch_size: usize,
-    /// Fraction of the training images used (low-data regime: 0.05, 0.25, ...).
-    #[arg(long, default_value_t = 1.0)]
-    pub train_fraction: f64,
-    /// Seed (the authors used 24).
-    #[arg(long, default_value_t = 24)]
-    pub seed: u64,
-    /// Bootstrap resamples for the confidence intervals.
-    #[arg(long, default_value_t = 1000)]
-    pub bootstrap: usize,
-    /// Loader threads (0 = all cores).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
+    #[command(flatten)]
+    pub train: DownstreamArgs,
 }
 
 /// Frozen features of a set of images.
@@ -90,11 +68,7 @@ fn extract(
     args: &ProbeArgs,
     device: &Device,
 ) -> Result<Features> {
-    let mut cfg = LoaderConfig::new(meta.normalization.clone());
-    cfg.batch_size = 16;
-    cfg.threads = args.threads;
-    cfg.shuffle = false;
-    cfg.drop_last = false;
+    let cfg = LoaderConfig::for_scoring(meta.normalization.clone(), args.train.threads);
     let (ehr, targets) = (
         items.iter().flat_map(|i| i.ehr.clone()).collect(),
         items.iter().flat_map(|i| i.labels.clone()).collect(),
@@ -179,7 +153,7 @@ fn train_head(
     labels: usize,
     d: usize,
     e: usize,
-    args: &ProbeArgs,
+    args: &DownstreamArgs,
     log: &mut String,
 ) -> Result<(Head, f64)> {
     let device = Device::flex().autodiff();
@@ -190,9 +164,7 @@ fn train_head(
     let mut rng = StdRng::seed_from_u64(args.seed);
     let (mut best, mut best_auc, mut waited) = (head.clone(), f64::NEG_INFINITY, 0);
     for epoch in 0..args.epochs {
-        let lr = 0.5
-            * args.lr
-            * (1.0 + (std::f64::consts::PI * epoch as f64 / args.epochs as f64).cos());
+        let lr = args.lr_at(epoch);
         let mut order: Vec<usize> = (0..n).collect();
         order.shuffle(&mut rng);
         for chunk in order.chunks(args.batch_size) {
@@ -253,25 +225,7 @@ pub fn run(args: &ProbeArgs) -> Result<String> {
     let labels = data.label_names.len();
     let features: Option<FeatureSet> = config.ehr.as_ref().map(|e| e.feature_set.clone());
     let policy = args.source.policy();
-    let mut train = data.items(Some(Split::Train), features.as_ref(), &policy)?;
-    let val = data.items(Some(Split::Validate), features.as_ref(), &policy)?;
-    let test = data.items(Some(Split::Test), features.as_ref(), &policy)?;
-    if train.is_empty() || val.is_empty() || test.is_empty() {
-        bail!(
-            "a linear probe needs train, validate and test images; this dataset has {}, {} and {}",
-            train.len(),
-            val.len(),
-            test.len()
-        );
-    }
-    if !(args.train_fraction > 0.0 && args.train_fraction <= 1.0) {
-        bail!(
-            "--train-fraction must be in (0, 1], got {}",
-            args.train_fraction
-        );
-    }
-    train.shuffle(&mut StdRng::seed_from_u64(args.seed));
-    train.truncate(((train.len() as f64 * args.train_fraction).ceil() as usize).max(1));
+    let (train, val, test) = splits(&data, features.as_ref(), &policy, &args.train)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
 
@@ -306,24 +260,24 @@ pub fn run(args: &ProbeArgs) -> Result<String> {
     let mut trained = Vec::new();
     for (name, head) in heads {
         let _ = writeln!(log, "head {name}:");
-        let (best, val_auc) = train_head(head, &train_f, &val_f, labels, d, e, args, &mut log)?;
+        let (best, val_auc) =
+            train_head(head, &train_f, &val_f, labels, d, e, &args.train, &mut log)?;
         let n_test = test_f.cls.len() / d;
         let idx: Vec<usize> = (0..n_test).collect();
         let scores = probabilities(best.logits(&test_f, &idx, d, e, &Device::flex()))?;
         let m = evaluate(&scores, &test_f.targets, labels);
-        let (auc, ap) =
-            bootstrap_macro(&scores, &test_f.targets, labels, args.bootstrap, args.seed);
+        let (auc, ap) = bootstrap_macro(
+            &scores,
+            &test_f.targets,
+            labels,
+            args.train.bootstrap,
+            args.train.seed,
+        );
         let _ = writeln!(
             log,
             "  test macro AUROC {} ; macro AUPRC {}",
-            auc.map_or("n/a".into(), |i| format!(
-                "{:.4} (95% CI {:.4}-{:.4})",
-                i.value, i.low, i.high
-            )),
-            ap.map_or("n/a".into(), |i| format!(
-                "{:.4} (95% CI {:.4}-{:.4})",
-                i.value, i.low, i.high
-            )),
+            Interval::describe(auc),
+            Interval::describe(ap)
         );
         for (r, row) in scores.chunks(labels).enumerate() {
             let _ = write!(scores_csv, "{r},{name}");
@@ -347,8 +301,8 @@ pub fn run(args: &ProbeArgs) -> Result<String> {
     let report = serde_json::json!({
         "checkpoint": args.checkpoint.display().to_string(),
         "data": args.source.data.display().to_string(),
-        "train_fraction": args.train_fraction,
-        "seed": args.seed,
+        "train_fraction": args.train.train_fraction,
+        "seed": args.train.seed,
         "heads": results,
     });
     write_atomic(
@@ -378,7 +332,7 @@ pub fn run(args: &ProbeArgs) -> Result<String> {
         .insert("probe.data".into(), args.source.data.display().to_string());
     meta.training.insert(
         "probe.train_fraction".into(),
-        args.train_fraction.to_string(),
+        args.train.train_fraction.to_string(),
     );
     let file = args.out.join("classifier.safetensors");
     write_atomic(&file, &write_model(&classifier, &meta)?)?;
@@ -417,22 +371,7 @@ mod tests {
 
     #[test]
     fn the_head_training_learns_a_separable_label_and_stops_early() {
-        let args = ProbeArgs {
-            source: DataArgs {
-                format: crate::source::Format::Manifest,
-                data: PathBuf::from("unused.csv"),
-                images: None,
-                ehr_table: None,
-                labeler: crate::source::LabelerArg::Chexpert,
-                split_table: None,
-                split_lists: None,
-                remove_no_finding: false,
-                uncertain: crate::source::FillArg::Zero,
-                blank: crate::source::FillArg::Zero,
-                skip_bad_rows: false,
-            },
-            checkpoint: PathBuf::new(),
-            out: PathBuf::new(),
+        let args = DownstreamArgs {
             epochs: 40,
             patience: 5,
             lr: 0.05,

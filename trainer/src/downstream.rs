@@ -1,0 +1,77 @@
+//! What `probe` and `finetune` share: their training flags and the train / validate / test
+//! items of a dataset.
+
+use anyhow::{Result, bail};
+use clap::Args;
+use cxr_msn::ehr::FeatureSet;
+use cxr_msn::rand::SeedableRng;
+use cxr_msn::rand::rngs::StdRng;
+use cxr_msn::rand::seq::SliceRandom;
+
+use crate::data::{Dataset, LabelPolicy, Split};
+use crate::loader::Item;
+
+/// Downstream training settings (METHOD.md section 7; the authors' values by default).
+#[derive(Args, Debug, Clone)]
+pub struct DownstreamArgs {
+    /// Most epochs.
+    #[arg(long, default_value_t = 50)]
+    pub epochs: usize,
+    /// Epochs without a better validation macro AUROC before stopping.
+    #[arg(long, default_value_t = 5)]
+    pub patience: usize,
+    /// Adam learning rate (cosine to 0 over the epochs).
+    #[arg(long, default_value_t = 1e-4)]
+    pub lr: f64,
+    /// Batch size.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Fraction of the training images used (low-data regime: 0.05, 0.25, ...).
+    #[arg(long, default_value_t = 1.0)]
+    pub train_fraction: f64,
+    /// Seed (the authors used 24).
+    #[arg(long, default_value_t = 24)]
+    pub seed: u64,
+    /// Bootstrap resamples for the 95% confidence intervals.
+    #[arg(long, default_value_t = 1000)]
+    pub bootstrap: usize,
+    /// Loader threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+impl DownstreamArgs {
+    /// The learning rate of `epoch`: cosine from `lr` to 0, stepped per epoch.
+    pub fn lr_at(&self, epoch: usize) -> f64 {
+        0.5 * self.lr * (1.0 + (std::f64::consts::PI * epoch as f64 / self.epochs as f64).cos())
+    }
+}
+
+/// Train (a seeded `train_fraction` of it), validate and test items; each must be non-empty.
+pub fn splits(
+    data: &Dataset,
+    features: Option<&FeatureSet>,
+    policy: &LabelPolicy,
+    args: &DownstreamArgs,
+) -> Result<(Vec<Item>, Vec<Item>, Vec<Item>)> {
+    if !(args.train_fraction > 0.0 && args.train_fraction <= 1.0) {
+        bail!(
+            "--train-fraction must be in (0, 1], got {}",
+            args.train_fraction
+        );
+    }
+    let mut train = data.items(Some(Split::Train), features, policy)?;
+    let val = data.items(Some(Split::Validate), features, policy)?;
+    let test = data.items(Some(Split::Test), features, policy)?;
+    if train.is_empty() || val.is_empty() || test.is_empty() {
+        bail!(
+            "training a classifier needs train, validate and test images; this dataset has {}, {} and {}",
+            train.len(),
+            val.len(),
+            test.len()
+        );
+    }
+    train.shuffle(&mut StdRng::seed_from_u64(args.seed));
+    train.truncate(((train.len() as f64 * args.train_fraction).ceil() as usize).max(1));
+    Ok((train, val, test))
+}
