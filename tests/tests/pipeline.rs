@@ -120,7 +120,7 @@ fn pretraining_runs_saves_each_epoch_and_continues_where_it_stopped() {
         String::from_utf8_lossy(&synth.stderr)
     );
     let run = dir.join("run");
-    let pretrain = |extra: &[&str]| {
+    let pretrain_into = |run: &std::path::Path, extra: &[&str]| {
         let out = Command::new(binary())
             .args([
                 "pretrain",
@@ -142,7 +142,7 @@ fn pretraining_runs_saves_each_epoch_and_continues_where_it_stopped() {
             ])
             .arg(dir.join("data/manifest.csv"))
             .arg("--out")
-            .arg(&run)
+            .arg(run)
             .args(extra)
             .output()
             .unwrap();
@@ -153,6 +153,7 @@ fn pretraining_runs_saves_each_epoch_and_continues_where_it_stopped() {
         );
         String::from_utf8_lossy(&out.stdout).to_string()
     };
+    let pretrain = |extra: &[&str]| pretrain_into(&run, extra);
     let first = pretrain(&["--stop-after", "1"]);
     assert!(first.contains("epoch 0: mean loss"), "{first}");
     assert!(!first.contains("epoch 1:"), "{first}");

@@ -3,22 +3,24 @@
 //! The run folder holds `config.json` (the full configuration and the command's settings),
 //! `metrics.csv` (one row per step: lr, weight decay, EMA momentum, loss and its parts),
 //! `checkpoint.safetensors` (the pretraining model file, written atomically after every
-//! epoch) and `state.json` (the last finished epoch). Running the same command again
-//! continues after the last finished epoch.
+//! epoch), `resume/` (the exact state: parameter ids and the optimiser's moments) and
+//! `state.json` (the last finished epoch, written last). Running the same command again
+//! continues after the last finished epoch exactly as if it had not stopped.
 //!
 //! The step follows the chosen profile: views and masking, EMA timing and schedule, the
 //! learning-rate and weight-decay schedules, decoupled weight decay on everything (`paper`)
 //! or on weights only (`msn`), and clipping by the global gradient norm (`msn`).
 //! Not yet: the GPU (wgpu) backend, several devices, f16 mixed precision (the `paper`
-//! profile's runs here are f32), and the optimiser's moments across a resume (they restart
-//! from zero; the weights, EMA target and schedules continue exactly).
+//! profile's runs here are f32).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
+use burn::store::ModuleRecord;
 use burn::tensor::{Device, Tensor, TensorData};
 use clap::Args;
 use cxr_msn::checkpoint::{ModelMeta, load_pretraining, write_model};
@@ -212,6 +214,13 @@ fn scalar(t: Tensor<1>) -> Result<f64> {
         .map_err(|e| anyhow::anyhow!("{e:?}"))?[0] as f64)
 }
 
+/// The exact-resume file of `kind` ("model" or "optimizer") after `epochs_done` epochs.
+/// Named by epoch, so that a stop between writing it and `state.json` never pairs a state
+/// with the wrong epoch.
+fn resume_file(run: &Path, kind: &str, epochs_done: usize) -> PathBuf {
+    run.join("resume").join(format!("{kind}-{epochs_done}.bpk"))
+}
+
 fn read_state(dir: &Path) -> Result<Option<RunState>> {
     let path = dir.join("state.json");
     if !path.exists() {
@@ -270,13 +279,29 @@ pub fn run(args: &PretrainArgs, log: &mut dyn std::io::Write) -> Result<f64> {
         Some(s) if checkpoint.exists() => {
             let bytes = std::fs::read(&checkpoint)
                 .with_context(|| format!("cannot read {}", checkpoint.display()))?;
-            let (model, meta) = load_pretraining(&bytes, &device)
+            let (mut model, meta) = load_pretraining(&bytes, &device)
                 .with_context(|| format!("{}", checkpoint.display()))?;
             if meta.config != config {
                 bail!(
                     "{} holds a run with another configuration; use another --out folder",
                     args.out.display()
                 );
+            }
+            // The exact state (parameter ids, so that the optimiser's moments reattach).
+            let record = resume_file(&args.out, "model", s.epochs_done);
+            if record.exists() {
+                let bytes = std::fs::read(&record)
+                    .with_context(|| format!("cannot read {}", record.display()))?;
+                let record_data =
+                    ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
+                        .map_err(|e| anyhow::anyhow!("{}: {e:?}", record.display()))?;
+                model = config
+                    .init(&device)?
+                    .try_load_record(record_data)
+                    .map_err(|e| anyhow::anyhow!("{}: {e:?}", record.display()))?;
+                model.target_vit = model.target_vit.no_grad();
+                model.target_head = model.target_head.no_grad();
+                model.prototypes = model.prototypes.set_require_grad(!config.freeze_prototypes);
             }
             writeln!(
                 log,
@@ -305,6 +330,14 @@ pub fn run(args: &PretrainArgs, log: &mut dyn std::io::Write) -> Result<f64> {
         .with_epsilon(1e-8)
         .with_weight_decay(0.0)
         .init();
+    let optim_path = resume_file(&args.out, "optimizer", state.epochs_done);
+    if state.epochs_done > 0 && optim_path.exists() {
+        let bytes = std::fs::read(&optim_path)
+            .with_context(|| format!("cannot read {}", optim_path.display()))?;
+        optim = optim
+            .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
+            .map_err(|e| anyhow::anyhow!("{}: {e:?}", optim_path.display()))?;
+    }
     let metrics_path = args.out.join("metrics.csv");
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
@@ -407,12 +440,31 @@ pub fn run(args: &PretrainArgs, log: &mut dyn std::io::Write) -> Result<f64> {
             .insert("steps_done".into(), state.steps_done.to_string());
         meta.training
             .insert("data".into(), args.source.data.display().to_string());
+        // Exact state for resuming (parameter ids and the optimiser's moments), then the
+        // user-facing model file, then state.json, the commit point of the epoch.
+        let resume = args.out.join("resume");
+        std::fs::create_dir_all(&resume)
+            .with_context(|| format!("cannot create {}", resume.display()))?;
+        let record = model
+            .valid()
+            .into_record()
+            .into_bytes()
+            .map_err(|e| anyhow::anyhow!("cannot serialise the model: {e:?}"))?;
+        write_atomic(&resume_file(&args.out, "model", epoch + 1), &record)?;
+        let moments = optim
+            .into_bytes()
+            .map_err(|e| anyhow::anyhow!("cannot serialise the optimiser: {e:?}"))?;
+        write_atomic(&resume_file(&args.out, "optimizer", epoch + 1), &moments)?;
         write_atomic(&checkpoint, &write_model(&model, &meta)?)?;
         state.epochs_done = epoch + 1;
         write_atomic(
             &args.out.join("state.json"),
             serde_json::to_string(&state)?.as_bytes(),
         )?;
+        // The previous epoch's exact state is no longer needed once state.json names this one.
+        for kind in ["model", "optimizer"] {
+            let _ = std::fs::remove_file(resume_file(&args.out, kind, epoch));
+        }
         writeln!(
             log,
             "epoch {epoch}: mean loss {last_mean:.4} in {:.1} s; saved {}",
