@@ -16,9 +16,7 @@ use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::activation::{gelu, softmax};
-use burn::tensor::module::interpolate;
-use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::config::VitConfig;
 use crate::error::ShapeError;
@@ -273,6 +271,10 @@ impl VisionTransformer {
 /// layout by bicubic interpolation (align-corners false, as PyTorch's
 /// `F.interpolate(..., mode="bicubic")`), keeping the [CLS] position as is.
 /// Returns `[1, 1 + grid*grid, D]`; the input itself when the grid already matches.
+///
+/// Bicubic resizing is linear, so it is computed as `W P W^T` with a `[grid, G]` weight
+/// matrix built on the host: two matrix products, differentiable on every backend (the GPU
+/// backends have no backward pass for their bicubic kernel).
 pub fn resize_position_grid(pos: Tensor<3>, grid: usize) -> Tensor<3> {
     let [one, n, d] = pos.dims();
     let g = ((n - 1) as f64).sqrt().round() as usize;
@@ -284,18 +286,47 @@ pub fn resize_position_grid(pos: Tensor<3>, grid: usize) -> Tensor<3> {
     if g == grid {
         return pos;
     }
+    let device = pos.device();
+    let w = Tensor::<2>::from_data(
+        TensorData::new(bicubic_weights(g, grid), [grid, g]),
+        &device,
+    );
     let cls = pos.clone().narrow(1, 0, 1);
+    // [D, G, G]: one grid per channel.
     let patch_grid = pos
         .narrow(1, 1, g * g)
-        .reshape([one, g, g, d])
-        .permute([0, 3, 1, 2]);
-    let options = InterpolateOptions::new(InterpolateMode::Bicubic)
-        .with_align_corners(false)
-        .with_output_size([grid, grid]);
-    let resized = interpolate(patch_grid, options)
-        .permute([0, 2, 3, 1])
+        .reshape([g, g, d])
+        .permute([2, 0, 1]);
+    let rows = w.clone().unsqueeze::<3>().expand([d, grid, g]);
+    let cols = w.transpose().unsqueeze::<3>().expand([d, g, grid]);
+    let resized = rows
+        .matmul(patch_grid)
+        .matmul(cols)
+        .permute([1, 2, 0])
         .reshape([one, grid * grid, d]);
     Tensor::cat(vec![cls, resized], 1)
+}
+
+/// Row-major `[out_len, in_len]` weights of PyTorch's bicubic resampling of one axis
+/// (align-corners false, cubic coefficient A = -0.75, source positions not clamped,
+/// sample indices clamped to the border).
+pub fn bicubic_weights(in_len: usize, out_len: usize) -> Vec<f32> {
+    const A: f64 = -0.75;
+    let near = |x: f64| ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0;
+    let far = |x: f64| ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A;
+    let scale = in_len as f64 / out_len as f64;
+    let mut w = vec![0.0f64; out_len * in_len];
+    for i in 0..out_len {
+        let src = (i as f64 + 0.5) * scale - 0.5;
+        let x0 = src.floor();
+        let t = src - x0;
+        let coeffs = [far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t)];
+        for (k, c) in coeffs.into_iter().enumerate() {
+            let j = (x0 as i64 - 1 + k as i64).clamp(0, in_len as i64 - 1) as usize;
+            w[i * in_len + j] += c;
+        }
+    }
+    w.into_iter().map(|v| v as f32).collect()
 }
 
 /// Explanation map from one block's attention weights `[B, heads, T, T]` (T = 1 + g*g,

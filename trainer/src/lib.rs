@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod contact_sheet;
 pub mod data;
+pub mod device;
 pub mod downstream;
 pub mod ehr_command;
 pub mod embed;

@@ -1,4 +1,4 @@
-//! `cxr-msn pretrain`: multimodal MSN pretraining on the CPU (Burn's flex backend).
+//! `cxr-msn pretrain`: multimodal MSN pretraining, on a GPU through wgpu or on the CPU.
 //!
 //! The run folder holds `config.json` (the full configuration and the command's settings),
 //! `metrics.csv` (one row per step: lr, weight decay, EMA momentum, loss and its parts),
@@ -10,8 +10,8 @@
 //! The step follows the chosen profile: views and masking, EMA timing and schedule, the
 //! learning-rate and weight-decay schedules, decoupled weight decay on everything (`paper`)
 //! or on weights only (`msn`), and clipping by the global gradient norm (`msn`).
-//! Not yet: the GPU (wgpu) backend, several devices, f16 mixed precision (the `paper`
-//! profile's runs here are f32).
+//! The device is a hardware GPU through wgpu when there is one, else the CPU (`--device`).
+//! Not yet: several devices, f16 mixed precision (the `paper` profile's runs are f32).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -33,6 +33,7 @@ use cxr_msn::rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 use crate::data::Split;
+use crate::device::{DeviceArg, choose};
 use crate::files::write_atomic;
 use crate::images::file_decoder;
 use crate::loader::{Batch, Loader, LoaderConfig, Views};
@@ -72,6 +73,11 @@ pub struct PretrainArgs {
     /// Transformer blocks (default: 12); fewer only for quick smoke runs.
     #[arg(long)]
     pub depth: Option<usize>,
+    /// Where to train: a hardware GPU through wgpu when there is one (auto), the CPU, or the
+    /// wgpu adapter whatever it is (gpu).
+    #[arg(long, value_enum, default_value = "auto")]
+    #[serde(skip)]
+    pub device: DeviceArg,
     /// Seed of the initialisation, the shuffles, the views and the masks.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -271,7 +277,9 @@ pub fn run(args: &PretrainArgs, log: &mut dyn std::io::Write) -> Result<f64> {
         );
     }
 
-    let device = Device::flex().autodiff();
+    let chosen = choose(args.device)?;
+    writeln!(log, "device: {}", chosen.description)?;
+    let device = chosen.device.autodiff();
     device.seed(args.seed);
     let checkpoint = args.out.join("checkpoint.safetensors");
     let state = read_state(&args.out)?;

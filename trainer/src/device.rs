@@ -1,0 +1,81 @@
+//! Choosing where the model runs: a GPU through wgpu (Vulkan, Metal, DX12) when a hardware
+//! adapter exists, Burn's flex CPU backend otherwise or on request. The adapter is named,
+//! and a software adapter (such as Mesa's llvmpipe) never passes for a GPU.
+
+use anyhow::{Result, bail};
+use burn::tensor::Device;
+use clap::ValueEnum;
+
+/// The `--device` flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeviceArg {
+    /// A hardware GPU when there is one, else the CPU.
+    Auto,
+    /// The CPU (flex backend).
+    Cpu,
+    /// The wgpu adapter, even a software one (for tests); an error when there is none.
+    Gpu,
+}
+
+/// The device picked, and what it is.
+#[derive(Debug, Clone)]
+pub struct Chosen {
+    /// Where tensors live (without autodiff).
+    pub device: Device,
+    /// For the log: the backend and the adapter's name and kind.
+    pub description: String,
+}
+
+fn cpu(reason: &str) -> Chosen {
+    Chosen {
+        device: Device::flex(),
+        description: format!("CPU (flex backend){reason}"),
+    }
+}
+
+/// Picks the device the flag asks for.
+pub fn choose(arg: DeviceArg) -> Result<Chosen> {
+    if arg == DeviceArg::Cpu {
+        return Ok(cpu(""));
+    }
+    match gpu() {
+        Ok((device, name, software)) => {
+            let kind = if software {
+                "software adapter"
+            } else {
+                "hardware adapter"
+            };
+            if software && arg == DeviceArg::Auto {
+                return Ok(cpu(&format!(
+                    "; the only wgpu adapter, {name}, is a {kind} and slower than the CPU"
+                )));
+            }
+            Ok(Chosen {
+                device,
+                description: format!("GPU through wgpu: {name} ({kind})"),
+            })
+        }
+        Err(reason) if arg == DeviceArg::Auto => Ok(cpu(&format!("; no GPU: {reason}"))),
+        Err(reason) => bail!("--device gpu: {reason}"),
+    }
+}
+
+#[cfg(feature = "gpu")]
+fn gpu() -> std::result::Result<(Device, String, bool), String> {
+    use burn::tensor::wgpu::wgpu::DeviceType;
+    let (device, setup) = Device::wgpu_options()
+        .init_with_setup()
+        .map_err(|e| format!("no wgpu adapter ({e})"))?;
+    let info = setup.adapter.get_info();
+    let software = info.device_type == DeviceType::Cpu;
+    Ok((
+        device,
+        format!("{} via {:?}", info.name, info.backend),
+        software,
+    ))
+}
+
+#[cfg(not(feature = "gpu"))]
+fn gpu() -> std::result::Result<(Device, String, bool), String> {
+    Err("this build has no GPU support (build with the `gpu` feature)".into())
+}
