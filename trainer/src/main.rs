@@ -1,9 +1,7 @@
-//! `cxr-msn`: the command-line tool of the project.
-//!
-//! This version describes what the model crate offers (`info`), reads model files
-//! (`inspect`) and links MIMIC-CXR to MIMIC-IV (`ehr`). The dataset readers of [`data`]
-//! serve the pretraining, probing, fine-tuning and evaluation subcommands that arrive with
-//! the trainer issue.
+//! `cxr-msn`: the command-line tool of the project. A thin layer: each subcommand parses
+//! its flags and calls the `cxr_msn_trainer` library (data, pretraining, downstream
+//! training and scoring), which calls the `cxr_msn` model crate. Errors are printed once,
+//! as one chain of causes, and give exit status 1.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
