@@ -14,14 +14,13 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
 use clap::Args;
-use cxr_msn::checkpoint::{ModelKind, load_classifier, load_pretraining, read_meta};
 use cxr_msn::decode::DecodeLimits;
-use cxr_msn::vit::VisionTransformer;
 
 use crate::data::{Record, Split};
 use crate::files::write_atomic;
 use crate::images::file_decoder;
 use crate::loader::{Loader, LoaderConfig, Views};
+use crate::model_files;
 use crate::source::DataArgs;
 
 /// Mean silhouette of `points` (`n` rows of `d` values) grouped by `groups`; `None` with
@@ -128,25 +127,9 @@ pub struct EmbedArgs {
     pub threads: usize,
 }
 
-fn encoder(path: &PathBuf) -> Result<(VisionTransformer, cxr_msn::config::Normalization)> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let device = Device::flex();
-    let meta = read_meta(&bytes).with_context(|| format!("{}", path.display()))?;
-    Ok(match meta.kind {
-        ModelKind::Pretraining => (
-            load_pretraining(&bytes, &device)?.0.encoder(),
-            meta.normalization,
-        ),
-        ModelKind::Classifier => (
-            load_classifier(&bytes, &device)?.0.encoder,
-            meta.normalization,
-        ),
-    })
-}
-
 /// Runs the embedding map; returns the report printed by the command.
 pub fn run(args: &EmbedArgs) -> Result<String> {
-    let (vit, normalization) = encoder(&args.model)?;
+    let (vit, meta) = model_files::encoder(&args.model, &Device::flex())?;
     let data = args.source.load()?;
     let split = match args.split.as_str() {
         "all" => None,
@@ -161,7 +144,7 @@ pub fn run(args: &EmbedArgs) -> Result<String> {
         bail!("{} images are too few for a map", records.len());
     }
     let items = data.items(split, None, &args.source.policy())?;
-    let cfg = LoaderConfig::for_scoring(normalization, args.threads);
+    let cfg = LoaderConfig::for_scoring(meta.normalization, args.threads);
     let loader = Loader::new(
         items,
         Views::Eval,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use burn::tensor::{Device, Tensor, TensorData};
 use clap::Args;
-use cxr_msn::checkpoint::{ModelMeta, load_classifier};
+use cxr_msn::checkpoint::ModelMeta;
 use cxr_msn::classifier::Classifier;
 use cxr_msn::decode::{DecodeLimits, decode};
 use cxr_msn::ehr::{EhrRecord, Orientation, Sex, ViewPosition};
@@ -19,6 +19,7 @@ use crate::files::write_atomic;
 use crate::images::file_decoder;
 use crate::loader::{Item, Loader, LoaderConfig, Views};
 use crate::metrics::{Interval, bootstrap_macro, evaluate};
+use crate::model_files;
 use crate::source::DataArgs;
 
 /// Probabilities of a set of images: image-only, and image + EHR where available.
@@ -75,11 +76,6 @@ pub fn score_items(
     })
 }
 
-fn load_model(path: &Path) -> Result<(Classifier, ModelMeta)> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    load_classifier(&bytes, &Device::flex()).with_context(|| format!("{}", path.display()))
-}
-
 /// The settings of `cxr-msn eval`.
 #[derive(Args, Debug, Clone)]
 pub struct EvalArgs {
@@ -109,7 +105,7 @@ pub struct EvalArgs {
 /// 95% intervals, for each head. Dataset labels are put in the model's label order (so a
 /// MIMIC-trained head can be scored on CheXpert); a label the dataset lacks is an error.
 pub fn run_eval(args: &EvalArgs) -> Result<String> {
-    let (model, meta) = load_model(&args.model)?;
+    let (model, meta) = model_files::classifier(&args.model, &Device::flex())?;
     let mut data = args.source.load()?;
     let order: Vec<&str> = meta.labels.iter().map(String::as_str).collect();
     data.reorder_labels(&order)
@@ -238,7 +234,7 @@ fn image_files(input: &Path) -> Result<Vec<PathBuf>> {
 
 /// Scores image files and writes the CSV; returns a short report.
 pub fn run_predict(args: &PredictArgs) -> Result<String> {
-    let (model, meta) = load_model(&args.model)?;
+    let (model, meta) = model_files::classifier(&args.model, &Device::flex())?;
     let given = EhrRecord {
         sex: args.sex.as_deref().map(Sex::parse).transpose()?,
         age: args.age,

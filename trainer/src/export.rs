@@ -16,6 +16,7 @@ use cxr_msn::checkpoint::{load_classifier, write_model};
 use crate::data::Split;
 use crate::evaluate::score_items;
 use crate::files::write_atomic;
+use crate::model_files;
 use crate::source::DataArgs;
 
 /// The settings of `cxr-msn export`.
@@ -71,10 +72,7 @@ pub fn youden_threshold(scores: &[f32], positive: &[bool]) -> f32 {
 
 /// Runs the export; returns the report printed by the command.
 pub fn run(args: &ExportArgs) -> Result<String> {
-    let bytes = std::fs::read(&args.model)
-        .with_context(|| format!("cannot read {}", args.model.display()))?;
-    let (model, mut meta) = load_classifier(&bytes, &Device::flex())
-        .with_context(|| format!("{}", args.model.display()))?;
+    let (model, mut meta) = model_files::classifier(&args.model, &Device::flex())?;
     let mut data = args.source.load()?;
     let order: Vec<&str> = meta.labels.iter().map(String::as_str).collect();
     data.reorder_labels(&order)

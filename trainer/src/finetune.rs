@@ -15,7 +15,7 @@ use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Tensor, TensorData};
 use clap::Args;
-use cxr_msn::checkpoint::{ModelMeta, load_pretraining, write_model};
+use cxr_msn::checkpoint::{ModelMeta, write_model};
 use cxr_msn::classifier::Classifier;
 use cxr_msn::decode::DecodeLimits;
 use cxr_msn::ehr::FeatureSet;
@@ -27,6 +27,7 @@ use crate::files::write_atomic;
 use crate::images::file_decoder;
 use crate::loader::{Loader, LoaderConfig, Views};
 use crate::metrics::{Interval, bootstrap_macro, evaluate};
+use crate::model_files;
 use crate::probe::masked_bce;
 use crate::source::DataArgs;
 
@@ -50,12 +51,9 @@ pub struct FinetuneArgs {
 
 /// Fine-tunes and returns the report printed by the command.
 pub fn run(args: &FinetuneArgs) -> Result<String> {
-    let bytes = std::fs::read(&args.checkpoint)
-        .with_context(|| format!("cannot read {}", args.checkpoint.display()))?;
     let device = Device::flex().autodiff();
     device.seed(args.train.seed);
-    let (msn, pre_meta) = load_pretraining(&bytes, &device)
-        .with_context(|| format!("{}", args.checkpoint.display()))?;
+    let (msn, pre_meta) = model_files::pretraining(&args.checkpoint, &device)?;
     let config = pre_meta.config.clone();
     let data = args.source.load()?;
     let labels = data.label_names.len();

@@ -16,6 +16,7 @@ pub mod finetune;
 pub mod images;
 pub mod loader;
 pub mod metrics;
+pub mod model_files;
 pub mod pretrain;
 pub mod probe;
 pub mod schedule;

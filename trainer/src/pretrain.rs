@@ -23,7 +23,7 @@ use burn::optim::{AdamWConfig, GradientsParams};
 use burn::store::ModuleRecord;
 use burn::tensor::{Device, Tensor, TensorData};
 use clap::Args;
-use cxr_msn::checkpoint::{ModelMeta, load_pretraining, write_model};
+use cxr_msn::checkpoint::{ModelMeta, write_model};
 use cxr_msn::config::{EmaTiming, MsnConfig, Normalization, Profile, VitPreset};
 use cxr_msn::decode::DecodeLimits;
 use cxr_msn::ehr::FeatureSet;
@@ -37,6 +37,7 @@ use crate::device::{DeviceArg, choose};
 use crate::files::write_atomic;
 use crate::images::file_decoder;
 use crate::loader::{Batch, Loader, LoaderConfig, Views};
+use crate::model_files;
 use crate::schedule::{Progress, clip_global_norm, decay, learning_rate, weight_decay};
 use crate::source::DataArgs;
 
@@ -214,10 +215,14 @@ fn batch_tensors(batch: Batch, ehr_in: Option<usize>, device: &Device) -> Result
     })
 }
 
-fn scalar(t: Tensor<1>) -> Result<f64> {
+/// The values of a small tensor, as f64.
+fn read_values(t: Tensor<1>) -> Result<Vec<f64>> {
     Ok(t.into_data()
         .try_to_vec::<f32>()
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?[0] as f64)
+        .map_err(|e| anyhow::anyhow!("cannot read the loss back: {e:?}"))?
+        .into_iter()
+        .map(f64::from)
+        .collect())
 }
 
 /// The exact-resume file of `kind` ("model" or "optimizer") after `epochs_done` epochs.
@@ -285,10 +290,7 @@ pub fn run(args: &PretrainArgs, log: &mut dyn std::io::Write) -> Result<f64> {
     let state = read_state(&args.out)?;
     let (mut model, mut state): (MultimodalMsn, RunState) = match state {
         Some(s) if checkpoint.exists() => {
-            let bytes = std::fs::read(&checkpoint)
-                .with_context(|| format!("cannot read {}", checkpoint.display()))?;
-            let (mut model, meta) = load_pretraining(&bytes, &device)
-                .with_context(|| format!("{}", checkpoint.display()))?;
+            let (mut model, meta) = model_files::pretraining(&checkpoint, &device)?;
             if meta.config != config {
                 bail!(
                     "{} holds a run with another configuration; use another --out folder",
@@ -393,12 +395,16 @@ pub fn run(args: &PretrainArgs, log: &mut dyn std::io::Write) -> Result<f64> {
             let masks = model.sample_masks(&batch, &config, &mut rng);
             let forward = model.forward_pretrain(batch, &masks, &config);
             let loss = model.loss(&forward, &config);
-            let values = [
-                scalar(loss.total.clone())?,
-                scalar(loss.ce.clone())?,
-                scalar(loss.me_max.clone())?,
-                scalar(loss.entropy.clone())?,
-            ];
+            // One read back from the device for the four numbers (each read waits for it).
+            let values = read_values(Tensor::cat(
+                vec![
+                    loss.total.clone().detach(),
+                    loss.ce.clone().detach(),
+                    loss.me_max.clone().detach(),
+                    loss.entropy.clone().detach(),
+                ],
+                0,
+            ))?;
             if !values[0].is_finite() {
                 bail!(
                     "the loss became {} at step {step}; the last good checkpoint is {}",

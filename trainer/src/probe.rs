@@ -22,7 +22,7 @@ use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::activation::{sigmoid, softplus};
 use burn::tensor::{Device, Tensor, TensorData};
 use clap::Args;
-use cxr_msn::checkpoint::{ModelMeta, load_pretraining, write_model};
+use cxr_msn::checkpoint::{ModelMeta, write_model};
 use cxr_msn::classifier::Classifier;
 use cxr_msn::decode::DecodeLimits;
 use cxr_msn::ehr::FeatureSet;
@@ -37,6 +37,7 @@ use crate::files::write_atomic;
 use crate::images::file_decoder;
 use crate::loader::{Item, Loader, LoaderConfig, Views};
 use crate::metrics::{Interval, bootstrap_macro, evaluate};
+use crate::model_files;
 use crate::source::DataArgs;
 
 /// The settings of `cxr-msn probe`.
@@ -215,11 +216,8 @@ fn interval_json(i: Option<Interval>) -> serde_json::Value {
 
 /// Runs the linear probe; returns the report printed by the command.
 pub fn run(args: &ProbeArgs) -> Result<String> {
-    let bytes = std::fs::read(&args.checkpoint)
-        .with_context(|| format!("cannot read {}", args.checkpoint.display()))?;
     let device = Device::flex();
-    let (msn, pre_meta) = load_pretraining(&bytes, &device)
-        .with_context(|| format!("{}", args.checkpoint.display()))?;
+    let (msn, pre_meta) = model_files::pretraining(&args.checkpoint, &device)?;
     let config = pre_meta.config.clone();
     let data = args.source.load()?;
     let labels = data.label_names.len();
