@@ -18,8 +18,10 @@
 use std::collections::BTreeMap;
 
 use burn::module::Module;
-use burn::store::{ApplyError, ModuleSnapshot, SafetensorsStore};
-use burn::tensor::Device;
+use burn::store::{
+    ApplyError, FloatCastAdapter, HalfPrecisionAdapter, ModuleSnapshot, SafetensorsStore,
+};
+use burn::tensor::{DType, Device};
 use serde::{Deserialize, Serialize};
 
 use crate::classifier::Classifier;
@@ -191,14 +193,39 @@ impl std::fmt::Display for ModelMeta {
     }
 }
 
-/// Serialises a module and its metadata into model-file bytes.
+/// How the weights of a model file are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightPrecision {
+    /// 32-bit floats: exactly what was trained.
+    #[default]
+    F32,
+    /// 16-bit floats for the linear, convolution and normalisation layers (nearly all the
+    /// bytes; the [CLS] token and position embeddings stay f32): half the download, for the
+    /// browser. Loading converts back to f32.
+    F16,
+}
+
+/// Serialises a module and its metadata into model-file bytes (f32 weights).
 pub fn write_model<M: Module>(module: &M, meta: &ModelMeta) -> Result<Vec<u8>, CheckpointError> {
+    write_model_as(module, meta, WeightPrecision::F32)
+}
+
+/// Serialises a module and its metadata into model-file bytes with weights stored at
+/// `precision`.
+pub fn write_model_as<M: Module>(
+    module: &M,
+    meta: &ModelMeta,
+    precision: WeightPrecision,
+) -> Result<Vec<u8>, CheckpointError> {
     meta.validate()?;
     let json = serde_json::to_string(meta).map_err(|e| CheckpointError::Write(e.to_string()))?;
     let mut store = SafetensorsStore::from_bytes(None)
         .metadata(KEY_FORMAT, FORMAT_NAME)
         .metadata(KEY_VERSION, FORMAT_VERSION.to_string())
         .metadata(KEY_META, json);
+    if precision == WeightPrecision::F16 {
+        store = store.with_to_adapter(HalfPrecisionAdapter::new());
+    }
     // `valid()` settles pending BatchNorm running-statistics updates and drops autodiff.
     module
         .valid()
@@ -257,7 +284,9 @@ pub fn load_weights<M: Module>(mut module: M, bytes: &[u8]) -> Result<M, Checkpo
     // message can be written for people.
     let mut store = SafetensorsStore::from_bytes(Some(bytes.to_vec()))
         .validate(false)
-        .allow_partial(true);
+        .allow_partial(true)
+        // f16 files (`WeightPrecision::F16`) load into the f32 model; f32 passes unchanged.
+        .with_from_adapter(FloatCastAdapter::to(DType::F32));
     let result = module
         .load_from(&mut store)
         .map_err(|e| CheckpointError::Weights(e.to_string()))?;

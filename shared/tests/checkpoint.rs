@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use burn::tensor::{Device, Distribution, Tensor};
 use common::{assert_close, values};
 use cxr_msn::checkpoint::{
-    FORMAT_VERSION, ModelKind, ModelMeta, load_classifier, load_pretraining, read_meta, write_model,
+    FORMAT_VERSION, ModelKind, ModelMeta, WeightPrecision, load_classifier, load_pretraining,
+    read_meta, write_model, write_model_as,
 };
 use cxr_msn::classifier::Classifier;
 use cxr_msn::config::{EhrConfig, MsnConfig, VitConfig, VitPreset};
@@ -94,6 +95,40 @@ fn a_classifier_round_trips_with_its_metadata_and_scores_the_same() {
     let st = SafeTensors::deserialize(&bytes).unwrap();
     assert!(st.names().contains(&"encoder.blocks.1.attn.qkv.weight"));
     assert!(st.names().contains(&"fused_head.fusion.f_ehr.weight"));
+}
+
+#[test]
+fn an_f16_file_is_about_half_the_size_and_scores_within_half_precision() {
+    let device = Device::flex();
+    device.seed(2);
+    let (clf, meta, bytes) = classifier_file(&device);
+    let half = write_model_as(&clf, &meta, WeightPrecision::F16).unwrap();
+    let ratio = half.len() as f64 / bytes.len() as f64;
+    assert!((0.45..0.6).contains(&ratio), "f16 / f32 size {ratio}");
+    let st = SafeTensors::deserialize(&half).unwrap();
+    let dtype = |name: &str| st.tensor(name).unwrap().dtype();
+    assert_eq!(
+        dtype("encoder.blocks.1.attn.qkv.weight"),
+        safetensors::Dtype::F16
+    );
+    assert_eq!(dtype("encoder.cls_token"), safetensors::Dtype::F32);
+    let (loaded, loaded_meta) = load_classifier(&half, &device).unwrap();
+    assert_eq!(loaded_meta, meta);
+    let x = Tensor::random([2, 1, 224, 224], Distribution::Normal(0.0, 1.0), &device);
+    let e = Tensor::random([2, 13], Distribution::Uniform(0.0, 1.0), &device);
+    let a = clf.forward(x.clone(), Some(e.clone()), false).unwrap();
+    let b = loaded.forward(x, Some(e), false).unwrap();
+    let (a, b) = (values(a.image_probs), values(b.image_probs));
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max);
+    assert!(
+        worst > 0.0,
+        "the weights were rounded, so scores move a little"
+    );
+    assert!(worst < 5e-3, "probabilities move by {worst}");
 }
 
 #[test]

@@ -29,3 +29,25 @@ pub fn binary() -> PathBuf {
     );
     bin
 }
+
+/// Runs the binary with `args` and returns its standard output.
+///
+/// # Panics
+/// When it cannot start or fails, with its standard error.
+pub fn run_ok<I, S>(args: I) -> String
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = std::process::Command::new(binary())
+        .args(args)
+        .output()
+        .expect("the cxr-msn binary starts");
+    assert!(
+        out.status.success(),
+        "cxr-msn failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use cxr_msn_e2e::binary;
+use cxr_msn_e2e::{binary, run_ok};
 
 use burn::tensor::{Device, Tensor, TensorData};
 use cxr_msn::config::{EhrConfig, MsnConfig, VitPreset};
@@ -158,27 +158,43 @@ fn pretraining_runs_saves_each_epoch_and_continues_where_it_stopped() {
     assert!(first.contains("epoch 0: mean loss"), "{first}");
     assert!(!first.contains("epoch 1:"), "{first}");
     let state = std::fs::read_to_string(run.join("state.json")).unwrap();
-    assert_eq!(state, r#"{"epochs_done":1,"steps_done":4}"#);
+    assert_eq!(
+        state,
+        r#"{"epochs_done":1,"steps_done":4,"steps_per_epoch":4}"#
+    );
 
     let second = pretrain(&[]);
     assert!(
-        second.contains("continuing") && second.contains("after epoch 1"),
+        second.contains("continuing") && second.contains("after step 4 (epoch 1, batch 0"),
         "{second}"
     );
     assert!(
         second.contains("epoch 1: mean loss") && !second.contains("epoch 0:"),
         "{second}"
     );
-    let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
-    let steps: Vec<&str> = metrics
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let steps: Vec<u64> = metrics
         .lines()
-        .skip(1)
-        .map(|l| l.split(',').nth(1).unwrap())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
         .collect();
     assert_eq!(
         steps,
-        ["0", "1", "2", "3", "4", "5", "6", "7"],
-        "one row per step, numbered on"
+        [0, 1, 2, 3, 4, 5, 6, 7],
+        "one record per step, numbered on"
+    );
+    let epochs = std::fs::read_to_string(run.join("epochs.csv")).unwrap();
+    assert_eq!(epochs.lines().count(), 1 + 2, "{epochs}");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert!(config["build"]["git_revision"].is_string() && config["args"]["seed"] == 0);
+    assert!(
+        std::fs::read_to_string(run.join("loss.svg"))
+            .unwrap()
+            .contains("<path")
     );
 
     // The checkpoint is a pretraining model file that `inspect` reads.
@@ -225,9 +241,20 @@ fn pretraining_runs_saves_each_epoch_and_continues_where_it_stopped() {
     let metrics: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("probe/metrics.json")).unwrap())
             .unwrap();
+    let validation = &metrics["validation_macro_auroc"]["image+ehr"];
+    assert!(validation.is_number() || validation.is_null());
+    let per_label = &metrics["heads"]["image"]["labels"]["Cardiomegaly"];
+    assert!(per_label["n"].as_u64().unwrap() > 0, "{per_label}");
+    let table = std::fs::read_to_string(run.join("probe/metrics.csv")).unwrap();
+    assert_eq!(
+        table.lines().count(),
+        1 + 2 * 15,
+        "a row per head and label, and macro"
+    );
     assert!(
-        metrics["heads"]["image+ehr"]["validation_macro_auroc"].is_number()
-            || metrics["heads"]["image+ehr"]["validation_macro_auroc"].is_null()
+        std::fs::read_to_string(run.join("probe/roc.svg"))
+            .unwrap()
+            .contains("ROC curves")
     );
     let classifier = std::fs::read(run.join("probe/classifier.safetensors")).unwrap();
     let summary = cxr_msn_web::describe_model(&classifier).unwrap();
@@ -244,7 +271,7 @@ fn pretraining_runs_saves_each_epoch_and_continues_where_it_stopped() {
         .arg("--model")
         .arg(run.join("probe/classifier.safetensors"))
         .arg("--out")
-        .arg(run.join("eval.json"))
+        .arg(run.join("eval"))
         .output()
         .unwrap();
     assert!(
@@ -253,10 +280,11 @@ fn pretraining_runs_saves_each_epoch_and_continues_where_it_stopped() {
         String::from_utf8_lossy(&eval.stderr)
     );
     let evaluated: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("eval.json")).unwrap()).unwrap();
-    for (head, probe_head) in [("image", "image"), ("image+ehr", "image+ehr")] {
-        let a = &evaluated[head]["macro_auroc"][0];
-        let b = &metrics["heads"][probe_head]["test_macro_auroc"]["value"];
+        serde_json::from_str(&std::fs::read_to_string(run.join("eval/metrics.json")).unwrap())
+            .unwrap();
+    for head in ["image", "image+ehr"] {
+        let a = &evaluated["heads"][head]["macro_auroc"]["value"];
+        let b = &metrics["heads"][head]["macro_auroc"]["value"];
         match (a.as_f64(), b.as_f64()) {
             (Some(a), Some(b)) => assert!((a - b).abs() < 1e-9, "{head}: eval {a} vs probe {b}"),
             (None, None) => {}
@@ -315,7 +343,9 @@ fn pretraining_runs_saves_each_epoch_and_continues_where_it_stopped() {
         String::from_utf8_lossy(&finetune.stderr)
     );
     assert!(
-        text.contains("epoch 0: validation macro AUROC") && text.contains("test, head image+ehr"),
+        text.contains("epoch 0: validation macro AUROC")
+            && text.contains("test split:")
+            && text.contains("image+ehr"),
         "{text}"
     );
     let file = std::fs::read(run.join("finetune/classifier.safetensors")).unwrap();
@@ -344,6 +374,50 @@ fn pretraining_runs_saves_each_epoch_and_continues_where_it_stopped() {
             .iter()
             .all(|t| (0.0..=1.0).contains(t))
     );
+
+    // The f16 export is about half the size, loads through the model crate (as the browser
+    // loads it) and scores a real X-ray within half precision of the f32 file.
+    let half = run.join("web-f16.safetensors");
+    run_ok(
+        [
+            "export".as_ref(),
+            "--f16".as_ref(),
+            "--data".as_ref(),
+            dir.join("data/manifest.csv").as_os_str(),
+            "--model".as_ref(),
+            run.join("probe/classifier.safetensors").as_os_str(),
+            "--out".as_ref(),
+            half.as_os_str(),
+        ]
+        .map(std::ffi::OsStr::to_os_string),
+    );
+    let f16 = std::fs::read(&half).unwrap();
+    assert!(
+        f16.len() * 10 < web.len() * 6,
+        "{} vs {} bytes",
+        f16.len(),
+        web.len()
+    );
+    let xray = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("data/xray/person1951_bacteria_4882.jpeg");
+    let decoded =
+        cxr_msn::decode::decode(&std::fs::read(xray).unwrap(), &DecodeLimits::default()).unwrap();
+    let view = cxr_msn::views::eval_view(&decoded.image);
+    let device = Device::flex();
+    let mut probs = Vec::new();
+    for bytes in [&web, &f16] {
+        let (model, meta) = cxr_msn::checkpoint::load_classifier(bytes, &device).unwrap();
+        let images = cxr_msn::preprocess::BatchData::pack(&[&view], &meta.normalization)
+            .unwrap()
+            .to_tensor(&device);
+        let out = model.forward(images, None, false).unwrap();
+        probs.push(out.image_probs.into_data().try_to_vec::<f32>().unwrap());
+    }
+    assert_eq!(probs[0].len(), 14);
+    assert!(probs[0].iter().all(|p| (0.0..=1.0).contains(p)));
+    for (a, b) in probs[0].iter().zip(&probs[1]) {
+        assert!((a - b).abs() < 1e-2, "f32 {a} vs f16 {b}");
+    }
 
     // Embedding map and cluster quality of the pretrained encoder.
     let embed = Command::new(binary())

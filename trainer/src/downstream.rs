@@ -9,6 +9,7 @@ use cxr_msn::rand::rngs::StdRng;
 use cxr_msn::rand::seq::SliceRandom;
 
 use crate::data::{Dataset, LabelPolicy, Split};
+use crate::device::DeviceArg;
 use crate::loader::Item;
 
 /// Downstream training settings (METHOD.md section 7; the authors' values by default).
@@ -38,6 +39,10 @@ pub struct DownstreamArgs {
     /// Loader threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Where the encoder runs: a hardware GPU through wgpu when there is one (auto), the
+    /// CPU, or the wgpu adapter whatever it is (gpu).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: DeviceArg,
 }
 
 impl DownstreamArgs {

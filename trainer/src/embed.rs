@@ -12,15 +12,17 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::Device;
 use clap::Args;
 use cxr_msn::decode::DecodeLimits;
 
 use crate::data::{Record, Split};
+use crate::device::{DeviceArg, choose};
 use crate::files::write_atomic;
 use crate::images::file_decoder;
 use crate::loader::{Loader, LoaderConfig, Views};
 use crate::model_files;
+use crate::plot::{Frame, scatter};
+use crate::report::stack;
 use crate::source::DataArgs;
 
 /// Mean silhouette of `points` (`n` rows of `d` values) grouped by `groups`; `None` with
@@ -125,11 +127,16 @@ pub struct EmbedArgs {
     /// Loader threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Where the encoder runs: a hardware GPU through wgpu when there is one (auto), the
+    /// CPU, or the wgpu adapter whatever it is (gpu).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: DeviceArg,
 }
 
 /// Runs the embedding map; returns the report printed by the command.
 pub fn run(args: &EmbedArgs) -> Result<String> {
-    let (vit, meta) = model_files::encoder(&args.model, &Device::flex())?;
+    let device = choose(args.device)?.device;
+    let (vit, meta) = model_files::encoder(&args.model, &device)?;
     let data = args.source.load()?;
     let split = match args.split.as_str() {
         "all" => None,
@@ -151,7 +158,6 @@ pub fn run(args: &EmbedArgs) -> Result<String> {
         cfg,
         file_decoder(DecodeLimits::default()),
     )?;
-    let device = Device::flex();
     let mut points = Vec::new();
     for batch in loader.epoch(0) {
         let out = vit
@@ -245,12 +251,62 @@ pub fn run(args: &EmbedArgs) -> Result<String> {
         &args.out.join("clusters.json"),
         serde_json::to_string_pretty(&clusters)?.as_bytes(),
     )?;
+    write_atomic(
+        &args.out.join("embedding_map.svg"),
+        map_svg(&map, &groupings, &data.label_names).as_bytes(),
+    )?;
     let _ = writeln!(
         report,
-        "wrote {} (embedding_map.csv, clusters.json)",
+        "wrote {} (embedding_map.csv, embedding_map.svg, clusters.json)",
         args.out.display()
     );
     Ok(report)
+}
+
+/// The map drawn three times: coloured by the first label with both classes ("No Finding"
+/// when the dataset has it), by sex and by view; points without a value are grey.
+fn map_svg(
+    map: &[[f64; 2]],
+    groupings: &BTreeMap<String, Vec<Option<usize>>>,
+    label_names: &[String],
+) -> String {
+    let has_both = |g: &[Option<usize>]| g.contains(&Some(0)) && g.contains(&Some(1));
+    let label = label_names
+        .iter()
+        .map(|n| format!("label:{n}"))
+        .filter(|k| groupings.get(k).is_some_and(|g| has_both(g)))
+        .max_by_key(|k| k.as_str() == "label:No Finding");
+    let mut charts = Vec::new();
+    let panels = [
+        (label.clone(), vec!["negative", "positive"]),
+        (Some("ehr:sex".to_string()), vec!["M", "F"]),
+        (
+            Some("ehr:view".to_string()),
+            vec!["PA", "lateral", "AP", "LL"],
+        ),
+    ];
+    for (key, names) in panels {
+        let Some(key) = key else { continue };
+        let Some(groups) = groupings.get(&key) else {
+            continue;
+        };
+        let unknown = names.len();
+        let colours: Vec<usize> = groups.iter().map(|g| g.unwrap_or(unknown)).collect();
+        let mut legend: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        legend.push("unknown".into());
+        charts.push(scatter(
+            &Frame {
+                title: format!("embedding map (PCA), coloured by {key}"),
+                x_label: "PC 1".into(),
+                y_label: "PC 2".into(),
+                ..Frame::default()
+            },
+            map,
+            &colours,
+            &legend,
+        ));
+    }
+    stack(&charts)
 }
 
 #[cfg(test)]

@@ -15,11 +15,12 @@ use cxr_msn::preprocess::BatchData;
 use cxr_msn::views::eval_view;
 
 use crate::data::Split;
+use crate::device::{DeviceArg, choose};
 use crate::files::write_atomic;
 use crate::images::file_decoder;
 use crate::loader::{Item, Loader, LoaderConfig, Views};
-use crate::metrics::{Interval, bootstrap_macro, evaluate};
 use crate::model_files;
+use crate::report::{HeadScores, score_heads, table, write_all};
 use crate::source::DataArgs;
 
 /// Probabilities of a set of images: image-only, and image + EHR where available.
@@ -30,20 +31,37 @@ pub struct Scores {
     pub fused: Option<Vec<f32>>,
 }
 
+impl Scores {
+    /// The heads' scores under their names (`image`, `image+ehr`), for the reports.
+    pub fn heads(&self) -> Vec<HeadScores<'_>> {
+        let mut heads = vec![HeadScores {
+            name: "image",
+            scores: &self.image,
+        }];
+        if let Some(fused) = &self.fused {
+            heads.push(HeadScores {
+                name: "image+ehr",
+                scores: fused,
+            });
+        }
+        heads
+    }
+}
+
 fn to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
     t.into_data()
         .try_to_vec::<f32>()
         .map_err(|e| anyhow::anyhow!("{e:?}"))
 }
 
-/// Scores loader items (evaluation transform) with a classifier on the CPU.
+/// Scores loader items (evaluation transform) with a classifier that lives on `device`.
 pub fn score_items(
     model: &Classifier,
     meta: &ModelMeta,
     items: Vec<Item>,
     threads: usize,
+    device: &Device,
 ) -> Result<Scores> {
-    let device = Device::flex();
     let ehr_in = model.fused_head.as_ref().map(|h| h.fusion.ehr_in());
     let use_ehr = ehr_in.is_some_and(|n| items.iter().all(|i| i.ehr.len() == n));
     let cfg = LoaderConfig::for_scoring(meta.normalization.clone(), threads);
@@ -60,11 +78,11 @@ pub fn score_items(
         let ehr = match (use_ehr, ehr_in) {
             (true, Some(n)) => Some(Tensor::from_data(
                 TensorData::new(batch.ehr, [b, n]),
-                &device,
+                device,
             )),
             _ => None,
         };
-        let out = model.forward(batch.images.to_tensor(&device), ehr, false)?;
+        let out = model.forward(batch.images.to_tensor(device), ehr, false)?;
         image.extend(to_vec(out.image_probs)?);
         if let Some(f) = out.fused_probs {
             fused.extend(to_vec(f)?);
@@ -87,7 +105,8 @@ pub struct EvalArgs {
     /// Split to score: train, validate, test, or all.
     #[arg(long, default_value = "test")]
     pub split: String,
-    /// Where to write the metrics (JSON).
+    /// Output folder: metrics.json, metrics.csv (per-label and macro AUROC and AUPRC with
+    /// 95% intervals) and roc.svg.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Bootstrap resamples for the 95% intervals.
@@ -99,13 +118,18 @@ pub struct EvalArgs {
     /// Loader threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Where the model runs: a hardware GPU through wgpu when there is one (auto), the CPU,
+    /// or the wgpu adapter whatever it is (gpu).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: DeviceArg,
 }
 
 /// Scores a dataset split with a classifier: per-label AUROC, macro AUROC and AUPRC with
 /// 95% intervals, for each head. Dataset labels are put in the model's label order (so a
 /// MIMIC-trained head can be scored on CheXpert); a label the dataset lacks is an error.
 pub fn run_eval(args: &EvalArgs) -> Result<String> {
-    let (model, meta) = model_files::classifier(&args.model, &Device::flex())?;
+    let chosen = choose(args.device)?;
+    let (model, meta) = model_files::classifier(&args.model, &chosen.device)?;
     let mut data = args.source.load()?;
     let order: Vec<&str> = meta.labels.iter().map(String::as_str).collect();
     data.reorder_labels(&order)
@@ -132,42 +156,31 @@ pub fn run_eval(args: &EvalArgs) -> Result<String> {
     }
     let targets: Vec<Option<f32>> = items.iter().flat_map(|i| i.labels.clone()).collect();
     let n = items.len();
-    let scores = score_items(&model, &meta, items, args.threads)?;
+    let scores = score_items(&model, &meta, items, args.threads, &chosen.device)?;
     let labels = meta.labels.len();
-    let mut report = format!("{n} images of the {} split, {labels} labels\n", args.split);
-    let mut json = serde_json::Map::new();
-    for (name, probs) in [
-        ("image", Some(&scores.image)),
-        ("image+ehr", scores.fused.as_ref()),
-    ] {
-        let Some(probs) = probs else { continue };
-        let m = evaluate(probs, &targets, labels);
-        let (auc, ap) = bootstrap_macro(probs, &targets, labels, args.bootstrap, args.seed);
+    let heads = scores.heads();
+    let reports = score_heads(&heads, &targets, labels, args.bootstrap, args.seed);
+    let mut report = format!(
+        "device: {}\n{n} images of the {} split of {}, {labels} labels\n{}",
+        chosen.description,
+        args.split,
+        args.source.data.display(),
+        table(&reports, &meta.labels)
+    );
+    if let Some(out) = &args.out {
+        std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+        let extra = serde_json::json!({
+            "split": args.split,
+            "model": args.model.display().to_string(),
+            "data": args.source.data.display().to_string(),
+            "seed": args.seed,
+        });
+        write_all(out, &heads, &reports, &targets, &meta.labels, extra)?;
         let _ = writeln!(
             report,
-            "head {name}: macro AUROC {}, macro AUPRC {}",
-            Interval::describe(auc),
-            Interval::describe(ap)
+            "wrote metrics.json, metrics.csv and roc.svg into {}",
+            out.display()
         );
-        for (label, a) in meta.labels.iter().zip(&m.auroc) {
-            let _ = writeln!(
-                report,
-                "  {label:28} {}",
-                a.map_or("n/a (one class)".into(), |a| format!("{a:.4}"))
-            );
-        }
-        json.insert(
-            name.into(),
-            serde_json::json!({
-                "macro_auroc": auc.map(|i| [i.value, i.low, i.high]),
-                "macro_auprc": ap.map(|i| [i.value, i.low, i.high]),
-                "auroc": meta.labels.iter().zip(&m.auroc).map(|(l, a)| (l.clone(), serde_json::json!(a))).collect::<serde_json::Map<_, _>>(),
-            }),
-        );
-    }
-    if let Some(out) = &args.out {
-        write_atomic(out, serde_json::to_string_pretty(&json)?.as_bytes())?;
-        let _ = writeln!(report, "wrote {}", out.display());
     }
     Ok(report)
 }
@@ -203,6 +216,10 @@ pub struct PredictArgs {
     /// Died in hospital (true/false).
     #[arg(long)]
     pub mortality: Option<bool>,
+    /// Where the model runs: a hardware GPU through wgpu when there is one (auto), the CPU,
+    /// or the wgpu adapter whatever it is (gpu).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: DeviceArg,
 }
 
 fn image_files(input: &Path) -> Result<Vec<PathBuf>> {
@@ -234,7 +251,8 @@ fn image_files(input: &Path) -> Result<Vec<PathBuf>> {
 
 /// Scores image files and writes the CSV; returns a short report.
 pub fn run_predict(args: &PredictArgs) -> Result<String> {
-    let (model, meta) = model_files::classifier(&args.model, &Device::flex())?;
+    let device = choose(args.device)?.device;
+    let (model, meta) = model_files::classifier(&args.model, &device)?;
     let given = EhrRecord {
         sex: args.sex.as_deref().map(Sex::parse).transpose()?,
         age: args.age,
@@ -247,7 +265,6 @@ pub fn run_predict(args: &PredictArgs) -> Result<String> {
         died_in_hospital: args.mortality,
         in_icu: args.icu,
     };
-    let device = Device::flex();
     let features = meta.config.ehr.as_ref().map(|e| e.feature_set.clone());
     let mut csv = String::from("path");
     for l in &meta.labels {

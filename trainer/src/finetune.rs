@@ -1,6 +1,6 @@
 //! `cxr-msn finetune`: the whole classifier trained end to end (METHOD.md section 7), on
-//! the CPU: the pretrained EMA target encoder with an image-only head and, for a multimodal
-//! model, an image + EHR head seeded with the pretrained f_ehr and g, both heads' masked
+//! the device of `--device`: the pretrained EMA target encoder with an image-only head
+//! and, for a multimodal model, an image + EHR head seeded with the pretrained f_ehr and g, both heads' masked
 //! binary cross-entropies summed. Training images get the fine-tuning augmentation (flip,
 //! random affine, centre crop 224); validation and test images the evaluation transform.
 //! Adam (lr 1e-4, no weight decay, cosine per epoch), early stopping on the validation
@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use clap::Args;
 use cxr_msn::checkpoint::{ModelMeta, write_model};
 use cxr_msn::classifier::Classifier;
@@ -21,14 +21,16 @@ use cxr_msn::decode::DecodeLimits;
 use cxr_msn::ehr::FeatureSet;
 use cxr_msn::views::AffineConfig;
 
+use crate::device::choose;
 use crate::downstream::{DownstreamArgs, splits};
 use crate::evaluate::score_items;
 use crate::files::write_atomic;
 use crate::images::file_decoder;
 use crate::loader::{Loader, LoaderConfig, Views};
-use crate::metrics::{Interval, bootstrap_macro, evaluate};
+use crate::metrics::evaluate;
 use crate::model_files;
 use crate::probe::masked_bce;
+use crate::report::{score_heads, table, write_all};
 use crate::source::DataArgs;
 
 /// The settings of `cxr-msn finetune`.
@@ -51,7 +53,8 @@ pub struct FinetuneArgs {
 
 /// Fine-tunes and returns the report printed by the command.
 pub fn run(args: &FinetuneArgs) -> Result<String> {
-    let device = Device::flex().autodiff();
+    let chosen = choose(args.train.device)?;
+    let device = chosen.device.clone().autodiff();
     device.seed(args.train.seed);
     let (msn, pre_meta) = model_files::pretraining(&args.checkpoint, &device)?;
     let config = pre_meta.config.clone();
@@ -90,7 +93,7 @@ pub fn run(args: &FinetuneArgs) -> Result<String> {
 
     let mut model = msn.classifier(&config, labels, &device);
     let mut optim = AdamConfig::new().with_epsilon(1e-8).init();
-    let mut log = String::new();
+    let mut log = format!("device: {}\n", chosen.description);
     let (mut best, mut best_auc, mut waited) = (model.valid(), f64::NEG_INFINITY, 0);
     let val_targets: Vec<Option<f32>> = val.iter().flat_map(|i| i.labels.clone()).collect();
     for epoch in 0..args.train.epochs {
@@ -114,7 +117,13 @@ pub fn run(args: &FinetuneArgs) -> Result<String> {
             model = optim.step(lr, model, grads);
         }
         let current: Classifier = model.valid();
-        let scores = score_items(&current, &meta, val.clone(), args.train.threads)?;
+        let scores = score_items(
+            &current,
+            &meta,
+            val.clone(),
+            args.train.threads,
+            &chosen.device,
+        )?;
         let auc = evaluate(&scores.image, &val_targets, labels)
             .macro_auroc
             .unwrap_or(f64::NAN);
@@ -134,41 +143,38 @@ pub fn run(args: &FinetuneArgs) -> Result<String> {
     }
 
     let targets: Vec<Option<f32>> = test.iter().flat_map(|i| i.labels.clone()).collect();
-    let scores = score_items(&best, &meta, test, args.train.threads)?;
-    let mut json = serde_json::Map::new();
-    json.insert("validation_macro_auroc".into(), serde_json::json!(best_auc));
-    for (name, probs) in [
-        ("image", Some(&scores.image)),
-        ("image+ehr", scores.fused.as_ref()),
-    ] {
-        let Some(probs) = probs else { continue };
-        let (auc, ap) = bootstrap_macro(
-            probs,
-            &targets,
-            labels,
-            args.train.bootstrap,
-            args.train.seed,
-        );
-        let _ = writeln!(
-            log,
-            "test, head {name}: macro AUROC {}, macro AUPRC {}",
-            Interval::describe(auc),
-            Interval::describe(ap)
-        );
-        json.insert(
-            name.into(),
-            serde_json::json!({
-                "test_macro_auroc": auc.map(|i| [i.value, i.low, i.high]),
-                "test_macro_auprc": ap.map(|i| [i.value, i.low, i.high]),
-            }),
-        );
-    }
-    write_atomic(
-        &args.out.join("metrics.json"),
-        serde_json::to_string_pretty(&json)?.as_bytes(),
+    let scores = score_items(&best, &meta, test, args.train.threads, &chosen.device)?;
+    let heads = scores.heads();
+    let reports = score_heads(
+        &heads,
+        &targets,
+        labels,
+        args.train.bootstrap,
+        args.train.seed,
+    );
+    let extra = serde_json::json!({
+        "split": "test",
+        "checkpoint": args.checkpoint.display().to_string(),
+        "data": args.source.data.display().to_string(),
+        "train_fraction": args.train.train_fraction,
+        "seed": args.train.seed,
+        "validation_macro_auroc": { "image": best_auc },
+    });
+    write_all(
+        &args.out,
+        &heads,
+        &reports,
+        &targets,
+        &data.label_names,
+        extra,
     )?;
+    let _ = write!(log, "test split:\n{}", table(&reports, &data.label_names));
     let file = args.out.join("classifier.safetensors");
     write_atomic(&file, &write_model(&best, &meta)?)?;
-    let _ = writeln!(log, "wrote {} and metrics.json", file.display());
+    let _ = writeln!(
+        log,
+        "wrote {} and, beside it, metrics.json, metrics.csv, roc.svg",
+        file.display()
+    );
     Ok(log)
 }

@@ -201,6 +201,13 @@ impl Loader {
 
     /// Starts the workers for `epoch` and returns its batches in order.
     pub fn epoch(&self, epoch: usize) -> EpochBatches {
+        self.epoch_from(epoch, 0)
+    }
+
+    /// The batches of `epoch` from batch `first` on (the earlier ones are not prepared):
+    /// what a run resumed in the middle of an epoch needs. Batch `i` is the same whichever
+    /// batch the epoch started from.
+    pub fn epoch_from(&self, epoch: usize, first: usize) -> EpochBatches {
         let order = Arc::new(epoch_order(
             self.items.len(),
             self.config.seed,
@@ -213,9 +220,10 @@ impl Loader {
             n => n,
         };
         let (sender, receiver) = sync_channel(self.config.prefetch.max(1));
-        let next_batch = Arc::new(AtomicUsize::new(0));
+        let first = first.min(total);
+        let next_batch = Arc::new(AtomicUsize::new(first));
         let stop = Arc::new(AtomicBool::new(false));
-        let workers = (0..threads.min(total.max(1)))
+        let workers = (0..threads.min((total - first).max(1)))
             .map(|_| {
                 let (sender, next_batch, stop, order) = (
                     sender.clone(),
@@ -248,7 +256,7 @@ impl Loader {
         EpochBatches {
             receiver,
             pending: BTreeMap::new(),
-            next: 0,
+            next: first,
             total,
             stop,
             workers,
@@ -482,6 +490,13 @@ mod tests {
         );
         let next_epoch: Vec<Batch> = one.epoch(1).map(Result::unwrap).collect();
         assert_ne!(a[0].items, next_epoch[0].items, "each epoch reshuffles");
+        let resumed: Vec<Batch> = four.epoch_from(0, 1).map(Result::unwrap).collect();
+        assert_eq!(
+            resumed,
+            a[1..],
+            "an epoch started later gives the same later batches"
+        );
+        assert_eq!(four.epoch_from(0, 7).count(), 0, "past the end: no batches");
     }
 
     #[test]

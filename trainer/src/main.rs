@@ -15,8 +15,8 @@ use cxr_msn::decode::DecodeLimits;
 use cxr_msn::ehr::FeatureSet;
 use cxr_msn_trainer::source::{DataArgs, describe};
 use cxr_msn_trainer::{
-    bench, contact_sheet, ehr_command, embed, evaluate, export, finetune, pretrain, probe,
-    synthetic,
+    bench, contact_sheet, ehr_command, embed, evaluate, export, finetune, interrupt, main_job,
+    pretrain, probe, synthetic,
 };
 
 #[derive(Parser, Debug)]
@@ -32,6 +32,19 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// The main job, nothing to download: generate the synthetic X-ray world (first run
+    /// only), pretrain a multimodal MSN, probe it, score the test split, map the embeddings
+    /// and export the browser model; prints where everything is. Sized for two CPU cores.
+    ///
+    /// Examples: cxr-msn demo
+    ///           cxr-msn demo --epochs 5 --count 2000 --out runs/demo-5
+    Demo(main_job::MainJobArgs),
+    /// The paper's experiment in miniature: vanilla MSN against MSN + EHR, pretrained and
+    /// probed alike on the synthetic world; macro AUROC with 95% CIs and the paired
+    /// difference.
+    ///
+    /// Example: cxr-msn compare --ehr demographic --epochs 2
+    Compare(main_job::MainJobArgs),
     /// List the ViT presets, the two pretraining profiles and the 23 EHR feature sets.
     ///
     /// Example: cxr-msn info
@@ -64,7 +77,8 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         threads: usize,
     },
-    /// Pretrain a (multimodal) MSN on the CPU; running it again continues the run.
+    /// Pretrain a (multimodal) MSN on a GPU through wgpu, or on the CPU; running it again
+    /// continues the run (Ctrl-C saves first).
     ///
     /// Example: cxr-msn pretrain --data data/synth/manifest.csv --ehr demographic --out runs/demo
     Pretrain(pretrain::PretrainArgs),
@@ -84,14 +98,15 @@ enum Command {
     /// Example: cxr-msn embed --data data/synth/manifest.csv --model runs/demo/checkpoint.safetensors --out runs/demo/embed
     Embed(embed::EmbedArgs),
     /// Write the model file the browser loads: a classifier with per-label operating points
-    /// chosen on a labelled split (Youden's J).
+    /// chosen on a labelled split (Youden's J); --f16 halves its size.
     ///
     /// Example: cxr-msn export --data data/synth/manifest.csv --model runs/demo/probe/classifier.safetensors --out static/model.safetensors
     Export(export::ExportArgs),
-    /// Score a dataset split with a classifier model file: per-label AUROC, macro AUROC and
-    /// AUPRC with 95% CIs, for the image-only and the image + EHR head.
+    /// Score a dataset split with a classifier model file: per-label and macro AUROC and
+    /// AUPRC with 95% CIs, for the image-only and the image + EHR head (labels are matched
+    /// by name, so a MIMIC-trained model scores on CheXpert).
     ///
-    /// Example: cxr-msn eval --data data/synth/manifest.csv --model runs/demo/probe/classifier.safetensors
+    /// Example: cxr-msn eval --data data/synth/manifest.csv --model runs/demo/probe/classifier.safetensors --out runs/demo/eval
     Eval(evaluate::EvalArgs),
     /// Score image files (PNG, JPEG, DICOM; one file or a folder) into a CSV of
     /// probabilities; EHR from flags or DICOM headers feeds the image + EHR head.
@@ -151,7 +166,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse().command) {
+    let cli = Cli::parse();
+    // Ctrl-C / SIGTERM: long jobs save and stop after the current step; a second one quits.
+    if let Err(e) = interrupt::install() {
+        eprintln!("warning: Ctrl-C will not save first ({e})");
+    }
+    match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // The whole chain of causes on one line: what failed, in which file, and why.
@@ -245,12 +265,14 @@ fn run(command: Command) -> Result<()> {
             println!("wrote {}", out.display());
             Ok(())
         }
+        Command::Demo(args) => main_job::run_demo(&args, &mut std::io::stdout()),
+        Command::Compare(args) => main_job::run_compare(&args, &mut std::io::stdout()),
         Command::Pretrain(args) => {
             pretrain::run(&args, &mut std::io::stdout())?;
             Ok(())
         }
         Command::Probe(args) => {
-            print!("{}", probe::run(&args)?);
+            print!("{}", probe::run(&args)?.log);
             Ok(())
         }
         Command::Finetune(args) => {

@@ -144,9 +144,73 @@ impl Interval {
     }
 }
 
-/// 95% basic-bootstrap intervals of the macro AUROC and macro AUPRC: `resamples` draws of
-/// the rows with replacement (seeded), and the interval (2 theta - q97.5, 2 theta - q2.5)
-/// of METHOD.md section 7 ("theta - percentile of theta_b - theta").
+/// Per-label and macro AUROC and AUPRC, each with its 95% interval.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Intervals {
+    /// AUROC per label (`None` where one class is absent).
+    pub auroc: Vec<Option<Interval>>,
+    /// Average precision per label.
+    pub auprc: Vec<Option<Interval>>,
+    /// Macro AUROC.
+    pub macro_auroc: Option<Interval>,
+    /// Macro average precision.
+    pub macro_auprc: Option<Interval>,
+}
+
+/// The basic-bootstrap interval (2 theta - q97.5, 2 theta - q2.5) of METHOD.md section 7
+/// ("theta - percentile of theta_b - theta"); `None` without an estimate or draws.
+fn basic_interval(theta: Option<f64>, mut draws: Vec<f64>) -> Option<Interval> {
+    let theta = theta?;
+    if draws.is_empty() {
+        return None;
+    }
+    draws.sort_by(f64::total_cmp);
+    let q = |f: f64| draws[((f * (draws.len() - 1) as f64).round() as usize).min(draws.len() - 1)];
+    Some(Interval {
+        value: theta,
+        low: 2.0 * theta - q(0.975),
+        high: 2.0 * theta - q(0.025),
+    })
+}
+
+/// 95% basic-bootstrap intervals of every metric: `resamples` draws of the rows with
+/// replacement (seeded); a draw in which a label has one class only adds no value to that
+/// label's interval.
+pub fn bootstrap(
+    scores: &[f32],
+    targets: &[Option<f32>],
+    labels: usize,
+    resamples: usize,
+    seed: u64,
+) -> Intervals {
+    let n = scores.len() / labels.max(1);
+    let full = evaluate(scores, targets, labels);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (mut a, mut p) = (Vec::with_capacity(resamples), Vec::with_capacity(resamples));
+    let (mut la, mut lp) = (vec![Vec::new(); labels], vec![Vec::new(); labels]);
+    for _ in 0..resamples {
+        let rows: Vec<usize> = (0..n).map(|_| rng.random_range(0..n)).collect();
+        let m = evaluate_rows(scores, targets, labels, &rows);
+        a.extend(m.macro_auroc);
+        p.extend(m.macro_average_precision);
+        for l in 0..labels {
+            la[l].extend(m.auroc[l]);
+            lp[l].extend(m.average_precision[l]);
+        }
+    }
+    Intervals {
+        auroc: (0..labels)
+            .map(|l| basic_interval(full.auroc[l], std::mem::take(&mut la[l])))
+            .collect(),
+        auprc: (0..labels)
+            .map(|l| basic_interval(full.average_precision[l], std::mem::take(&mut lp[l])))
+            .collect(),
+        macro_auroc: basic_interval(full.macro_auroc, a),
+        macro_auprc: basic_interval(full.macro_average_precision, p),
+    }
+}
+
+/// 95% basic-bootstrap intervals of the macro AUROC and macro AUPRC (see [`bootstrap`]).
 pub fn bootstrap_macro(
     scores: &[f32],
     targets: &[Option<f32>],
@@ -154,34 +218,80 @@ pub fn bootstrap_macro(
     resamples: usize,
     seed: u64,
 ) -> (Option<Interval>, Option<Interval>) {
-    let n = scores.len() / labels.max(1);
-    let full = evaluate(scores, targets, labels);
-    let mut rng = StdRng::seed_from_u64(seed);
-    let (mut a, mut p) = (Vec::with_capacity(resamples), Vec::with_capacity(resamples));
-    for _ in 0..resamples {
-        let rows: Vec<usize> = (0..n).map(|_| rng.random_range(0..n)).collect();
-        let m = evaluate_rows(scores, targets, labels, &rows);
-        a.extend(m.macro_auroc);
-        p.extend(m.macro_average_precision);
-    }
-    let interval = |theta: Option<f64>, mut draws: Vec<f64>| {
-        let theta = theta?;
-        if draws.is_empty() {
-            return None;
-        }
-        draws.sort_by(f64::total_cmp);
-        let q =
-            |f: f64| draws[((f * (draws.len() - 1) as f64).round() as usize).min(draws.len() - 1)];
-        Some(Interval {
-            value: theta,
-            low: 2.0 * theta - q(0.975),
-            high: 2.0 * theta - q(0.025),
-        })
+    let b = bootstrap(scores, targets, labels, resamples, seed);
+    (b.macro_auroc, b.macro_auprc)
+}
+
+/// The difference of macro AUROC, `b` minus `a`, of two score sets on the same rows, with
+/// its 95% paired basic-bootstrap interval (both scored on each resample of the rows).
+pub fn paired_macro_auroc_difference(
+    a: &[f32],
+    b: &[f32],
+    targets: &[Option<f32>],
+    labels: usize,
+    resamples: usize,
+    seed: u64,
+) -> Option<Interval> {
+    let n = targets.len() / labels.max(1);
+    let diff = |rows: &[usize]| {
+        let ma = evaluate_rows(a, targets, labels, rows).macro_auroc?;
+        let mb = evaluate_rows(b, targets, labels, rows).macro_auroc?;
+        Some(mb - ma)
     };
-    (
-        interval(full.macro_auroc, a),
-        interval(full.macro_average_precision, p),
-    )
+    let all: Vec<usize> = (0..n).collect();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let draws: Vec<f64> = (0..resamples)
+        .filter_map(|_| {
+            let rows: Vec<usize> = (0..n).map(|_| rng.random_range(0..n)).collect();
+            diff(&rows)
+        })
+        .collect();
+    basic_interval(diff(&all), draws)
+}
+
+/// The ROC curve of one label: `(false-positive rate, true-positive rate)` at every distinct
+/// threshold, from (0, 0) to (1, 1). Empty when one class is absent.
+pub fn roc_curve(scores: &[f32], positive: &[bool]) -> Vec<(f64, f64)> {
+    let n_pos = positive.iter().filter(|&&p| p).count();
+    let n_neg = positive.len() - n_pos;
+    if n_pos == 0 || n_neg == 0 {
+        return Vec::new();
+    }
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    let (mut tp, mut fp) = (0usize, 0usize);
+    let mut curve = vec![(0.0, 0.0)];
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j + 1 < order.len() && scores[order[j + 1]] == scores[order[i]] {
+            j += 1;
+        }
+        for &k in &order[i..=j] {
+            if positive[k] {
+                tp += 1;
+            } else {
+                fp += 1;
+            }
+        }
+        curve.push((fp as f64 / n_neg as f64, tp as f64 / n_pos as f64));
+        i = j + 1;
+    }
+    curve
+}
+
+/// Scores and kept targets of one label (`l` of `labels`), as `roc_curve` takes them.
+pub fn label_column(
+    scores: &[f32],
+    targets: &[Option<f32>],
+    labels: usize,
+    l: usize,
+) -> (Vec<f32>, Vec<bool>) {
+    scores
+        .chunks(labels)
+        .zip(targets.chunks(labels))
+        .filter_map(|(s, t)| t[l].map(|t| (s[l], t > 0.5)))
+        .unzip()
 }
 
 #[cfg(test)]
@@ -289,6 +399,91 @@ mod tests {
         assert_eq!(
             bootstrap_macro(&s, &t, 1, 50, 9),
             bootstrap_macro(&s, &t, 1, 50, 9)
+        );
+    }
+
+    #[test]
+    fn roc_curve_by_hand_and_its_area_is_the_auroc() {
+        // Scores 0.9 (+), 0.8 (-), 0.7 (+), 0.7 (-), 0.1 (-): 2 positives, 3 negatives.
+        let s = [0.9, 0.8, 0.7, 0.7, 0.1];
+        let p = [true, false, true, false, false];
+        let curve = roc_curve(&s, &p);
+        let third = 1.0 / 3.0;
+        let expected = [
+            (0.0, 0.0),
+            (0.0, 0.5),
+            (third, 0.5),
+            (2.0 * third, 1.0),
+            (1.0, 1.0),
+        ];
+        assert_eq!(curve.len(), expected.len());
+        for (a, b) in curve.iter().zip(expected) {
+            assert!(
+                (a.0 - b.0).abs() < 1e-12 && (a.1 - b.1).abs() < 1e-12,
+                "{curve:?}"
+            );
+        }
+        let area: f64 = curve
+            .windows(2)
+            .map(|w| (w[1].0 - w[0].0) * (w[1].1 + w[0].1) / 2.0)
+            .sum();
+        assert!((area - auroc(&s, &p).unwrap()).abs() < 1e-12);
+        assert!(roc_curve(&[0.2, 0.3], &[true, true]).is_empty());
+        let (col, pos) = label_column(
+            &[0.1, 0.2, 0.3, 0.4],
+            &[None, Some(1.0), Some(0.0), Some(0.0)],
+            2,
+            1,
+        );
+        assert_eq!((col, pos), (vec![0.2, 0.4], vec![true, false]));
+    }
+
+    #[test]
+    fn per_label_intervals_bracket_each_label_and_a_one_class_label_has_none() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let (mut scores, mut targets) = (Vec::new(), Vec::new());
+        for _ in 0..300 {
+            let y = rng.random_bool(0.4);
+            scores.push(rng.random_range(0.0..1.0f32) + if y { 0.5 } else { 0.0 });
+            scores.push(rng.random_range(0.0..1.0f32));
+            targets.push(Some(y as u8 as f32));
+            targets.push(Some(0.0)); // label 1: negatives only
+        }
+        let b = bootstrap(&scores, &targets, 2, 400, 2);
+        let full = evaluate(&scores, &targets, 2);
+        let a0 = b.auroc[0].unwrap();
+        assert_eq!(a0.value, full.auroc[0].unwrap());
+        assert!(a0.low < a0.value && a0.value < a0.high);
+        assert_eq!((b.auroc[1], b.auprc[1]), (None, None));
+        assert_eq!(
+            b.macro_auroc.unwrap().value,
+            a0.value,
+            "the macro mean skips label 1"
+        );
+    }
+
+    #[test]
+    fn a_paired_difference_is_zero_for_identical_scores_and_signed_otherwise() {
+        let mut rng = StdRng::seed_from_u64(8);
+        let (mut good, mut poor, mut targets) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..400 {
+            let y = rng.random_bool(0.5);
+            let noise = rng.random_range(0.0..1.0f32);
+            good.push(noise + if y { 0.8 } else { 0.0 });
+            poor.push(noise + if y { 0.1 } else { 0.0 });
+            targets.push(Some(y as u8 as f32));
+        }
+        let same = paired_macro_auroc_difference(&good, &good, &targets, 1, 100, 1).unwrap();
+        assert_eq!((same.value, same.low, same.high), (0.0, 0.0, 0.0));
+        let d = paired_macro_auroc_difference(&poor, &good, &targets, 1, 300, 1).unwrap();
+        let (a, b) = (
+            evaluate(&poor, &targets, 1).macro_auroc.unwrap(),
+            evaluate(&good, &targets, 1).macro_auroc.unwrap(),
+        );
+        assert!((d.value - (b - a)).abs() < 1e-12);
+        assert!(
+            d.low > 0.0,
+            "a clearly better scorer: the interval excludes 0 ({d:?})"
         );
     }
 }

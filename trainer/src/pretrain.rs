@@ -1,11 +1,19 @@
 //! `cxr-msn pretrain`: multimodal MSN pretraining, on a GPU through wgpu or on the CPU.
 //!
-//! The run folder holds `config.json` (the full configuration and the command's settings),
-//! `metrics.csv` (one row per step: lr, weight decay, EMA momentum, loss and its parts),
-//! `checkpoint.safetensors` (the pretraining model file, written atomically after every
-//! epoch), `resume/` (the exact state: parameter ids and the optimiser's moments) and
-//! `state.json` (the last finished epoch, written last). Running the same command again
-//! continues after the last finished epoch exactly as if it had not stopped.
+//! The run folder holds:
+//! - `config.json`: the full configuration, the command's settings, the seed, the device,
+//!   the command line, and the version and git revision of the program;
+//! - `metrics.jsonl`: one JSON object per step (lr, weight decay, EMA momentum, the loss and
+//!   its parts, gradient norm, seconds); `epochs.csv`: one row per epoch; `loss.svg`;
+//! - `checkpoint.safetensors`: the pretraining model file;
+//! - `resume/`: the exact state (parameter ids and the optimiser's moments);
+//! - `state.json`: the steps done, written last: the commit point of a checkpoint.
+//!
+//! Checkpoints are written atomically at the end of every epoch, every
+//! `--save-every-minutes` (and `--save-every-steps`), and on Ctrl-C or SIGTERM, after the
+//! step in progress. Running the same command again continues from the last checkpoint,
+//! mid-epoch included, exactly as if the run had not stopped (same batches, views, masks,
+//! schedules, EMA and optimiser state), so a `kill -9` loses only the steps since then.
 //!
 //! The step follows the chosen profile: views and masking, EMA timing and schedule, the
 //! learning-rate and weight-decay schedules, decoupled weight decay on everything (`paper`)
@@ -36,8 +44,11 @@ use crate::data::Split;
 use crate::device::{DeviceArg, choose};
 use crate::files::write_atomic;
 use crate::images::file_decoder;
+use crate::interrupt;
 use crate::loader::{Batch, Loader, LoaderConfig, Views};
 use crate::model_files;
+use crate::progress::Progress as ProgressLine;
+use crate::run_files::{self, StepRecord};
 use crate::schedule::{Progress, clip_global_norm, decay, learning_rate, weight_decay};
 use crate::source::DataArgs;
 
@@ -101,6 +112,13 @@ pub struct PretrainArgs {
     /// same command again to continue).
     #[arg(long)]
     pub stop_after: Option<usize>,
+    /// Also save a checkpoint every this many steps (besides the end of every epoch and
+    /// Ctrl-C).
+    #[arg(long)]
+    pub save_every_steps: Option<usize>,
+    /// Also save a checkpoint when this many minutes have passed since the last one.
+    #[arg(long, default_value_t = 15.0)]
+    pub save_every_minutes: f64,
 }
 
 /// What `state.json` records.
@@ -108,8 +126,11 @@ pub struct PretrainArgs {
 pub struct RunState {
     /// Epochs finished.
     pub epochs_done: usize,
-    /// Steps finished.
+    /// Steps finished (a run can stop, and continue, in the middle of an epoch).
     pub steps_done: usize,
+    /// Steps per epoch of the run (a resume on other data is refused).
+    #[serde(default)]
+    pub steps_per_epoch: usize,
 }
 
 /// Merges `overrides` into `base`, table by table.
@@ -225,11 +246,11 @@ fn read_values(t: Tensor<1>) -> Result<Vec<f64>> {
         .collect())
 }
 
-/// The exact-resume file of `kind` ("model" or "optimizer") after `epochs_done` epochs.
-/// Named by epoch, so that a stop between writing it and `state.json` never pairs a state
-/// with the wrong epoch.
-fn resume_file(run: &Path, kind: &str, epochs_done: usize) -> PathBuf {
-    run.join("resume").join(format!("{kind}-{epochs_done}.bpk"))
+/// The exact-resume file of `kind` ("model" or "optimizer") after `steps_done` steps.
+/// Named by step, so that a stop between writing it and `state.json` never pairs a state
+/// with the wrong step.
+fn resume_file(run: &Path, kind: &str, steps_done: usize) -> PathBuf {
+    run.join("resume").join(format!("{kind}-{steps_done}.bpk"))
 }
 
 fn read_state(dir: &Path) -> Result<Option<RunState>> {
@@ -290,34 +311,33 @@ pub fn run(args: &PretrainArgs, log: &mut dyn std::io::Write) -> Result<f64> {
     let state = read_state(&args.out)?;
     let (mut model, mut state): (MultimodalMsn, RunState) = match state {
         Some(s) if checkpoint.exists() => {
-            let (mut model, meta) = model_files::pretraining(&checkpoint, &device)?;
+            if s.steps_per_epoch != 0 && s.steps_per_epoch != steps_per_epoch {
+                bail!(
+                    "{} was trained with {} steps per epoch, these data and settings give {}; \
+                     use another --out folder for a run on other data",
+                    args.out.display(),
+                    s.steps_per_epoch,
+                    steps_per_epoch
+                );
+            }
+            let (model, meta) = model_files::pretraining(&checkpoint, &device)?;
             if meta.config != config {
                 bail!(
                     "{} holds a run with another configuration; use another --out folder",
                     args.out.display()
                 );
             }
-            // The exact state (parameter ids, so that the optimiser's moments reattach).
-            let record = resume_file(&args.out, "model", s.epochs_done);
-            if record.exists() {
-                let bytes = std::fs::read(&record)
-                    .with_context(|| format!("cannot read {}", record.display()))?;
-                let record_data =
-                    ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
-                        .map_err(|e| anyhow::anyhow!("{}: {e:?}", record.display()))?;
-                model = config
-                    .init(&device)?
-                    .try_load_record(record_data)
-                    .map_err(|e| anyhow::anyhow!("{}: {e:?}", record.display()))?;
-                model.target_vit = model.target_vit.no_grad();
-                model.target_head = model.target_head.no_grad();
-                model.prototypes = model.prototypes.set_require_grad(!config.freeze_prototypes);
-            }
+            let model = match read_exact_model(&args.out, s.steps_done, &config, &device)? {
+                Some(exact) => exact,
+                None => model,
+            };
             writeln!(
                 log,
-                "continuing {} after epoch {}",
+                "continuing {} after step {} (epoch {}, batch {} of {steps_per_epoch})",
                 args.out.display(),
-                s.epochs_done
+                s.steps_done,
+                s.steps_done / steps_per_epoch,
+                s.steps_done % steps_per_epoch
             )?;
             (model, s)
         }
@@ -326,10 +346,19 @@ pub fn run(args: &PretrainArgs, log: &mut dyn std::io::Write) -> Result<f64> {
             RunState {
                 epochs_done: 0,
                 steps_done: 0,
+                steps_per_epoch,
             },
         ),
     };
-    let settings = serde_json::json!({ "config": config, "args": args, "data": args.source.data });
+    state.steps_per_epoch = steps_per_epoch;
+    let settings = serde_json::json!({
+        "config": config,
+        "args": args,
+        "data": args.source.data,
+        "build": run_files::build_info(),
+        "command": std::env::args().collect::<Vec<_>>(),
+        "device": chosen.description,
+    });
     write_atomic(
         &args.out.join("config.json"),
         serde_json::to_string_pretty(&settings)?.as_bytes(),
@@ -340,33 +369,29 @@ pub fn run(args: &PretrainArgs, log: &mut dyn std::io::Write) -> Result<f64> {
         .with_epsilon(1e-8)
         .with_weight_decay(0.0)
         .init();
-    let optim_path = resume_file(&args.out, "optimizer", state.epochs_done);
-    if state.epochs_done > 0 && optim_path.exists() {
+    let optim_path = resume_file(&args.out, "optimizer", state.steps_done);
+    if state.steps_done > 0 && optim_path.exists() {
         let bytes = std::fs::read(&optim_path)
             .with_context(|| format!("cannot read {}", optim_path.display()))?;
         optim = optim
             .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
             .map_err(|e| anyhow::anyhow!("{}: {e:?}", optim_path.display()))?;
     }
-    let metrics_path = args.out.join("metrics.csv");
+    let metrics_path = args.out.join("metrics.jsonl");
+    let mut records = run_files::read_steps(&metrics_path, state.steps_done)?;
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&metrics_path)
         .with_context(|| format!("cannot write {}", metrics_path.display()))?;
-    if metrics.metadata()?.len() == 0 {
-        writeln!(
-            metrics,
-            "epoch,step,lr,weight_decay,ema_momentum,loss,ce,me_max,entropy,grad_norm,seconds"
-        )?;
-    }
     let ehr_in = features.as_ref().map(FeatureSet::width);
-    let mut last_mean = f64::NAN;
-    let end = match args.stop_after {
-        Some(n) => (state.epochs_done + n).min(o.epochs),
+    let total_steps = steps_per_epoch * o.epochs;
+    let end_epoch = match args.stop_after {
+        Some(n) => (state.steps_done / steps_per_epoch + n).min(o.epochs),
         None => o.epochs,
     };
-    if state.epochs_done >= o.epochs {
+    let end_step = end_epoch * steps_per_epoch;
+    if state.steps_done >= total_steps {
         writeln!(
             log,
             "{} has finished all {} epochs; nothing to do",
@@ -374,89 +399,203 @@ pub fn run(args: &PretrainArgs, log: &mut dyn std::io::Write) -> Result<f64> {
             o.epochs
         )?;
     }
-    for epoch in state.epochs_done..end {
-        let started = Instant::now();
-        let mut sum = 0.0;
-        for (i, batch) in loader.epoch(epoch).enumerate() {
+    let saver = Saver {
+        run: &args.out,
+        config: &config,
+        normalization: &normalization,
+        seed: args.seed,
+        data: &args.source.data,
+    };
+    let mut progress = ProgressLine::new(state.steps_done, total_steps, config.optim.batch_size);
+    let mut last_save = Instant::now();
+    let mut last_mean = f64::NAN;
+    let mut interrupted = false;
+    while state.steps_done < end_step && !interrupted {
+        let epoch = state.steps_done / steps_per_epoch;
+        let first = state.steps_done % steps_per_epoch;
+        for batch in loader.epoch_from(epoch, first) {
+            let started = Instant::now();
             let step = state.steps_done;
-            let progress = Progress {
+            let progress_at = Progress {
                 step,
                 steps_per_epoch,
                 epochs: o.epochs,
             };
-            let momentum = config.ema.momentum(step, steps_per_epoch * o.epochs);
-            if config.ema.timing == EmaTiming::BeforeForward {
-                model.ema_update(momentum);
-            }
+            let momentum = config.ema.momentum(step, total_steps);
+            let lr = learning_rate(o, progress_at);
+            let wd = weight_decay(o, progress_at);
             let batch = batch_tensors(batch?, ehr_in, &device)?;
             model.check_batch(&batch)?;
             let mut rng =
                 StdRng::seed_from_u64(args.seed ^ (step as u64).wrapping_mul(0x9E37_79B9));
-            let masks = model.sample_masks(&batch, &config, &mut rng);
-            let forward = model.forward_pretrain(batch, &masks, &config);
-            let loss = model.loss(&forward, &config);
-            // One read back from the device for the four numbers (each read waits for it).
-            let values = read_values(Tensor::cat(
-                vec![
-                    loss.total.clone().detach(),
-                    loss.ce.clone().detach(),
-                    loss.me_max.clone().detach(),
-                    loss.entropy.clone().detach(),
-                ],
-                0,
-            ))?;
-            if !values[0].is_finite() {
-                bail!(
-                    "the loss became {} at step {step}; the last good checkpoint is {}",
-                    values[0],
-                    checkpoint.display()
-                );
-            }
-            let mut grads = GradientsParams::from_grads(loss.total.backward(), &model);
-            let norm = match o.clip_grad_norm {
-                Some(max) => clip_global_norm(&model, &mut grads, max),
-                None => f64::NAN,
+            // A panic inside the backend (a GPU out of memory, above all) becomes an error
+            // that says what to do; the last checkpoint is untouched either way.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut model = model;
+                if config.ema.timing == EmaTiming::BeforeForward {
+                    model.ema_update(momentum);
+                }
+                let masks = model.sample_masks(&batch, &config, &mut rng);
+                let forward = model.forward_pretrain(batch, &masks, &config);
+                let loss = model.loss(&forward, &config);
+                // One read back from the device for the four numbers.
+                let values = read_values(Tensor::cat(
+                    vec![
+                        loss.total.clone().detach(),
+                        loss.ce.clone().detach(),
+                        loss.me_max.clone().detach(),
+                        loss.entropy.clone().detach(),
+                    ],
+                    0,
+                ))?;
+                if !values[0].is_finite() {
+                    bail!(
+                        "the loss became {} at step {step}; the last good checkpoint is {}",
+                        values[0],
+                        checkpoint.display()
+                    );
+                }
+                let mut grads = GradientsParams::from_grads(loss.total.backward(), &model);
+                let norm = o
+                    .clip_grad_norm
+                    .map(|max| clip_global_norm(&model, &mut grads, max));
+                model = decay(model, lr, wd, o.decay_all_parameters);
+                model = optim.step(lr, model, grads);
+                if config.ema.timing == EmaTiming::AfterStep {
+                    model.ema_update(momentum);
+                }
+                Ok((model, values, norm))
+            }));
+            let (trained, values, norm) = match outcome {
+                Ok(result) => result?,
+                Err(panic) => {
+                    return Err(explain_panic(
+                        panic.as_ref(),
+                        step,
+                        config.optim.batch_size,
+                        &checkpoint,
+                    ));
+                }
             };
-            let lr = learning_rate(o, progress);
-            let wd = weight_decay(o, progress);
-            model = decay(model, lr, wd, o.decay_all_parameters);
-            model = optim.step(lr, model, grads);
-            if config.ema.timing == EmaTiming::AfterStep {
-                model.ema_update(momentum);
-            }
+            model = trained;
             state.steps_done += 1;
-            sum += values[0];
-            writeln!(
-                metrics,
-                "{epoch},{step},{lr:e},{wd:e},{momentum},{},{},{},{},{norm},{:.3}",
+            let record = StepRecord {
+                epoch,
+                step,
+                lr,
+                weight_decay: wd,
+                ema_momentum: momentum,
+                loss: values[0],
+                ce: values[1],
+                me_max: values[2],
+                entropy: values[3],
+                grad_norm: norm,
+                seconds: started.elapsed().as_secs_f64(),
+            };
+            run_files::append_step(&mut metrics, &record)?;
+            records.push(record);
+            let status = format!(
+                "epoch {}/{} | loss {:.4} (ce {:.4}, me-max {:.4})",
+                epoch + 1,
+                o.epochs,
                 values[0],
                 values[1],
-                values[2],
-                values[3],
-                started.elapsed().as_secs_f64()
-            )?;
-            if i % 10 == 0 {
+                values[2]
+            );
+            progress.show(state.steps_done, &status, log)?;
+
+            let epoch_done = state.steps_done % steps_per_epoch == 0;
+            interrupted = interrupt::requested();
+            let due = args
+                .save_every_steps
+                .is_some_and(|n| n > 0 && state.steps_done % n == 0)
+                || last_save.elapsed().as_secs_f64() >= args.save_every_minutes * 60.0;
+            if epoch_done || interrupted || due {
+                metrics.flush()?;
+                state.epochs_done = state.steps_done / steps_per_epoch;
+                let moments = optim
+                    .into_bytes()
+                    .map_err(|e| anyhow::anyhow!("cannot serialise the optimiser: {e:?}"))?;
+                saver.save(&model, &moments, &state)?;
+                run_files::write_summaries(
+                    &args.out,
+                    &records,
+                    state.epochs_done,
+                    config.optim.batch_size,
+                )?;
+                last_save = Instant::now();
+            }
+            if epoch_done {
+                progress.finish_line();
+                let rows: Vec<f64> = records
+                    .iter()
+                    .filter(|r| r.epoch == epoch)
+                    .map(|r| r.loss)
+                    .collect();
+                last_mean = rows.iter().sum::<f64>() / rows.len().max(1) as f64;
                 writeln!(
                     log,
-                    "epoch {epoch} step {i}/{steps_per_epoch}: loss {:.4} (ce {:.4}, me-max {:.4})",
-                    values[0], values[1], values[2]
+                    "epoch {epoch}: mean loss {last_mean:.4}; saved {}",
+                    checkpoint.display()
                 )?;
             }
+            if interrupted {
+                progress.finish_line();
+                writeln!(
+                    log,
+                    "stopped on request after step {}; saved {}. Run the same command to \
+                     continue from here.",
+                    state.steps_done,
+                    checkpoint.display()
+                )?;
+                break;
+            }
         }
-        metrics.flush()?;
-        last_mean = sum / steps_per_epoch as f64;
-        let mut meta = ModelMeta::pretraining(config.clone());
-        meta.normalization = normalization.clone();
-        meta.training.insert("seed".into(), args.seed.to_string());
-        meta.training
-            .insert("epochs_done".into(), (epoch + 1).to_string());
-        meta.training
-            .insert("steps_done".into(), state.steps_done.to_string());
-        meta.training
-            .insert("data".into(), args.source.data.display().to_string());
-        // Exact state for resuming (parameter ids and the optimiser's moments), then the
-        // user-facing model file, then state.json, the commit point of the epoch.
-        let resume = args.out.join("resume");
+    }
+    Ok(last_mean)
+}
+
+/// The exact model state saved at `steps_done` (parameter ids, so that the optimiser's
+/// moments reattach), when there is one.
+fn read_exact_model(
+    run: &Path,
+    steps_done: usize,
+    config: &MsnConfig,
+    device: &Device,
+) -> Result<Option<MultimodalMsn>> {
+    let record = resume_file(run, "model", steps_done);
+    if !record.exists() {
+        return Ok(None);
+    }
+    let bytes =
+        std::fs::read(&record).with_context(|| format!("cannot read {}", record.display()))?;
+    let record_data = ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
+        .map_err(|e| anyhow::anyhow!("{}: {e:?}", record.display()))?;
+    let mut model = config
+        .init(device)?
+        .try_load_record(record_data)
+        .map_err(|e| anyhow::anyhow!("{}: {e:?}", record.display()))?;
+    model.target_vit = model.target_vit.no_grad();
+    model.target_head = model.target_head.no_grad();
+    model.prototypes = model.prototypes.set_require_grad(!config.freeze_prototypes);
+    Ok(Some(model))
+}
+
+/// Writes the checkpoints of a run folder.
+struct Saver<'a> {
+    run: &'a Path,
+    config: &'a MsnConfig,
+    normalization: &'a Normalization,
+    seed: u64,
+    data: &'a Path,
+}
+
+impl Saver<'_> {
+    /// Saves the exact state (model record and optimiser moments, named by step), then the
+    /// model file, then `state.json`, the commit point; then removes older exact states.
+    /// A kill at any moment leaves the previous commit point whole.
+    fn save(&self, model: &MultimodalMsn, optimizer: &[u8], state: &RunState) -> Result<()> {
+        let resume = self.run.join("resume");
         std::fs::create_dir_all(&resume)
             .with_context(|| format!("cannot create {}", resume.display()))?;
         let record = model
@@ -464,29 +603,79 @@ pub fn run(args: &PretrainArgs, log: &mut dyn std::io::Write) -> Result<f64> {
             .into_record()
             .into_bytes()
             .map_err(|e| anyhow::anyhow!("cannot serialise the model: {e:?}"))?;
-        write_atomic(&resume_file(&args.out, "model", epoch + 1), &record)?;
-        let moments = optim
-            .into_bytes()
-            .map_err(|e| anyhow::anyhow!("cannot serialise the optimiser: {e:?}"))?;
-        write_atomic(&resume_file(&args.out, "optimizer", epoch + 1), &moments)?;
-        write_atomic(&checkpoint, &write_model(&model, &meta)?)?;
-        state.epochs_done = epoch + 1;
+        write_atomic(&resume_file(self.run, "model", state.steps_done), &record)?;
         write_atomic(
-            &args.out.join("state.json"),
-            serde_json::to_string(&state)?.as_bytes(),
+            &resume_file(self.run, "optimizer", state.steps_done),
+            optimizer,
         )?;
-        // The previous epoch's exact state is no longer needed once state.json names this one.
-        for kind in ["model", "optimizer"] {
-            let _ = std::fs::remove_file(resume_file(&args.out, kind, epoch));
+        let mut meta = ModelMeta::pretraining(self.config.clone());
+        meta.normalization = self.normalization.clone();
+        meta.training.insert("seed".into(), self.seed.to_string());
+        meta.training
+            .insert("epochs_done".into(), state.epochs_done.to_string());
+        meta.training
+            .insert("steps_done".into(), state.steps_done.to_string());
+        meta.training
+            .insert("data".into(), self.data.display().to_string());
+        write_atomic(
+            &self.run.join("checkpoint.safetensors"),
+            &write_model(model, &meta)?,
+        )?;
+        write_atomic(
+            &self.run.join("state.json"),
+            serde_json::to_string(state)?.as_bytes(),
+        )?;
+        let current: Vec<PathBuf> = ["model", "optimizer"]
+            .iter()
+            .map(|k| resume_file(self.run, k, state.steps_done))
+            .collect();
+        for entry in std::fs::read_dir(&resume)?.flatten() {
+            let path = entry.path();
+            if !current.contains(&path) && path.extension().is_some_and(|e| e == "bpk") {
+                let _ = std::fs::remove_file(path);
+            }
         }
-        writeln!(
-            log,
-            "epoch {epoch}: mean loss {last_mean:.4} in {:.1} s; saved {}",
-            started.elapsed().as_secs_f64(),
-            checkpoint.display()
-        )?;
+        Ok(())
     }
-    Ok(last_mean)
+}
+
+/// An error for a panic inside a training step: out-of-memory gets the batch size to try.
+fn explain_panic(
+    panic: &(dyn std::any::Any + Send),
+    step: usize,
+    batch_size: usize,
+    checkpoint: &Path,
+) -> anyhow::Error {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    let lower = message.to_lowercase();
+    let oom = [
+        "out of memory",
+        "outofmemory",
+        "out_of_memory",
+        "oom",
+        "allocation failed",
+    ]
+    .iter()
+    .any(|k| lower.contains(k));
+    let kept = if checkpoint.exists() {
+        format!("the last checkpoint, {}, is intact", checkpoint.display())
+    } else {
+        "no checkpoint had been written yet".to_string()
+    };
+    if oom {
+        anyhow::anyhow!(
+            "the device ran out of memory at step {step} with batches of {batch_size} images; \
+             try --batch-size {} (or a smaller --preset, or fewer --focal-views); {kept}. \
+             Device message: {message}",
+            (batch_size / 2).max(2)
+        )
+    } else {
+        anyhow::anyhow!("the training step {step} failed inside the backend: {message}; {kept}")
+    }
 }
 
 #[cfg(test)]

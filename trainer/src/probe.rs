@@ -1,5 +1,6 @@
-//! `cxr-msn probe`: linear evaluation of a pretrained encoder (METHOD.md section 7) on the
-//! CPU, and the classifier model file that `predict` and the browser load.
+//! `cxr-msn probe`: linear evaluation of a pretrained encoder (METHOD.md section 7), and
+//! the classifier model file that `predict` and the browser load. The encoder runs on the
+//! device of `--device`; the small heads train on the CPU.
 //!
 //! The encoder (the EMA target ViT) stays frozen, so its [CLS] features are computed once
 //! per image with the evaluation transform (shorter side 256, centre crop 224) and the
@@ -32,12 +33,14 @@ use cxr_msn::rand::rngs::StdRng;
 use cxr_msn::rand::seq::SliceRandom;
 use cxr_msn::vit::VisionTransformer;
 
+use crate::device::choose;
 use crate::downstream::{DownstreamArgs, splits};
 use crate::files::write_atomic;
 use crate::images::file_decoder;
 use crate::loader::{Item, Loader, LoaderConfig, Views};
-use crate::metrics::{Interval, bootstrap_macro, evaluate};
+use crate::metrics::evaluate;
 use crate::model_files;
+use crate::report::{HeadScores, csv_field, score_heads, table, write_all};
 use crate::source::DataArgs;
 
 /// The settings of `cxr-msn probe`.
@@ -207,16 +210,22 @@ fn train_head(
     Ok((best, best_auc))
 }
 
-fn interval_json(i: Option<Interval>) -> serde_json::Value {
-    match i {
-        Some(i) => serde_json::json!({ "value": i.value, "ci95": [i.low, i.high] }),
-        None => serde_json::Value::Null,
-    }
+/// What a probe run gives back besides its files.
+pub struct ProbeOutcome {
+    /// The report printed by the command.
+    pub log: String,
+    /// Test probabilities `[N, labels]` of each head, by head name.
+    pub test_scores: Vec<(&'static str, Vec<f32>)>,
+    /// Test targets `[N, labels]`.
+    pub test_targets: Vec<Option<f32>>,
+    /// The dataset's label names.
+    pub label_names: Vec<String>,
 }
 
-/// Runs the linear probe; returns the report printed by the command.
-pub fn run(args: &ProbeArgs) -> Result<String> {
-    let device = Device::flex();
+/// Runs the linear probe.
+pub fn run(args: &ProbeArgs) -> Result<ProbeOutcome> {
+    let chosen = choose(args.train.device)?;
+    let device = chosen.device;
     let (msn, pre_meta) = model_files::pretraining(&args.checkpoint, &device)?;
     let config = pre_meta.config.clone();
     let data = args.source.load()?;
@@ -231,7 +240,8 @@ pub fn run(args: &ProbeArgs) -> Result<String> {
     let d = encoder.dim();
     let e = features.as_ref().map_or(0, FeatureSet::width);
     let mut log = format!(
-        "features: {} train, {} validate, {} test images; {labels} labels; encoder D={d}\n",
+        "device: {}\nfeatures: {} train, {} validate, {} test images; {labels} labels; encoder D={d}\n",
+        chosen.description,
         train.len(),
         val.len(),
         test.len()
@@ -248,66 +258,52 @@ pub fn run(args: &ProbeArgs) -> Result<String> {
         let fused = FusedClassifier::from_fusion(fusion.clone().fork(&ad), d, labels, &ad);
         heads.push(("image+ehr", Head::Fused(fused)));
     }
-    let mut results = serde_json::Map::new();
-    let mut scores_csv = String::from("row,head");
-    for name in &data.label_names {
-        scores_csv.push(',');
-        scores_csv.push_str(name);
-    }
-    scores_csv.push('\n');
     let mut trained = Vec::new();
+    let mut validation = serde_json::Map::new();
+    let mut test_scores = Vec::new();
+    let n_test = test_f.cls.len() / d;
+    let idx: Vec<usize> = (0..n_test).collect();
     for (name, head) in heads {
         let _ = writeln!(log, "head {name}:");
         let (best, val_auc) =
             train_head(head, &train_f, &val_f, labels, d, e, &args.train, &mut log)?;
-        let n_test = test_f.cls.len() / d;
-        let idx: Vec<usize> = (0..n_test).collect();
-        let scores = probabilities(best.logits(&test_f, &idx, d, e, &Device::flex()))?;
-        let m = evaluate(&scores, &test_f.targets, labels);
-        let (auc, ap) = bootstrap_macro(
-            &scores,
-            &test_f.targets,
-            labels,
-            args.train.bootstrap,
-            args.train.seed,
-        );
-        let _ = writeln!(
-            log,
-            "  test macro AUROC {} ; macro AUPRC {}",
-            Interval::describe(auc),
-            Interval::describe(ap)
-        );
-        for (r, row) in scores.chunks(labels).enumerate() {
-            let _ = write!(scores_csv, "{r},{name}");
-            for s in row {
-                let _ = write!(scores_csv, ",{s}");
-            }
-            scores_csv.push('\n');
-        }
-        results.insert(
-            name.to_string(),
-            serde_json::json!({
-                "validation_macro_auroc": val_auc,
-                "test_macro_auroc": interval_json(auc),
-                "test_macro_auprc": interval_json(ap),
-                "test_auroc_per_label": data.label_names.iter().zip(&m.auroc)
-                    .map(|(l, a)| (l.clone(), serde_json::json!(a))).collect::<serde_json::Map<_, _>>(),
-            }),
-        );
+        let logits = best.logits(&test_f, &idx, d, e, &Device::flex());
+        test_scores.push((name, probabilities(logits)?));
+        validation.insert(name.to_string(), serde_json::json!(val_auc));
         trained.push(best);
     }
-    let report = serde_json::json!({
+    let scored: Vec<HeadScores> = test_scores
+        .iter()
+        .map(|(name, scores)| HeadScores { name, scores })
+        .collect();
+    let reports = score_heads(
+        &scored,
+        &test_f.targets,
+        labels,
+        args.train.bootstrap,
+        args.train.seed,
+    );
+    let extra = serde_json::json!({
+        "split": "test",
         "checkpoint": args.checkpoint.display().to_string(),
         "data": args.source.data.display().to_string(),
         "train_fraction": args.train.train_fraction,
         "seed": args.train.seed,
-        "heads": results,
+        "validation_macro_auroc": validation,
     });
-    write_atomic(
-        &args.out.join("metrics.json"),
-        serde_json::to_string_pretty(&report)?.as_bytes(),
+    write_all(
+        &args.out,
+        &scored,
+        &reports,
+        &test_f.targets,
+        &data.label_names,
+        extra,
     )?;
-    write_atomic(&args.out.join("test_scores.csv"), scores_csv.as_bytes())?;
+    write_atomic(
+        &args.out.join("test_scores.csv"),
+        scores_csv(&data.label_names, &scored).as_bytes(),
+    )?;
+    let _ = write!(log, "test split:\n{}", table(&reports, &data.label_names));
 
     // The classifier model file: encoder plus the best heads.
     let mut image_head = None;
@@ -336,10 +332,35 @@ pub fn run(args: &ProbeArgs) -> Result<String> {
     write_atomic(&file, &write_model(&classifier, &meta)?)?;
     let _ = writeln!(
         log,
-        "wrote {}, metrics.json and test_scores.csv",
+        "wrote {} and, beside it, metrics.json, metrics.csv, roc.svg, test_scores.csv",
         file.display()
     );
-    Ok(log)
+    Ok(ProbeOutcome {
+        log,
+        test_scores,
+        test_targets: test_f.targets,
+        label_names: data.label_names,
+    })
+}
+
+/// The per-image test probabilities of every head: `row,head,<labels...>`.
+fn scores_csv(label_names: &[String], heads: &[HeadScores]) -> String {
+    let mut csv = String::from("row,head");
+    for name in label_names {
+        csv.push(',');
+        csv.push_str(&csv_field(name));
+    }
+    csv.push('\n');
+    for head in heads {
+        for (r, row) in head.scores.chunks(label_names.len()).enumerate() {
+            let _ = write!(csv, "{r},{}", head.name);
+            for s in row {
+                let _ = write!(csv, ",{s}");
+            }
+            csv.push('\n');
+        }
+    }
+    csv
 }
 
 #[cfg(test)]
@@ -378,6 +399,7 @@ mod tests {
             seed: 1,
             bootstrap: 10,
             threads: 1,
+            device: crate::device::DeviceArg::Cpu,
         };
         let (train, val) = (separable(200, 1), separable(60, 2));
         let ad = Device::flex().autodiff();

@@ -97,6 +97,23 @@ pub enum LabelerArg {
 }
 
 impl DataArgs {
+    /// A manifest CSV with every other flag at its default.
+    pub fn manifest(path: PathBuf) -> Self {
+        Self {
+            format: Format::Manifest,
+            data: path,
+            images: None,
+            ehr_table: None,
+            labeler: LabelerArg::Chexpert,
+            split_table: None,
+            split_lists: None,
+            remove_no_finding: false,
+            uncertain: FillArg::Zero,
+            blank: FillArg::Zero,
+            skip_bad_rows: false,
+        }
+    }
+
     /// The label policy these flags ask for.
     pub fn policy(&self) -> LabelPolicy {
         LabelPolicy {
