@@ -94,3 +94,96 @@ fn inspect_names_the_file_and_the_problem_for_a_truncated_model() {
     );
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn demo_and_compare_run_the_whole_pipeline_on_a_fresh_synthetic_world() {
+    let dir = std::env::temp_dir().join(format!("cxr-msn-demo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let small = [
+        "--count",
+        "60",
+        "--depth",
+        "1",
+        "--batch-size",
+        "8",
+        "--focal-views",
+        "1",
+        "--probe-epochs",
+        "2",
+        "--bootstrap",
+        "20",
+        "--threads",
+        "2",
+        "--device",
+        "cpu",
+    ];
+    let world = dir.join("world");
+    let run = dir.join("demo");
+    let text = cxr_msn_e2e::run_ok(
+        [
+            "demo",
+            "--synth",
+            world.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+        ]
+        .into_iter()
+        .chain(small),
+    );
+    assert!(text.contains("generating 60 images"), "{text}");
+    for file in [
+        "config.json",
+        "metrics.jsonl",
+        "epochs.csv",
+        "loss.svg",
+        "checkpoint.safetensors",
+        "probe/metrics.json",
+        "probe/roc.svg",
+        "eval/metrics.csv",
+        "eval/roc.svg",
+        "embed/embedding_map.svg",
+        "model.safetensors",
+    ] {
+        assert!(run.join(file).exists(), "{file} missing; output:\n{text}");
+    }
+    assert!(
+        text.contains("Done in") && text.contains("model.safetensors"),
+        "{text}"
+    );
+    let model = std::fs::read(run.join("model.safetensors")).unwrap();
+    let meta = cxr_msn::checkpoint::read_meta(&model).unwrap();
+    assert_eq!(
+        meta.operating_points.len(),
+        14,
+        "operating points were chosen"
+    );
+
+    // The comparison reuses the world and reports both runs and their difference.
+    let out = dir.join("compare");
+    let text = cxr_msn_e2e::run_ok(
+        [
+            "compare",
+            "--synth",
+            world.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .into_iter()
+        .chain(small),
+    );
+    assert!(
+        text.contains("using") && !text.contains("generating"),
+        "{text}"
+    );
+    assert!(
+        text.contains("vanilla MSN, image head")
+            && text.contains("MSN + EHR (demographic), image + EHR head")
+            && text.contains("minus vanilla"),
+        "{text}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("comparison.json")).unwrap())
+            .unwrap();
+    assert!(json["image_head_difference"].is_array() || json["image_head_difference"].is_null());
+    std::fs::remove_dir_all(&dir).ok();
+}

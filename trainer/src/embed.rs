@@ -13,13 +13,12 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use cxr_msn::decode::DecodeLimits;
 
 use crate::data::{Record, Split};
 use crate::device::{DeviceArg, choose};
+use crate::features::cls_features;
 use crate::files::write_atomic;
-use crate::images::file_decoder;
-use crate::loader::{Loader, LoaderConfig, Views};
+
 use crate::model_files;
 use crate::plot::{Frame, scatter};
 use crate::report::stack;
@@ -151,23 +150,7 @@ pub fn run(args: &EmbedArgs) -> Result<String> {
         bail!("{} images are too few for a map", records.len());
     }
     let items = data.items(split, None, &args.source.policy())?;
-    let cfg = LoaderConfig::for_scoring(meta.normalization, args.threads);
-    let loader = Loader::new(
-        items,
-        Views::Eval,
-        cfg,
-        file_decoder(DecodeLimits::default()),
-    )?;
-    let mut points = Vec::new();
-    for batch in loader.epoch(0) {
-        let out = vit
-            .forward(batch?.images.to_tensor(&device), None)
-            .into_data();
-        points.extend(
-            out.try_to_vec::<f32>()
-                .map_err(|e| anyhow::anyhow!("{e:?}"))?,
-        );
-    }
+    let points = cls_features(&vit, items, &meta.normalization, args.threads, &device)?;
     let d = vit.dim();
     let map = pca_2d(&points, d);
     std::fs::create_dir_all(&args.out)

@@ -11,6 +11,7 @@ pub mod ehr_command;
 pub mod embed;
 pub mod evaluate;
 pub mod export;
+pub mod features;
 pub mod files;
 pub mod finetune;
 pub mod images;

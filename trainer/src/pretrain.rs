@@ -656,7 +656,6 @@ fn explain_panic(
         "out of memory",
         "outofmemory",
         "out_of_memory",
-        "oom",
         "allocation failed",
     ]
     .iter()
@@ -709,5 +708,29 @@ mod tests {
         );
         std::fs::write(&file, "[loss]\ntemperature = \"hot\"\n").unwrap();
         assert!(format!("{:#}", apply_toml(base, &file).unwrap_err()).contains("wrong type"));
+    }
+
+    #[test]
+    fn a_device_out_of_memory_panic_becomes_an_error_with_a_batch_size_to_try() {
+        let dir = tempfile::tempdir().unwrap();
+        let checkpoint = dir.path().join("checkpoint.safetensors");
+        let panic: Box<dyn std::any::Any + Send> =
+            Box::new("wgpu: Out of Memory while allocating 512 MiB".to_string());
+        let err = explain_panic(panic.as_ref(), 7, 64, &checkpoint).to_string();
+        assert!(
+            err.contains("ran out of memory at step 7")
+                && err.contains("--batch-size 32")
+                && err.contains("no checkpoint had been written yet"),
+            "{err}"
+        );
+        std::fs::write(&checkpoint, b"x").unwrap();
+        let panic: Box<dyn std::any::Any + Send> = Box::new("index out of bounds");
+        let err = explain_panic(panic.as_ref(), 3, 64, &checkpoint).to_string();
+        assert!(
+            err.contains("step 3 failed")
+                && err.contains("is intact")
+                && !err.contains("--batch-size"),
+            "{err}"
+        );
     }
 }

@@ -25,7 +25,6 @@ use burn::tensor::{Device, Tensor, TensorData};
 use clap::Args;
 use cxr_msn::checkpoint::{ModelMeta, write_model};
 use cxr_msn::classifier::Classifier;
-use cxr_msn::decode::DecodeLimits;
 use cxr_msn::ehr::FeatureSet;
 use cxr_msn::heads::{FusedClassifier, LinearClassifier};
 use cxr_msn::rand::SeedableRng;
@@ -35,9 +34,9 @@ use cxr_msn::vit::VisionTransformer;
 
 use crate::device::choose;
 use crate::downstream::{DownstreamArgs, splits};
+use crate::features::cls_features;
 use crate::files::write_atomic;
-use crate::images::file_decoder;
-use crate::loader::{Item, Loader, LoaderConfig, Views};
+use crate::loader::Item;
 use crate::metrics::evaluate;
 use crate::model_files;
 use crate::report::{HeadScores, csv_field, score_heads, table, write_all};
@@ -72,26 +71,17 @@ fn extract(
     args: &ProbeArgs,
     device: &Device,
 ) -> Result<Features> {
-    let cfg = LoaderConfig::for_scoring(meta.normalization.clone(), args.train.threads);
     let (ehr, targets) = (
         items.iter().flat_map(|i| i.ehr.clone()).collect(),
         items.iter().flat_map(|i| i.labels.clone()).collect(),
     );
-    let loader = Loader::new(
+    let cls = cls_features(
+        encoder,
         items,
-        Views::Eval,
-        cfg,
-        file_decoder(DecodeLimits::default()),
+        &meta.normalization,
+        args.train.threads,
+        device,
     )?;
-    let mut cls = Vec::new();
-    for batch in loader.epoch(0) {
-        let images = batch?.images.to_tensor(device);
-        let out = encoder.forward(images, None).into_data();
-        cls.extend(
-            out.try_to_vec::<f32>()
-                .map_err(|e| anyhow::anyhow!("{e:?}"))?,
-        );
-    }
     Ok(Features { cls, ehr, targets })
 }
 

@@ -1,0 +1,39 @@
+//! Frozen [CLS] features of an encoder over a list of images: what the linear probe trains
+//! on and what the embedding map projects.
+
+use anyhow::Result;
+use burn::tensor::Device;
+use cxr_msn::config::Normalization;
+use cxr_msn::decode::DecodeLimits;
+use cxr_msn::vit::VisionTransformer;
+
+use crate::images::file_decoder;
+use crate::loader::{Item, Loader, LoaderConfig, Views};
+
+/// The encoder's [CLS] embedding of each item under the evaluation transform, `[N, D]`
+/// row-major, in the items' order; the encoder lives on `device`.
+pub fn cls_features(
+    encoder: &VisionTransformer,
+    items: Vec<Item>,
+    normalization: &Normalization,
+    threads: usize,
+    device: &Device,
+) -> Result<Vec<f32>> {
+    let cfg = LoaderConfig::for_scoring(normalization.clone(), threads);
+    let loader = Loader::new(
+        items,
+        Views::Eval,
+        cfg,
+        file_decoder(DecodeLimits::default()),
+    )?;
+    let mut cls = Vec::new();
+    for batch in loader.epoch(0) {
+        let images = batch?.images.to_tensor(device);
+        let out = encoder.forward(images, None).into_data();
+        cls.extend(
+            out.try_to_vec::<f32>()
+                .map_err(|e| anyhow::anyhow!("cannot read the features back: {e:?}"))?,
+        );
+    }
+    Ok(cls)
+}
