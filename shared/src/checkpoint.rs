@@ -28,6 +28,7 @@ use crate::classifier::Classifier;
 use crate::config::{MsnConfig, Normalization};
 use crate::error::CheckpointError;
 use crate::msn::MultimodalMsn;
+use crate::novelty::EmbeddingReference;
 
 /// Version of the layout and metadata written by this build.
 pub const FORMAT_VERSION: u32 = 1;
@@ -74,6 +75,10 @@ pub struct ModelMeta {
     pub operating_points: Vec<f32>,
     /// How the model was made: seed, steps, dataset, git revision, ... (free-form).
     pub training: BTreeMap<String, String>,
+    /// Embedding statistics of validation images for the "unlike the training images"
+    /// warning (set by `cxr-msn export`; absent in older files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding_reference: Option<EmbeddingReference>,
 }
 
 impl ModelMeta {
@@ -87,6 +92,7 @@ impl ModelMeta {
             labels: Vec::new(),
             operating_points: Vec::new(),
             training: BTreeMap::new(),
+            embedding_reference: None,
         }
     }
 
@@ -100,6 +106,7 @@ impl ModelMeta {
             labels,
             operating_points: Vec::new(),
             training: BTreeMap::new(),
+            embedding_reference: None,
         }
     }
 

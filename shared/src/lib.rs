@@ -40,6 +40,7 @@ pub mod labels;
 pub mod loss;
 pub mod masking;
 pub mod msn;
+pub mod novelty;
 pub mod preprocess;
 pub mod views;
 pub mod vit;

@@ -29,6 +29,8 @@ pub struct Scores {
     pub image: Vec<f32>,
     /// `[N, labels]` image + EHR probabilities (when the model and the items have EHR).
     pub fused: Option<Vec<f32>>,
+    /// `[N, D]` [CLS] embeddings.
+    pub embeddings: Vec<f32>,
 }
 
 impl Scores {
@@ -71,7 +73,7 @@ pub fn score_items(
         cfg,
         file_decoder(DecodeLimits::default()),
     )?;
-    let (mut image, mut fused) = (Vec::new(), Vec::new());
+    let (mut image, mut fused, mut embeddings) = (Vec::new(), Vec::new(), Vec::new());
     for batch in loader.epoch(0) {
         let batch = batch?;
         let b = batch.items.len();
@@ -84,6 +86,7 @@ pub fn score_items(
         };
         let out = model.forward(batch.images.to_tensor(device), ehr, false)?;
         image.extend(to_vec(out.image_probs)?);
+        embeddings.extend(to_vec(out.embedding)?);
         if let Some(f) = out.fused_probs {
             fused.extend(to_vec(f)?);
         }
@@ -91,6 +94,7 @@ pub fn score_items(
     Ok(Scores {
         image,
         fused: use_ehr.then_some(fused),
+        embeddings,
     })
 }
 

@@ -4,6 +4,8 @@
 //! chooses each threshold on a labelled split (validation by default) by Youden's J
 //! (sensitivity + specificity - 1, the point of the ROC curve farthest above chance),
 //! stores them as the model's operating points, and checks that the written file loads.
+//! It also stores the embedding statistics of the same images, so that the page can warn
+//! when an image looks unlike them (`cxr_msn::novelty`).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -12,6 +14,7 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
 use clap::Args;
 use cxr_msn::checkpoint::{WeightPrecision, load_classifier, write_model_as};
+use cxr_msn::novelty::EmbeddingReference;
 
 use crate::data::Split;
 use crate::device::{DeviceArg, choose};
@@ -19,6 +22,10 @@ use crate::evaluate::score_items;
 use crate::files::write_atomic;
 use crate::model_files;
 use crate::source::DataArgs;
+
+/// The percentile of the reference images' own embedding distances above which the page
+/// warns that an image looks unlike them.
+pub const NOVELTY_PERCENTILE: f32 = 99.0;
 
 /// The settings of `cxr-msn export`.
 #[derive(Args, Debug, Clone)]
@@ -123,6 +130,16 @@ pub fn run(args: &ExportArgs) -> Result<String> {
             t
         })
         .collect();
+    // The "unlike the training images" warning, calibrated on the same split's embeddings.
+    meta.embedding_reference =
+        EmbeddingReference::fit(&scores.embeddings, model.encoder.dim(), NOVELTY_PERCENTILE);
+    if let Some(r) = &meta.embedding_reference {
+        let _ = writeln!(
+            report,
+            "unusual-image warning: embedding distance above {:.2} (the {}th percentile of {} {} images)",
+            r.threshold, NOVELTY_PERCENTILE, r.images, args.split
+        );
+    }
     meta.training.insert(
         "export.operating_points".into(),
         format!(

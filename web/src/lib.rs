@@ -1,21 +1,20 @@
-//! The browser demo of cxr-msn.
+//! The browser demo of cxr-msn: a student drops a chest X-ray, enters demographics, and
+//! sees the model's findings computed on their own machine (WebGPU, else the CPU).
 //!
-//! The page (WASM through `wasm-bindgen`, built by `trunk`) is the subject of its own issue;
-//! everything it computes goes through the `cxr-msn` model crate. What exists so far is the
-//! first thing the page does with a downloaded model file: check it and describe it.
+//! `engine` is what the page computes, through the `cxr-msn` model crate and with no
+//! browser in it (tested natively); `bindings` is its JavaScript API (wasm32 only), which
+//! the page in `index.html` + `../static/` calls. `trunk build --release` in this folder
+//! makes the static site.
 
-use cxr_msn::checkpoint::{ModelKind, read_meta};
+pub mod engine;
+
+#[cfg(target_arch = "wasm32")]
+pub mod bindings;
 
 /// Checks that `bytes` are a classifier model file the page can run and returns the
 /// summary shown to the user, or the reason it cannot be used.
 pub fn describe_model(bytes: &[u8]) -> Result<String, String> {
-    let meta = read_meta(bytes).map_err(|e| e.to_string())?;
-    if meta.kind != ModelKind::Classifier {
-        return Err(format!(
-            "this is a pretraining model; export a classifier with `cxr-msn export` first\n{meta}"
-        ));
-    }
-    Ok(meta.to_string())
+    engine::check_model(bytes).map(|meta| meta.to_string())
 }
 
 #[cfg(test)]

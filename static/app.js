@@ -1,0 +1,412 @@
+// The page of cxr-msn: the interface only. Decoding, preprocessing and inference are the
+// wasm module's (web/src, through the cxr-msn model crate).
+//
+// URL parameters: model=URL (a model file from `cxr-msn export`), sample=FILE (a bundled
+// sample to run at once), notice=0 (hide the notice, for a class that has seen it),
+// backend=auto|webgpu|cpu.
+//
+// A small JavaScript API for pages that embed this one: `window.cxrMsn` (see README).
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+const MODEL_CACHE = "cxr-msn-models-v1";
+
+const state = {
+  wasm: null,
+  model: null,
+  modelBytes: null,
+  modelName: "",
+  summary: null,
+  lastFiles: [],
+  rows: [],
+};
+
+// The wasm module, once trunk's loader has started it.
+function wasmReady() {
+  return new Promise((resolve) => {
+    if (window.wasmBindings) return resolve(window.wasmBindings);
+    addEventListener("TrunkApplicationStarted", () => resolve(window.wasmBindings), { once: true });
+  });
+}
+
+// Lets the browser paint before long work.
+const yieldToBrowser = () => new Promise((r) => setTimeout(r, 0));
+
+function say(text) {
+  $("model-status").textContent = text;
+}
+
+function showError(text) {
+  const m = $("message");
+  m.textContent = text;
+  m.hidden = !text;
+}
+
+// Fetches a model file with a progress bar; cached by the browser (Cache API) for the next
+// visit.
+async function fetchModel(url) {
+  const bar = $("model-progress");
+  let cache = null;
+  try {
+    cache = await caches.open(MODEL_CACHE);
+    const hit = await cache.match(url);
+    if (hit) {
+      say(`Loading ${url} from this browser's cache…`);
+      return new Uint8Array(await hit.arrayBuffer());
+    }
+  } catch (_) {
+    cache = null; // no Cache API (e.g. a non-secure origin): download every time
+  }
+  const response = await fetch(url);
+  if (!response.ok) throw new Error(`${url}: the server answered ${response.status} ${response.statusText}`);
+  const total = Number(response.headers.get("Content-Length")) || 0;
+  const reader = response.body.getReader();
+  const chunks = [];
+  let received = 0;
+  bar.hidden = false;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    chunks.push(value);
+    received += value.length;
+    const mb = (received / 1e6).toFixed(1);
+    if (total) {
+      bar.max = total;
+      bar.value = received;
+      say(`Downloading the model: ${mb} of ${(total / 1e6).toFixed(1)} MB (${Math.round((100 * received) / total)}%)`);
+    } else {
+      bar.removeAttribute("value");
+      say(`Downloading the model: ${mb} MB`);
+    }
+  }
+  bar.hidden = true;
+  const bytes = new Uint8Array(received);
+  let offset = 0;
+  for (const c of chunks) {
+    bytes.set(c, offset);
+    offset += c.length;
+  }
+  if (cache) {
+    try {
+      await cache.put(url, new Response(bytes.slice(), { headers: { "Content-Type": "application/octet-stream" } }));
+    } catch (_) {
+      /* full or refused: fine, it is only a cache */
+    }
+  }
+  return bytes;
+}
+
+// Loads model bytes on the chosen backend; on a WebGPU failure, falls back to the CPU.
+async function loadModel(bytes, name) {
+  const backend = $("backend").value;
+  say(`Preparing ${name} on ${backend === "auto" ? "the best backend" : backend}…`);
+  await yieldToBrowser();
+  const started = performance.now();
+  let model;
+  try {
+    model = await state.wasm.CxrModel.load(bytes, backend);
+  } catch (e) {
+    if (backend === "cpu") throw e;
+    // A WebGPU failure must not stop the page: run on the CPU.
+    state.wasm.check_model_file(bytes); // a damaged file is reported as such, not as a GPU problem
+    model = await state.wasm.CxrModel.load(bytes, "cpu");
+    model.fallbackReason = String(e.message || e);
+  }
+  if (state.model) state.model.free();
+  state.model = model;
+  state.modelBytes = bytes;
+  state.modelName = name;
+  state.summary = JSON.parse(model.summary());
+  const ms = Math.round(performance.now() - started);
+  say(`Ready: ${name} (${(bytes.length / 1e6).toFixed(1)} MB) on ${model.backend()}` +
+      `${model.fallbackReason ? `, because WebGPU failed: ${model.fallbackReason}` : ""}; set up in ${ms} ms.`);
+  $("model-description").textContent = state.summary.description;
+  $("model-details").hidden = false;
+  for (const row of document.querySelectorAll("#ehr [data-input]")) {
+    row.hidden = !state.summary.ehr_inputs.includes(row.dataset.input);
+  }
+  $("ehr").querySelector("legend").textContent = state.summary.ehr_inputs.length
+    ? "About the patient (used by the image + EHR head)"
+    : "This model reads the image only";
+  document.dispatchEvent(new CustomEvent("cxr-msn-model", { detail: state.summary }));
+}
+
+async function loadModelFrom(url) {
+  try {
+    const bytes = await fetchModel(url);
+    await loadModel(bytes, url.split("/").pop() || url);
+  } catch (e) {
+    say(`The model could not be loaded: ${e.message || e}`);
+    throw e;
+  }
+}
+
+function ehrValues() {
+  const v = {};
+  const age = $("age").value;
+  if (age !== "") v.age = Number(age);
+  for (const k of ["sex", "view", "orientation"]) if ($(k).value) v[k] = $(k).value;
+  for (const k of ["icu", "mortality"]) if ($(k).value) v[k] = $(k).value === "true";
+  return v;
+}
+
+function prefillFromHeader(info) {
+  const h = info.from_header || {};
+  const filled = [];
+  if (h.age != null) { $("age").value = Math.round(h.age); filled.push("age"); }
+  if (h.sex) { $("sex").value = h.sex; filled.push("sex"); }
+  if (h.view) { $("view").value = h.view; filled.push("view"); }
+  const note = $("header-note");
+  note.hidden = !filled.length;
+  note.textContent = filled.length ? `Filled from the DICOM header: ${filled.join(", ")}. Change them to see what they do.` : "";
+}
+
+// Draws the 224x224 view and, when asked, the attention map over it.
+function drawView(canvas, pixels, attention, grid, show) {
+  const ctx = canvas.getContext("2d");
+  const img = ctx.createImageData(224, 224);
+  for (let i = 0; i < 224 * 224; i++) {
+    const p = pixels[i];
+    img.data[4 * i] = p; img.data[4 * i + 1] = p; img.data[4 * i + 2] = p; img.data[4 * i + 3] = 255;
+  }
+  ctx.putImageData(img, 0, 0);
+  if (!show || !grid) return;
+  const cell = 224 / grid;
+  for (let r = 0; r < grid; r++) {
+    for (let c = 0; c < grid; c++) {
+      const a = attention[r * grid + c];
+      ctx.fillStyle = `rgba(255, 60, 0, ${(0.6 * a).toFixed(3)})`;
+      ctx.fillRect(c * cell, r * cell, cell, cell);
+    }
+  }
+}
+
+function pct(p) {
+  return `${(100 * p).toFixed(1)}%`;
+}
+
+function resultCard(name, info, prediction, pixels, ms) {
+  const card = document.createElement("article");
+  card.className = "card";
+  const title = document.createElement("h3");
+  title.textContent = name;
+  card.append(title);
+
+  const figure = document.createElement("figure");
+  const canvas = document.createElement("canvas");
+  canvas.width = 224; canvas.height = 224;
+  canvas.setAttribute("role", "img");
+  canvas.setAttribute("aria-label", `The X-ray as the model sees it (224 by 224 pixels)`);
+  const toggle = document.createElement("label");
+  const box = document.createElement("input");
+  box.type = "checkbox";
+  box.checked = false;
+  toggle.append(box, " attention map");
+  box.addEventListener("change", () => drawView(canvas, pixels, prediction.attention, prediction.grid, box.checked));
+  drawView(canvas, pixels, prediction.attention, prediction.grid, false);
+  const caption = document.createElement("figcaption");
+  caption.textContent = `${info.format}, ${info.width}×${info.height}, ${info.bit_depth}-bit. Scored in ${ms} ms on ${state.model.backend()}.`;
+  figure.append(canvas, toggle, caption);
+  card.append(figure);
+
+  if (prediction.novelty && prediction.novelty.unusual) {
+    const warn = document.createElement("p");
+    warn.className = "unusual";
+    warn.setAttribute("role", "alert");
+    warn.textContent = `This image looks unlike the images the model was checked on: its embedding lies ` +
+      `${prediction.novelty.distance.toFixed(1)} from them, beyond ${prediction.novelty.percentile}% of those images ` +
+      `(${prediction.novelty.threshold.toFixed(1)}). It may not be a frontal chest X-ray, or it differs from the ` +
+      `training data; read the scores with extra caution.`;
+    card.append(warn);
+  }
+  const table = document.createElement("table");
+  table.className = "findings";
+  const fused = prediction.image_ehr;
+  table.innerHTML = `<thead><tr><th scope="col">Finding</th><th scope="col">Image only</th>${fused ? '<th scope="col">Image + EHR</th>' : ""}</tr></thead>`;
+  const body = document.createElement("tbody");
+  prediction.labels.forEach((label, i) => {
+    const tr = document.createElement("tr");
+    const th = document.createElement("th");
+    th.scope = "row";
+    th.textContent = label;
+    tr.append(th);
+    const threshold = prediction.operating_points[i];
+    for (const probs of fused ? [prediction.image, fused] : [prediction.image]) {
+      const td = document.createElement("td");
+      const p = probs[i];
+      const above = threshold != null && p >= threshold;
+      td.className = above ? "bar above" : "bar";
+      td.innerHTML = `<span class="fill" style="width:${(100 * p).toFixed(1)}%"></span>` +
+        (threshold != null ? `<span class="mark" style="left:${(100 * threshold).toFixed(1)}%" title="operating point ${pct(threshold)}"></span>` : "") +
+        `<span class="value">${pct(p)}${above ? " ▲" : ""}</span>`;
+      td.setAttribute("aria-label", `${label}: ${pct(p)}${threshold != null ? `, operating point ${pct(threshold)}${above ? ", above it" : ""}` : ""}`);
+      tr.append(td);
+    }
+    body.append(tr);
+  });
+  table.append(body);
+  card.append(table);
+  const legend = document.createElement("p");
+  legend.className = "hint";
+  legend.textContent = (prediction.operating_points.length ? "▲ marks a score at or above the label's operating point (the dark tick, chosen on validation data at export). " : "") +
+    (fused ? "The two columns differ only in what the patient data adds." :
+      prediction.image_ehr_missing ? `No image + EHR score: ${prediction.image_ehr_missing}.` : "");
+  card.append(legend);
+  return card;
+}
+
+// Scores files one after another, yielding between them so the page stays responsive.
+async function scoreFiles(files, fromForm = false) {
+  if (!state.model) return;
+  showError("");
+  const results = $("results");
+  results.innerHTML = "";
+  state.rows = [];
+  state.lastFiles = files;
+  $("rescore").disabled = false;
+  for (const [n, file] of files.entries()) {
+    say(`Scoring ${file.name} (${n + 1} of ${files.length})…`);
+    await yieldToBrowser();
+    try {
+      const bytes = new Uint8Array(await file.arrayBuffer());
+      const info = JSON.parse(state.model.read_image(bytes));
+      if (!fromForm && files.length === 1) prefillFromHeader(info);
+      const pixels = state.model.view(bytes);
+      const started = performance.now();
+      let prediction;
+      try {
+        prediction = JSON.parse(await state.model.predict(bytes, JSON.stringify(ehrValues())));
+      } catch (e) {
+        if (state.model.backend().startsWith("CPU")) throw e;
+        // A failing WebGPU call: move to the CPU and try again.
+        $("backend").value = "cpu";
+        await loadModel(state.modelBytes, state.modelName);
+        state.model.fallbackReason = String(e.message || e);
+        prediction = JSON.parse(await state.model.predict(bytes, JSON.stringify(ehrValues())));
+      }
+      const ms = Math.round(performance.now() - started);
+      results.append(resultCard(file.name, info, prediction, pixels, ms));
+      for (const [head, probs] of [["image", prediction.image], ["image+ehr", prediction.image_ehr]]) {
+        if (probs) state.rows.push([file.name, head, ...probs]);
+      }
+      state.labels = prediction.labels;
+      document.dispatchEvent(new CustomEvent("cxr-msn-result", { detail: { file: file.name, prediction, ms } }));
+    } catch (e) {
+      const card = document.createElement("article");
+      card.className = "card error";
+      card.setAttribute("role", "alert");
+      card.textContent = `${file.name}: ${e.message || e}`;
+      results.append(card);
+    }
+  }
+  say(`Ready: ${state.modelName} on ${state.model.backend()}.`);
+  $("csv").hidden = state.rows.length === 0;
+}
+
+function downloadCsv() {
+  const quote = (s) => (/[",\n]/.test(s) ? `"${String(s).replace(/"/g, '""')}"` : String(s));
+  const lines = [["file", "head", ...state.labels].map(quote).join(",")];
+  for (const row of state.rows) lines.push(row.map((v, i) => (i < 2 ? quote(v) : v)).join(","));
+  const blob = new Blob([lines.join("\n") + "\n"], { type: "text/csv" });
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(blob);
+  a.download = "cxr-msn-scores.csv";
+  a.click();
+  URL.revokeObjectURL(a.href);
+}
+
+async function sampleFile(sample) {
+  const response = await fetch(`samples/${sample.file}`);
+  if (!response.ok) throw new Error(`samples/${sample.file}: ${response.status}`);
+  return new File([await response.blob()], sample.file);
+}
+
+async function showSamples() {
+  const list = await (await fetch("samples/samples.json")).json();
+  const box = $("samples");
+  const heading = document.createElement("p");
+  heading.textContent = "Or try a real X-ray:";
+  box.append(heading);
+  for (const sample of list) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "sample";
+    button.dataset.file = sample.file;
+    button.textContent = sample.title;
+    button.title = sample.attribution;
+    button.addEventListener("click", async () => scoreFiles([await sampleFile(sample)]));
+    const credit = document.createElement("small");
+    credit.textContent = sample.attribution;
+    const item = document.createElement("div");
+    item.append(button, credit);
+    box.append(item);
+  }
+  return list;
+}
+
+function wireInputs() {
+  const drop = $("drop");
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    scoreFiles([...e.dataTransfer.files]);
+  });
+  drop.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" || e.key === " ") { e.preventDefault(); $("image-file").click(); }
+  });
+  $("image-file").addEventListener("change", (e) => scoreFiles([...e.target.files]));
+  $("rescore").addEventListener("click", () => scoreFiles(state.lastFiles, true));
+  $("csv").addEventListener("click", downloadCsv);
+  $("model-file").addEventListener("change", async (e) => {
+    const file = e.target.files[0];
+    if (!file) return;
+    try {
+      await loadModel(new Uint8Array(await file.arrayBuffer()), file.name);
+      if (state.lastFiles.length) await scoreFiles(state.lastFiles, true);
+    } catch (err) {
+      say(`${file.name} cannot be used: ${err.message || err}`);
+    }
+  });
+  $("backend").addEventListener("change", async () => {
+    if (!state.modelBytes) return;
+    await loadModel(state.modelBytes, state.modelName);
+    if (state.lastFiles.length) await scoreFiles(state.lastFiles, true);
+  });
+}
+
+async function start() {
+  if (["auto", "webgpu", "cpu"].includes(params.get("backend"))) $("backend").value = params.get("backend");
+  wireInputs();
+  state.wasm = await wasmReady();
+  const samples = await showSamples();
+  const acknowledged = new Promise((resolve) => {
+    if (params.get("notice") === "0") {
+      $("notice").hidden = true;
+      return resolve();
+    }
+    $("notice-ok").addEventListener("click", () => {
+      $("notice").classList.add("seen");
+      $("notice-ok").hidden = true;
+      resolve();
+    }, { once: true });
+  });
+  await acknowledged;
+  await loadModelFrom(params.get("model") || "model.safetensors");
+  const wanted = params.get("sample");
+  const sample = samples.find((s) => s.file === wanted);
+  if (sample) await scoreFiles([await sampleFile(sample)]);
+}
+
+// The JavaScript API for embedding pages (same origin, or through the iframe's window).
+window.cxrMsn = {
+  ready: start().then(() => state.summary),
+  // Scores a File or Blob with optional EHR ({age, sex, view, ...}); resolves to the
+  // prediction (labels, image, image_ehr, operating_points, attention, grid).
+  async score(blob, ehr = {}) {
+    const bytes = new Uint8Array(await blob.arrayBuffer());
+    return JSON.parse(await state.model.predict(bytes, JSON.stringify(ehr)));
+  },
+  backend: () => state.model && state.model.backend(),
+};

@@ -1,0 +1,28 @@
+// <cxr-msn-demo> for other pages: the cxr-msn page in an iframe, sized to its content.
+//
+//   <script src="https://YOUR-HOST/cxr-msn/embed.js"></script>
+//   <cxr-msn-demo sample="rg1-adult-pa.dcm" hide-notice></cxr-msn-demo>
+//
+// Attributes: src (the page's folder; default: where embed.js came from), model (a model
+// file URL), sample (a bundled sample's file name), hide-notice, backend (auto|webgpu|cpu),
+// height (CSS height, default 1100px).
+(() => {
+  const here = document.currentScript ? new URL(".", document.currentScript.src).href : "./";
+  class CxrMsnDemo extends HTMLElement {
+    connectedCallback() {
+      const src = new URL(this.getAttribute("src") || here, location.href);
+      const page = new URL("index.html", src.href.endsWith("/") ? src.href : src.href + "/");
+      for (const [attr, param] of [["model", "model"], ["sample", "sample"], ["backend", "backend"]]) {
+        if (this.hasAttribute(attr)) page.searchParams.set(param, this.getAttribute(attr));
+      }
+      if (this.hasAttribute("hide-notice")) page.searchParams.set("notice", "0");
+      const frame = document.createElement("iframe");
+      frame.src = page.href;
+      frame.title = this.getAttribute("title") || "cxr-msn chest X-ray demo";
+      frame.style.cssText = `width:100%;border:0;height:${this.getAttribute("height") || "1100px"}`;
+      frame.allow = "webgpu";
+      this.replaceChildren(frame);
+    }
+  }
+  if (!customElements.get("cxr-msn-demo")) customElements.define("cxr-msn-demo", CxrMsnDemo);
+})();

@@ -1,0 +1,255 @@
+// The page in a real browser: headless Chromium (Debian's) driven by playwright-core.
+//
+//   DIST=../../dist CXR_MSN_BIN=.../cxr-msn node run.mjs
+//
+// Serves DIST on 127.0.0.1 and checks: the notice, the model's progress and summary, a
+// bundled sample scored into 14 findings, every real sample uploaded at once (DICOM header
+// prefilling the form), a non-image and a corrupt image refused with a message, a damaged
+// model file refused, the CPU path forced, WebGPU on Chromium's software adapter (chosen
+// only when asked for; `auto` keeps the CPU), the custom element in another page, the
+// browser's scores equal to `cxr-msn predict` on the same files, and that no request
+// leaves the page's origin. Screenshots go to SCREENSHOTS (default ./screenshots).
+
+import { createServer } from "node:http";
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { extname, join, resolve } from "node:path";
+import { chromium } from "playwright-core";
+
+const here = new URL(".", import.meta.url).pathname;
+const dist = resolve(process.env.DIST || join(here, "../../dist"));
+const bin = process.env.CXR_MSN_BIN;
+const shots = resolve(process.env.SCREENSHOTS || join(here, "screenshots"));
+const realSamples = resolve(here, "../../../shared/data/cxr-samples");
+mkdirSync(shots, { recursive: true });
+
+const TYPES = {
+  ".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css",
+  ".wasm": "application/wasm", ".json": "application/json", ".png": "image/png",
+  ".jpeg": "image/jpeg", ".jpg": "image/jpeg",
+};
+
+// A page that embeds the demo with the custom element, served beside the site.
+const EMBED_PAGE = `<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Course page</title>
+<script src="embed.js"></script></head><body><h1>Week 3: chest X-rays</h1>
+<cxr-msn-demo sample="rg1-adult-pa.dcm" hide-notice backend="cpu"></cxr-msn-demo></body></html>`;
+
+const requests = [];
+const server = createServer((req, res) => {
+  requests.push(req.url);
+  const path = decodeURIComponent(new URL(req.url, "http://x").pathname);
+  if (path === "/course.html") {
+    res.writeHead(200, { "Content-Type": "text/html" });
+    return res.end(EMBED_PAGE);
+  }
+  const file = join(dist, path.endsWith("/") ? path + "index.html" : path);
+  if (!file.startsWith(dist) || !existsSync(file) || !statSync(file).isFile()) {
+    res.writeHead(404);
+    return res.end("not found");
+  }
+  const body = readFileSync(file);
+  res.writeHead(200, { "Content-Type": TYPES[extname(file)] || "application/octet-stream", "Content-Length": body.length });
+  res.end(body);
+});
+await new Promise((r) => server.listen(0, "127.0.0.1", r));
+const origin = `http://127.0.0.1:${server.address().port}`;
+
+const FLAGS = ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-background-networking",
+  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"];
+
+let failures = 0;
+const results = [];
+async function check(name, fn) {
+  const started = Date.now();
+  try {
+    await fn();
+    results.push(`ok   ${name} (${((Date.now() - started) / 1000).toFixed(1)} s)`);
+  } catch (e) {
+    failures++;
+    results.push(`FAIL ${name}: ${e.stack || e}`);
+  }
+  console.log(results.at(-1));
+}
+function assert(cond, message) {
+  if (!cond) throw new Error(message);
+}
+
+// Every request of a page must stay on the origin (data: and blob: are local).
+function watchRequests(page, sink) {
+  page.on("request", (r) => sink.push(r.url()));
+}
+function offOrigin(urls) {
+  return urls.filter((u) => !u.startsWith(origin) && !u.startsWith("data:") && !u.startsWith("blob:"));
+}
+
+async function ready(page, timeout = 180000) {
+  await page.waitForFunction(() => /^Ready/.test(document.getElementById("model-status").textContent), null, { timeout });
+}
+async function cards(page, n, timeout = 180000) {
+  await page.waitForFunction((n) => document.querySelectorAll("#results .card").length >= n &&
+    /^Ready/.test(document.getElementById("model-status").textContent), n, { timeout });
+  return page.$$eval("#results .card", (cs) => cs.map((c) => ({
+    error: c.classList.contains("error"),
+    text: c.textContent,
+    rows: c.querySelectorAll("tbody tr").length,
+  })));
+}
+const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: FLAGS });
+const gpuBrowser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: [...FLAGS, "--enable-unsafe-webgpu"] });
+const allUrls = [];
+const tmp = mkdtempSync(join(tmpdir(), "cxr-msn-browser-"));
+
+await check("notice, model download, a bundled sample gives 14 findings", async () => {
+  const page = await browser.newPage({ viewport: { width: 1100, height: 1400 } });
+  watchRequests(page, allUrls);
+  await page.goto(`${origin}/index.html`);
+  await page.waitForSelector("#notice-ok");
+  await page.screenshot({ path: join(shots, "1-notice.png") });
+  await page.click("#notice-ok");
+  await ready(page);
+  const status = await page.textContent("#model-status");
+  assert(/CPU/.test(status), `no WebGPU in this browser: the CPU runs it (${status})`);
+  await page.click('button.sample[data-file="person1954_bacteria_4886.jpeg"]');
+  const [card] = await cards(page, 1);
+  assert(!card.error && card.rows === 14, `one result with 14 findings: ${JSON.stringify(card)}`);
+  assert(/Image \+ EHR/.test(card.text), "the default model has the image + EHR head");
+  await page.check("#results .card input[type=checkbox]");
+  await page.screenshot({ path: join(shots, "2-result-attention.png"), fullPage: true });
+  await page.close();
+});
+
+// Files to upload: the real samples beside the repository when present, else the bundled ones.
+const uploads = existsSync(realSamples)
+  ? readdirSync(realSamples).flatMap((d) => readdirSync(join(realSamples, d)).map((f) => join(realSamples, d, f)))
+  : readdirSync(join(dist, "samples")).filter((f) => !f.endsWith(".json")).map((f) => join(dist, "samples", f));
+
+await check(`every real sample uploaded at once (${uploads.length} files) and a CSV of all scores`, async () => {
+  const page = await browser.newPage({ viewport: { width: 1100, height: 1400 }, acceptDownloads: true });
+  watchRequests(page, allUrls);
+  await page.goto(`${origin}/index.html?notice=0&backend=cpu`);
+  await ready(page);
+  await page.setInputFiles("#image-file", uploads);
+  const all = await cards(page, uploads.length, 600000);
+  const bad = all.filter((c) => c.error || c.rows !== 14);
+  assert(bad.length === 0, `every file scored: ${JSON.stringify(bad.map((c) => c.text.slice(0, 200)))}`);
+  const [download] = await Promise.all([page.waitForEvent("download"), page.click("#csv")]);
+  const csv = readFileSync(await download.path(), "utf8").trim().split("\n");
+  assert(csv.length === 1 + 2 * uploads.length, `a header and two heads per file: ${csv.length} lines`);
+  assert(csv[0].startsWith("file,head,Atelectasis,"), csv[0]);
+  await page.screenshot({ path: join(shots, "3-several-files.png") });
+  await page.close();
+});
+
+await check("a DICOM header fills age, sex and view", async () => {
+  const page = await browser.newPage();
+  watchRequests(page, allUrls);
+  await page.goto(`${origin}/index.html?notice=0&backend=cpu&sample=rg1-adult-pa.dcm`);
+  await cards(page, 1);
+  const [age, sex, view] = await Promise.all(["#age", "#sex", "#view"].map((s) => page.inputValue(s)));
+  assert(age === "64" && sex === "F" && view === "PA", `prefilled ${age} ${sex} ${view}`);
+  await page.close();
+});
+
+await check("a non-image, a corrupt image and a damaged model get clear messages", async () => {
+  const text = join(tmp, "notes.txt");
+  writeFileSync(text, "these are my notes, not an X-ray\n");
+  const jpeg = readFileSync(join(dist, "samples/person1954_bacteria_4886.jpeg"));
+  const corrupt = join(tmp, "cut.jpeg");
+  writeFileSync(corrupt, jpeg.subarray(0, 2000));
+  const page = await browser.newPage();
+  watchRequests(page, allUrls);
+  await page.goto(`${origin}/index.html?notice=0&backend=cpu`);
+  await ready(page);
+  await page.setInputFiles("#image-file", [text, corrupt]);
+  const shown = await cards(page, 2);
+  assert(shown.every((c) => c.error), `both refused: ${JSON.stringify(shown)}`);
+  assert(/notes\.txt: .*(not|unknown|recogni)/i.test(shown[0].text), shown[0].text);
+  assert(/cut\.jpeg: .*(JPEG|truncat|end|corrupt)/i.test(shown[1].text), shown[1].text);
+  await page.screenshot({ path: join(shots, "4-errors.png") });
+  const damaged = join(tmp, "damaged.safetensors");
+  writeFileSync(damaged, readFileSync(join(dist, "model.safetensors")).subarray(0, 100000));
+  await page.setInputFiles("#model-file", damaged);
+  await page.waitForFunction(() => /cannot be used/.test(document.getElementById("model-status").textContent));
+  const status = await page.textContent("#model-status");
+  assert(/damaged\.safetensors cannot be used: .+/.test(status), status);
+  await page.close();
+});
+
+let cpuScores = null;
+await check("the browser's scores equal `cxr-msn predict` on the same file and model (1e-4)", async () => {
+  const page = await browser.newPage();
+  watchRequests(page, allUrls);
+  await page.goto(`${origin}/index.html?notice=0&backend=cpu`);
+  await ready(page);
+  const sample = join(dist, "samples/NORMAL2-IM-1438-0001.jpeg");
+  const prediction = await page.evaluate(async () => {
+    const blob = await (await fetch("samples/NORMAL2-IM-1438-0001.jpeg")).blob();
+    return window.cxrMsn.score(blob, { sex: "F", age: 4, view: "AP" });
+  });
+  cpuScores = prediction;
+  assert(prediction.image.length === 14 && prediction.image_ehr.length === 14, "both heads");
+  if (!bin) throw new Error("set CXR_MSN_BIN to the native cxr-msn binary");
+  const out = join(tmp, "native.csv");
+  execFileSync(bin, ["predict", "--device", "cpu", "--model", join(dist, "model.safetensors"), "--input", sample,
+    "--out", out, "--sex", "F", "--age", "4", "--view", "AP"]);
+  const [, row] = readFileSync(out, "utf8").trim().split("\n");
+  const native = row.split(",").slice(1).map(Number);
+  const browserScores = [...prediction.image, ...prediction.image_ehr];
+  const worst = Math.max(...native.map((v, i) => Math.abs(v - browserScores[i])));
+  assert(native.length === 28 && worst < 1e-4, `largest difference ${worst}`);
+  console.log(`     largest difference, browser (wasm CPU) vs native: ${worst.toExponential(2)}`);
+  await page.close();
+});
+
+await check("WebGPU: `auto` refuses the software adapter; `webgpu` uses it and agrees with the CPU (1e-3)", async () => {
+  const page = await gpuBrowser.newPage();
+  watchRequests(page, allUrls);
+  await page.goto(`${origin}/index.html?notice=0`);
+  await ready(page);
+  const auto = await page.textContent("#model-status");
+  assert(/CPU .*software/.test(auto), `auto keeps the CPU and says why: ${auto}`);
+  await page.selectOption("#backend", "webgpu");
+  await page.waitForFunction(() => /^Ready: .* on WebGPU/.test(document.getElementById("model-status").textContent), null, { timeout: 180000 });
+  const prediction = await page.evaluate(async () => {
+    const blob = await (await fetch("samples/NORMAL2-IM-1438-0001.jpeg")).blob();
+    return window.cxrMsn.score(blob, { sex: "F", age: 4, view: "AP" });
+  });
+  const worst = Math.max(...prediction.image.map((v, i) => Math.abs(v - cpuScores.image[i])));
+  assert(worst < 1e-3, `WebGPU vs CPU largest difference ${worst}`);
+  console.log(`     largest difference, WebGPU (SwiftShader) vs CPU: ${worst.toExponential(2)}`);
+  await page.screenshot({ path: join(shots, "5-webgpu.png") });
+  await page.close();
+});
+
+await check("embedded in another page with <cxr-msn-demo>", async () => {
+  const page = await browser.newPage({ viewport: { width: 900, height: 1200 } });
+  watchRequests(page, allUrls);
+  await page.goto(`${origin}/course.html`);
+  const frame = await (await page.waitForSelector("cxr-msn-demo iframe")).contentFrame();
+  await frame.waitForFunction(() => document.querySelectorAll("#results .card:not(.error)").length === 1, null, { timeout: 180000 });
+  assert(await frame.isHidden("#notice"), "hide-notice hides the notice");
+  await page.screenshot({ path: join(shots, "6-embedded.png") });
+  await page.close();
+});
+
+await check("phone width: no horizontal scrolling", async () => {
+  const page = await browser.newPage({ viewport: { width: 375, height: 800 } });
+  await page.goto(`${origin}/index.html?notice=0&backend=cpu&sample=person1954_bacteria_4886.jpeg`);
+  await cards(page, 1);
+  const wide = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert(wide <= 1, `the page is ${wide} px wider than a phone`);
+  await page.screenshot({ path: join(shots, "7-phone.png"), fullPage: true });
+  await page.close();
+});
+
+await check("no request left the page's origin", async () => {
+  const away = offOrigin(allUrls);
+  assert(allUrls.length > 10 && away.length === 0, `requests elsewhere: ${away.join(", ")}`);
+});
+
+await browser.close();
+await gpuBrowser.close();
+server.close();
+console.log(`\n${results.length - failures} passed, ${failures} failed; screenshots in ${shots}`);
+process.exit(failures ? 1 : 0);

@@ -1,0 +1,131 @@
+//! The JavaScript API of the page (and of pages that embed it): `CxrModel.load(bytes,
+//! backend)`, `model.summary()`, `model.read_image(bytes)`, `model.predict(bytes, ehr)`.
+//! Values cross as JSON strings; errors as `Error` objects with a message for people.
+
+use burn::tensor::Device;
+use wasm_bindgen::prelude::*;
+
+use crate::engine::{EhrInput, Engine, prepare, view_pixels};
+
+/// A model loaded on the page, with the backend it runs on.
+#[wasm_bindgen]
+pub struct CxrModel {
+    engine: Engine,
+    backend: String,
+}
+
+fn js_error(message: impl std::fmt::Display) -> JsError {
+    JsError::new(&message.to_string())
+}
+
+/// WebGPU when the browser has a hardware adapter; `None` (with the reason) otherwise.
+async fn webgpu() -> Result<(Device, String), String> {
+    use burn::tensor::wgpu::wgpu::DeviceType;
+    let (device, setup) = Device::wgpu_options()
+        .init_with_setup_async()
+        .await
+        .map_err(|e| format!("no WebGPU adapter ({e:?})"))?;
+    let info = setup.adapter.get_info();
+    if info.device_type == DeviceType::Cpu {
+        return Err(format!(
+            "the only WebGPU adapter, {}, is a software one and slower than the CPU backend",
+            info.name
+        ));
+    }
+    Ok((device, format!("WebGPU ({})", info.name)))
+}
+
+#[wasm_bindgen]
+impl CxrModel {
+    /// Loads model-file bytes on `backend`: `auto` (WebGPU with a hardware adapter, else
+    /// the CPU), `webgpu` (any WebGPU adapter, software included; an error without one) or
+    /// `cpu`.
+    pub async fn load(bytes: Vec<u8>, backend: String) -> Result<CxrModel, JsError> {
+        crate::engine::check_model(&bytes).map_err(js_error)?;
+        let (device, name) = match backend.as_str() {
+            "cpu" => (Device::flex(), "CPU (WebAssembly)".to_string()),
+            "webgpu" => {
+                use burn::tensor::wgpu::wgpu::DeviceType;
+                let (device, setup) = Device::wgpu_options()
+                    .init_with_setup_async()
+                    .await
+                    .map_err(|e| js_error(format!("no WebGPU adapter ({e:?})")))?;
+                let info = setup.adapter.get_info();
+                let kind = if info.device_type == DeviceType::Cpu {
+                    "software"
+                } else {
+                    "hardware"
+                };
+                (device, format!("WebGPU ({}, {kind})", info.name))
+            }
+            _ => match webgpu().await {
+                Ok(found) => found,
+                Err(reason) => (Device::flex(), format!("CPU (WebAssembly); {reason}")),
+            },
+        };
+        let engine = Engine::load(&bytes, device).map_err(js_error)?;
+        Ok(CxrModel {
+            engine,
+            backend: name,
+        })
+    }
+
+    /// The backend the model runs on, in words.
+    pub fn backend(&self) -> String {
+        self.backend.clone()
+    }
+
+    /// The model's labels, EHR inputs, architecture and training facts (JSON).
+    pub fn summary(&self) -> Result<String, JsError> {
+        serde_json::to_string(&self.engine.summary()).map_err(js_error)
+    }
+
+    /// Reads an image file (PNG, JPEG, DICOM): JSON with `format`, `width`, `height`,
+    /// `bit_depth` and `from_header` (EHR from a DICOM header).
+    pub fn read_image(&self, bytes: &[u8]) -> Result<String, JsError> {
+        let prepared = prepare(bytes).map_err(js_error)?;
+        serde_json::to_string(&prepared.info).map_err(js_error)
+    }
+
+    /// The 224 x 224 view the model sees, as 8-bit grey pixels (for the canvas).
+    pub fn view(&self, bytes: &[u8]) -> Result<Vec<u8>, JsError> {
+        let prepared = prepare(bytes).map_err(js_error)?;
+        Ok(view_pixels(&prepared.view))
+    }
+
+    /// Scores an image file with the EHR given as JSON (`{"sex":"F","age":67,"view":"AP"}`,
+    /// any field may be missing): JSON with `labels`, `image`, `image_ehr`,
+    /// `operating_points`, `attention`, `grid`.
+    pub async fn predict(&self, bytes: Vec<u8>, ehr_json: String) -> Result<String, JsError> {
+        let ehr: EhrInput = if ehr_json.trim().is_empty() {
+            EhrInput::default()
+        } else {
+            serde_json::from_str(&ehr_json)
+                .map_err(|e| js_error(format!("the EHR values are malformed: {e}")))?
+        };
+        let prepared = prepare(&bytes).map_err(js_error)?;
+        let prediction = self
+            .engine
+            .predict(&prepared, &ehr)
+            .await
+            .map_err(js_error)?;
+        serde_json::to_string(&prediction).map_err(js_error)
+    }
+}
+
+/// Checks model-file bytes without loading them: the summary, or an error saying why the
+/// page cannot use the file.
+#[wasm_bindgen]
+pub fn check_model_file(bytes: &[u8]) -> Result<String, JsError> {
+    crate::engine::check_model(bytes)
+        .map(|meta| meta.to_string())
+        .map_err(js_error)
+}
+
+/// Rust panics show in the browser console with their message.
+#[wasm_bindgen(start)]
+pub fn start() {
+    std::panic::set_hook(Box::new(|info| {
+        web_sys::console::error_1(&JsValue::from_str(&info.to_string()));
+    }));
+}
