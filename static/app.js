@@ -171,11 +171,15 @@ function drawView(canvas, pixels, attention, grid, show) {
   }
   ctx.putImageData(img, 0, 0);
   if (!show || !grid) return;
+  // Stretched to the image's own range and squared, so the few patches [CLS] attends to
+  // most stand out.
+  const lo = Math.min(...attention);
+  const span = Math.max(...attention) - lo || 1;
   const cell = 224 / grid;
   for (let r = 0; r < grid; r++) {
     for (let c = 0; c < grid; c++) {
-      const a = attention[r * grid + c];
-      ctx.fillStyle = `rgba(255, 60, 0, ${(0.6 * a).toFixed(3)})`;
+      const a = (attention[r * grid + c] - lo) / span;
+      ctx.fillStyle = `rgba(255, 60, 0, ${(0.7 * a * a).toFixed(3)})`;
       ctx.fillRect(c * cell, r * cell, cell, cell);
     }
   }
@@ -205,10 +209,13 @@ function resultCard(name, info, prediction, pixels, ms) {
   box.addEventListener("change", () => drawView(canvas, pixels, prediction.attention, prediction.grid, box.checked));
   drawView(canvas, pixels, prediction.attention, prediction.grid, false);
   const caption = document.createElement("figcaption");
-  caption.textContent = `${info.format}, ${info.width}×${info.height}, ${info.bit_depth}-bit. Scored in ${ms} ms on ${state.model.backend()}.`;
+  caption.textContent = `${info.format}, ${info.width}×${info.height}, ${info.bit_depth}-bit. Scored in ${ms} ms on ${state.model.backend().split(";")[0]}.`;
   figure.append(canvas, toggle, caption);
   card.append(figure);
 
+  const scores = document.createElement("div");
+  scores.className = "scores";
+  card.append(scores);
   if (prediction.novelty && prediction.novelty.unusual) {
     const warn = document.createElement("p");
     warn.className = "unusual";
@@ -217,7 +224,7 @@ function resultCard(name, info, prediction, pixels, ms) {
       `${prediction.novelty.distance.toFixed(1)} from them, beyond ${prediction.novelty.percentile}% of those images ` +
       `(${prediction.novelty.threshold.toFixed(1)}). It may not be a frontal chest X-ray, or it differs from the ` +
       `training data; read the scores with extra caution.`;
-    card.append(warn);
+    scores.append(warn);
   }
   const table = document.createElement("table");
   table.className = "findings";
@@ -245,13 +252,13 @@ function resultCard(name, info, prediction, pixels, ms) {
     body.append(tr);
   });
   table.append(body);
-  card.append(table);
+  scores.append(table);
   const legend = document.createElement("p");
   legend.className = "hint";
   legend.textContent = (prediction.operating_points.length ? "▲ marks a score at or above the label's operating point (the dark tick, chosen on validation data at export). " : "") +
     (fused ? "The two columns differ only in what the patient data adds." :
       prediction.image_ehr_missing ? `No image + EHR score: ${prediction.image_ehr_missing}.` : "");
-  card.append(legend);
+  scores.append(legend);
   return card;
 }
 

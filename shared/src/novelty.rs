@@ -96,8 +96,14 @@ mod tests {
         let r = EmbeddingReference::fit(&rows, 2, 99.0).unwrap();
         assert!((r.mean[0] - 5.0).abs() < 1e-5 && (r.mean[1] - 5.0).abs() < 1e-3);
         let flagged = rows.chunks(2).filter(|e| r.is_unusual(e)).count();
-        assert!(flagged <= 2, "about 1% of the reference is above its 99th percentile");
-        assert!(r.is_unusual(&[5.0, 6.0]), "ten standard deviations off in y");
+        assert!(
+            flagged <= 2,
+            "about 1% of the reference is above its 99th percentile"
+        );
+        assert!(
+            r.is_unusual(&[5.0, 6.0]),
+            "ten standard deviations off in y"
+        );
         assert!(!r.is_unusual(&[5.0, 5.0]));
         assert_eq!(r.distance(&[1.0]), f32::INFINITY);
         assert!(EmbeddingReference::fit(&rows[..2], 2, 99.0).is_none());

@@ -108,6 +108,8 @@ await check("notice, model download, a bundled sample gives 14 findings", async 
   await page.screenshot({ path: join(shots, "1-notice.png") });
   await page.click("#notice-ok");
   await ready(page);
+  await page.fill("#age", "4");
+  await page.selectOption("#sex", "F");
   const status = await page.textContent("#model-status");
   assert(/CPU/.test(status), `no WebGPU in this browser: the CPU runs it (${status})`);
   await page.click('button.sample[data-file="person1954_bacteria_4886.jpeg"]');
@@ -129,6 +131,8 @@ await check(`every real sample uploaded at once (${uploads.length} files) and a 
   watchRequests(page, allUrls);
   await page.goto(`${origin}/index.html?notice=0&backend=cpu`);
   await ready(page);
+  await page.fill("#age", "60");
+  await page.selectOption("#sex", "M");
   await page.setInputFiles("#image-file", uploads);
   const all = await cards(page, uploads.length, 600000);
   const bad = all.filter((c) => c.error || c.rows !== 14);

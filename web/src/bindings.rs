@@ -2,15 +2,21 @@
 //! backend)`, `model.summary()`, `model.read_image(bytes)`, `model.predict(bytes, ehr)`.
 //! Values cross as JSON strings; errors as `Error` objects with a message for people.
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use burn::tensor::Device;
+use js_sys::Promise;
 use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::future_to_promise;
 
 use crate::engine::{EhrInput, Engine, prepare, view_pixels};
 
 /// A model loaded on the page, with the backend it runs on.
 #[wasm_bindgen]
 pub struct CxrModel {
-    engine: Engine,
+    // Shared with the futures of `predict`, which outlive the call that made them.
+    engine: Rc<Engine>,
     backend: String,
 }
 
@@ -18,21 +24,46 @@ fn js_error(message: impl std::fmt::Display) -> JsError {
     JsError::new(&message.to_string())
 }
 
-/// WebGPU when the browser has a hardware adapter; `None` (with the reason) otherwise.
-async fn webgpu() -> Result<(Device, String), String> {
-    use burn::tensor::wgpu::wgpu::DeviceType;
-    let (device, setup) = Device::wgpu_options()
-        .init_with_setup_async()
-        .await
-        .map_err(|e| format!("no WebGPU adapter ({e:?})"))?;
-    let info = setup.adapter.get_info();
-    if info.device_type == DeviceType::Cpu {
-        return Err(format!(
-            "the only WebGPU adapter, {}, is a software one and slower than the CPU backend",
-            info.name
-        ));
+/// The browser's WebGPU device, once asked for: its name and whether the adapter is a
+/// software one. Asked once per page (a second initialisation of the runtime would hang),
+/// then reused by every model loaded on WebGPU.
+#[derive(Clone)]
+struct WebGpu {
+    device: Device,
+    name: String,
+    software: bool,
+}
+
+thread_local! {
+    static WEBGPU: RefCell<Option<Result<WebGpu, String>>> = const { RefCell::new(None) };
+}
+
+async fn webgpu() -> Result<WebGpu, String> {
+    if let Some(known) = WEBGPU.with(|w| w.borrow().clone()) {
+        return known;
     }
-    Ok((device, format!("WebGPU ({})", info.name)))
+    use burn::tensor::wgpu::wgpu::DeviceType;
+    let found = match Device::wgpu_options().init_with_setup_async().await {
+        Ok((device, setup)) => {
+            let info = setup.adapter.get_info();
+            let name = if info.name.is_empty() {
+                format!("{:?} adapter", info.device_type)
+            } else {
+                info.name
+            };
+            Ok(WebGpu {
+                device,
+                name,
+                software: info.device_type == DeviceType::Cpu,
+            })
+        }
+        Err(e) => {
+            web_sys::console::info_1(&JsValue::from_str(&format!("WebGPU: {e:?}")));
+            Err("this browser offers no WebGPU adapter".to_string())
+        }
+    };
+    WEBGPU.with(|w| *w.borrow_mut() = Some(found.clone()));
+    found
 }
 
 #[wasm_bindgen]
@@ -45,27 +76,26 @@ impl CxrModel {
         let (device, name) = match backend.as_str() {
             "cpu" => (Device::flex(), "CPU (WebAssembly)".to_string()),
             "webgpu" => {
-                use burn::tensor::wgpu::wgpu::DeviceType;
-                let (device, setup) = Device::wgpu_options()
-                    .init_with_setup_async()
-                    .await
-                    .map_err(|e| js_error(format!("no WebGPU adapter ({e:?})")))?;
-                let info = setup.adapter.get_info();
-                let kind = if info.device_type == DeviceType::Cpu {
-                    "software"
-                } else {
-                    "hardware"
-                };
-                (device, format!("WebGPU ({}, {kind})", info.name))
+                let gpu = webgpu().await.map_err(js_error)?;
+                let kind = if gpu.software { "software" } else { "hardware" };
+                (gpu.device, format!("WebGPU ({}, {kind})", gpu.name))
             }
             _ => match webgpu().await {
-                Ok(found) => found,
+                Ok(gpu) if !gpu.software => (gpu.device, format!("WebGPU ({})", gpu.name)),
+                Ok(gpu) => (
+                    Device::flex(),
+                    format!(
+                        "CPU (WebAssembly); the only WebGPU adapter, {}, is a software one and \
+                         slower than the CPU",
+                        gpu.name
+                    ),
+                ),
                 Err(reason) => (Device::flex(), format!("CPU (WebAssembly); {reason}")),
             },
         };
         let engine = Engine::load(&bytes, device).map_err(js_error)?;
         Ok(CxrModel {
-            engine,
+            engine: Rc::new(engine),
             backend: name,
         })
     }
@@ -94,22 +124,22 @@ impl CxrModel {
     }
 
     /// Scores an image file with the EHR given as JSON (`{"sex":"F","age":67,"view":"AP"}`,
-    /// any field may be missing): JSON with `labels`, `image`, `image_ehr`,
-    /// `operating_points`, `attention`, `grid`.
-    pub async fn predict(&self, bytes: Vec<u8>, ehr_json: String) -> Result<String, JsError> {
-        let ehr: EhrInput = if ehr_json.trim().is_empty() {
-            EhrInput::default()
-        } else {
-            serde_json::from_str(&ehr_json)
-                .map_err(|e| js_error(format!("the EHR values are malformed: {e}")))?
-        };
-        let prepared = prepare(&bytes).map_err(js_error)?;
-        let prediction = self
-            .engine
-            .predict(&prepared, &ehr)
-            .await
-            .map_err(js_error)?;
-        serde_json::to_string(&prediction).map_err(js_error)
+    /// any field may be missing). Resolves to JSON with `labels`, `image`, `image_ehr`,
+    /// `operating_points`, `attention`, `grid` and `novelty`.
+    pub fn predict(&self, bytes: Vec<u8>, ehr_json: String) -> Promise {
+        let engine = Rc::clone(&self.engine);
+        future_to_promise(async move {
+            let ehr: EhrInput = if ehr_json.trim().is_empty() {
+                EhrInput::default()
+            } else {
+                serde_json::from_str(&ehr_json)
+                    .map_err(|e| js_error(format!("the EHR values are malformed: {e}")))?
+            };
+            let prepared = prepare(&bytes).map_err(js_error)?;
+            let prediction = engine.predict(&prepared, &ehr).await.map_err(js_error)?;
+            let json = serde_json::to_string(&prediction).map_err(js_error)?;
+            Ok(JsValue::from_str(&json))
+        })
     }
 }
 

@@ -43,7 +43,12 @@ impl EhrInput {
     fn record(&self) -> Result<EhrRecord, String> {
         let err = |e: cxr_msn::error::EhrError| e.to_string();
         Ok(EhrRecord {
-            sex: self.sex.as_deref().map(Sex::parse).transpose().map_err(err)?,
+            sex: self
+                .sex
+                .as_deref()
+                .map(Sex::parse)
+                .transpose()
+                .map_err(err)?,
             age: self.age,
             view: self
                 .view
@@ -169,7 +174,9 @@ pub fn prepare(bytes: &[u8]) -> Result<Prepared, String> {
         .dicom
         .as_ref()
         .map(|t| EhrInput {
-            sex: t.sex.map(|s| if s == Sex::Male { "M" } else { "F" }.to_string()),
+            sex: t
+                .sex
+                .map(|s| if s == Sex::Male { "M" } else { "F" }.to_string()),
             age: t.age_years,
             view: t.view.map(|v| format!("{v:?}").to_uppercase()),
             ..EhrInput::default()
@@ -255,7 +262,10 @@ impl Engine {
                 Ok(v) => {
                     let n = v.len();
                     (
-                        Some(Tensor::<2>::from_data(TensorData::new(v, [1, n]), &self.device)),
+                        Some(Tensor::<2>::from_data(
+                            TensorData::new(v, [1, n]),
+                            &self.device,
+                        )),
                         None,
                     )
                 }

@@ -74,7 +74,10 @@ fn a_real_xray_is_scored_like_the_model_crate_scores_it() {
         ..EhrInput::default()
     };
     let p = ready(engine.predict(&prepared, &ehr)).unwrap();
-    assert_eq!((p.image.len(), p.image_ehr.as_ref().unwrap().len()), (14, 14));
+    assert_eq!(
+        (p.image.len(), p.image_ehr.as_ref().unwrap().len()),
+        (14, 14)
+    );
     assert_eq!(p.grid, 14);
     assert_eq!(p.attention.len(), 196);
     assert!((p.attention.iter().copied().fold(0.0, f32::max) - 1.0).abs() < 1e-6);
@@ -91,7 +94,14 @@ fn a_real_xray_is_scored_like_the_model_crate_scores_it() {
         view: Some(cxr_msn::ehr::ViewPosition::Ap),
         ..EhrRecord::default()
     };
-    let e = meta.config.ehr.as_ref().unwrap().feature_set.encode(&record).unwrap();
+    let e = meta
+        .config
+        .ehr
+        .as_ref()
+        .unwrap()
+        .feature_set
+        .encode(&record)
+        .unwrap();
     let n = e.len();
     let ehr_tensor = Tensor::<2>::from_data(TensorData::new(e, [1, n]), &device);
     let out = clf.forward(images, Some(ehr_tensor), false).unwrap();
@@ -107,7 +117,9 @@ fn a_real_xray_is_scored_like_the_model_crate_scores_it() {
 fn damaged_models_and_non_images_are_refused_with_reasons() {
     let device = Device::flex();
     let (_, bytes) = model_file(&device);
-    let err = Engine::load(&bytes[..bytes.len() / 2], device).err().unwrap();
+    let err = Engine::load(&bytes[..bytes.len() / 2], device)
+        .err()
+        .unwrap();
     assert!(!err.is_empty());
     assert!(prepare(b"%PDF-1.4 not an image").is_err());
 }
