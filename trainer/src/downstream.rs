@@ -1,6 +1,8 @@
 //! What `probe` and `finetune` share: their training flags and the train / validate / test
 //! items of a dataset.
 
+use std::path::Path;
+
 use anyhow::{Result, bail};
 use clap::Args;
 use cxr_msn::ehr::FeatureSet;
@@ -11,6 +13,7 @@ use cxr_msn::rand::seq::SliceRandom;
 use crate::data::{Dataset, LabelPolicy, Split};
 use crate::device::DeviceArg;
 use crate::loader::Item;
+use crate::report::{HeadScores, score_heads, table, write_all};
 
 /// Downstream training settings (METHOD.md section 7; the authors' values by default).
 #[derive(Args, Debug, Clone)]
@@ -50,6 +53,32 @@ impl DownstreamArgs {
     pub fn lr_at(&self, epoch: usize) -> f64 {
         0.5 * self.lr * (1.0 + (std::f64::consts::PI * epoch as f64 / self.epochs as f64).cos())
     }
+}
+
+/// Scores the heads on the test split and writes the report of `probe` and `finetune`
+/// (`metrics.json`, `metrics.csv`, `roc.svg` in `out`); returns the table to print.
+#[allow(clippy::too_many_arguments)]
+pub fn write_test_report(
+    out: &Path,
+    heads: &[HeadScores],
+    targets: &[Option<f32>],
+    label_names: &[String],
+    checkpoint: &Path,
+    data: &Path,
+    args: &DownstreamArgs,
+    validation_macro_auroc: serde_json::Value,
+) -> Result<String> {
+    let reports = score_heads(heads, targets, label_names.len(), args.bootstrap, args.seed);
+    let extra = serde_json::json!({
+        "split": "test",
+        "checkpoint": checkpoint.display().to_string(),
+        "data": data.display().to_string(),
+        "train_fraction": args.train_fraction,
+        "seed": args.seed,
+        "validation_macro_auroc": validation_macro_auroc,
+    });
+    write_all(out, heads, &reports, targets, label_names, extra)?;
+    Ok(format!("test split:\n{}", table(&reports, label_names)))
 }
 
 /// Train (a seeded `train_fraction` of it), validate and test items; each must be non-empty.

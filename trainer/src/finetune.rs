@@ -22,7 +22,7 @@ use cxr_msn::ehr::FeatureSet;
 use cxr_msn::views::AffineConfig;
 
 use crate::device::choose;
-use crate::downstream::{DownstreamArgs, splits};
+use crate::downstream::{DownstreamArgs, splits, write_test_report};
 use crate::evaluate::score_items;
 use crate::files::write_atomic;
 use crate::images::file_decoder;
@@ -30,7 +30,6 @@ use crate::loader::{Loader, LoaderConfig, Views};
 use crate::metrics::evaluate;
 use crate::model_files;
 use crate::probe::masked_bce;
-use crate::report::{score_heads, table, write_all};
 use crate::source::DataArgs;
 
 /// The settings of `cxr-msn finetune`.
@@ -144,31 +143,17 @@ pub fn run(args: &FinetuneArgs) -> Result<String> {
 
     let targets: Vec<Option<f32>> = test.iter().flat_map(|i| i.labels.clone()).collect();
     let scores = score_items(&best, &meta, test, args.train.threads, &chosen.device)?;
-    let heads = scores.heads();
-    let reports = score_heads(
-        &heads,
-        &targets,
-        labels,
-        args.train.bootstrap,
-        args.train.seed,
-    );
-    let extra = serde_json::json!({
-        "split": "test",
-        "checkpoint": args.checkpoint.display().to_string(),
-        "data": args.source.data.display().to_string(),
-        "train_fraction": args.train.train_fraction,
-        "seed": args.train.seed,
-        "validation_macro_auroc": { "image": best_auc },
-    });
-    write_all(
+    let table = write_test_report(
         &args.out,
-        &heads,
-        &reports,
+        &scores.heads(),
         &targets,
         &data.label_names,
-        extra,
+        &args.checkpoint,
+        &args.source.data,
+        &args.train,
+        serde_json::json!({ "image": best_auc }),
     )?;
-    let _ = write!(log, "test split:\n{}", table(&reports, &data.label_names));
+    log.push_str(&table);
     let file = args.out.join("classifier.safetensors");
     write_atomic(&file, &write_model(&best, &meta)?)?;
     let _ = writeln!(

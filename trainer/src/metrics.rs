@@ -35,17 +35,13 @@ pub fn auroc(scores: &[f32], positive: &[bool]) -> Option<f64> {
     Some(u / (n_pos * n_neg) as f64)
 }
 
-/// Average precision (area under the precision-recall curve as scikit-learn's
-/// `average_precision_score`): sum over distinct thresholds of (R_k - R_{k-1}) P_k.
-/// `None` without positives.
-pub fn average_precision(scores: &[f32], positive: &[bool]) -> Option<f64> {
-    let n_pos = positive.iter().filter(|&&p| p).count();
-    if n_pos == 0 {
-        return None;
-    }
+/// Cumulative (true positives, false positives) after each distinct score, from the
+/// highest score down: the points of the ROC and precision-recall curves.
+fn cumulative_counts(scores: &[f32], positive: &[bool]) -> Vec<(usize, usize)> {
     let mut order: Vec<usize> = (0..scores.len()).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-    let (mut tp, mut fp, mut ap, mut last_recall) = (0usize, 0usize, 0.0, 0.0);
+    let (mut tp, mut fp) = (0usize, 0usize);
+    let mut counts = Vec::new();
     let mut i = 0;
     while i < order.len() {
         let mut j = i;
@@ -59,11 +55,26 @@ pub fn average_precision(scores: &[f32], positive: &[bool]) -> Option<f64> {
                 fp += 1;
             }
         }
+        counts.push((tp, fp));
+        i = j + 1;
+    }
+    counts
+}
+
+/// Average precision (area under the precision-recall curve as scikit-learn's
+/// `average_precision_score`): sum over distinct thresholds of (R_k - R_{k-1}) P_k.
+/// `None` without positives.
+pub fn average_precision(scores: &[f32], positive: &[bool]) -> Option<f64> {
+    let n_pos = positive.iter().filter(|&&p| p).count();
+    if n_pos == 0 {
+        return None;
+    }
+    let (mut ap, mut last_recall) = (0.0, 0.0);
+    for (tp, fp) in cumulative_counts(scores, positive) {
         let recall = tp as f64 / n_pos as f64;
         let precision = tp as f64 / (tp + fp) as f64;
         ap += (recall - last_recall) * precision;
         last_recall = recall;
-        i = j + 1;
     }
     Some(ap)
 }
@@ -257,27 +268,10 @@ pub fn roc_curve(scores: &[f32], positive: &[bool]) -> Vec<(f64, f64)> {
     if n_pos == 0 || n_neg == 0 {
         return Vec::new();
     }
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-    let (mut tp, mut fp) = (0usize, 0usize);
-    let mut curve = vec![(0.0, 0.0)];
-    let mut i = 0;
-    while i < order.len() {
-        let mut j = i;
-        while j + 1 < order.len() && scores[order[j + 1]] == scores[order[i]] {
-            j += 1;
-        }
-        for &k in &order[i..=j] {
-            if positive[k] {
-                tp += 1;
-            } else {
-                fp += 1;
-            }
-        }
-        curve.push((fp as f64 / n_neg as f64, tp as f64 / n_pos as f64));
-        i = j + 1;
-    }
-    curve
+    let points = cumulative_counts(scores, positive)
+        .into_iter()
+        .map(|(tp, fp)| (fp as f64 / n_neg as f64, tp as f64 / n_pos as f64));
+    std::iter::once((0.0, 0.0)).chain(points).collect()
 }
 
 /// Scores and kept targets of one label (`l` of `labels`), as `roc_curve` takes them.

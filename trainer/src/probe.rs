@@ -33,13 +33,13 @@ use cxr_msn::rand::seq::SliceRandom;
 use cxr_msn::vit::VisionTransformer;
 
 use crate::device::choose;
-use crate::downstream::{DownstreamArgs, splits};
+use crate::downstream::{DownstreamArgs, splits, write_test_report};
 use crate::features::cls_features;
 use crate::files::write_atomic;
 use crate::loader::Item;
 use crate::metrics::evaluate;
 use crate::model_files;
-use crate::report::{HeadScores, csv_field, score_heads, table, write_all};
+use crate::report::{HeadScores, csv_field};
 use crate::source::DataArgs;
 
 /// The settings of `cxr-msn probe`.
@@ -266,34 +266,21 @@ pub fn run(args: &ProbeArgs) -> Result<ProbeOutcome> {
         .iter()
         .map(|(name, scores)| HeadScores { name, scores })
         .collect();
-    let reports = score_heads(
-        &scored,
-        &test_f.targets,
-        labels,
-        args.train.bootstrap,
-        args.train.seed,
-    );
-    let extra = serde_json::json!({
-        "split": "test",
-        "checkpoint": args.checkpoint.display().to_string(),
-        "data": args.source.data.display().to_string(),
-        "train_fraction": args.train.train_fraction,
-        "seed": args.train.seed,
-        "validation_macro_auroc": validation,
-    });
-    write_all(
+    let table = write_test_report(
         &args.out,
         &scored,
-        &reports,
         &test_f.targets,
         &data.label_names,
-        extra,
+        &args.checkpoint,
+        &args.source.data,
+        &args.train,
+        serde_json::Value::Object(validation),
     )?;
     write_atomic(
         &args.out.join("test_scores.csv"),
         scores_csv(&data.label_names, &scored).as_bytes(),
     )?;
-    let _ = write!(log, "test split:\n{}", table(&reports, &data.label_names));
+    log.push_str(&table);
 
     // The classifier model file: encoder plus the best heads.
     let mut image_head = None;
