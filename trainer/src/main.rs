@@ -36,8 +36,9 @@ enum Command {
     /// only), pretrain a multimodal MSN, probe it, score the test split, map the embeddings
     /// and export the browser model; prints where everything is. Sized for two CPU cores.
     ///
-    /// Examples: cxr-msn demo
-    ///           cxr-msn demo --epochs 5 --count 2000 --out runs/demo-5
+    /// Example: cxr-msn demo
+    ///
+    /// Longer: cxr-msn demo --epochs 5 --count 2000 --out runs/demo-5
     Demo(main_job::MainJobArgs),
     /// The paper's experiment in miniature: vanilla MSN against MSN + EHR, pretrained and
     /// probed alike on the synthetic world; macro AUROC with 95% CIs and the paired
@@ -116,8 +117,9 @@ enum Command {
     /// Read a dataset as training would and describe it: rows kept and dropped (with
     /// reasons), splits, label prevalence under the label policy, EHR completeness.
     ///
-    /// Examples: cxr-msn data --data data/synth/manifest.csv
-    ///           cxr-msn data --format nih --data nih/Data_Entry_2017_v2020.csv.gz --remove-no-finding
+    /// Example: cxr-msn data --data data/synth/manifest.csv
+    ///
+    /// NIH: cxr-msn data --format nih --data nih/Data_Entry_2017_v2020.csv.gz --remove-no-finding
     Data {
         #[command(flatten)]
         source: DataArgs,
@@ -379,5 +381,22 @@ mod tests {
     fn the_cli_parses() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_command_explains_itself_with_an_example() {
+        use clap::CommandFactory;
+        let mut cli = Cli::command();
+        for sub in cli.get_subcommands_mut() {
+            let name = sub.get_name().to_string();
+            if name == "bench" {
+                continue; // a group; its subcommand carries the example
+            }
+            let help = sub.render_long_help().to_string();
+            assert!(
+                help.contains("Example") && help.contains(&format!("cxr-msn {name}")),
+                "`cxr-msn {name} --help` has no example:\n{help}"
+            );
+        }
     }
 }
