@@ -100,7 +100,7 @@ const gpuBrowser = await chromium.launch({ executablePath: "/usr/bin/chromium", 
 const allUrls = [];
 const tmp = mkdtempSync(join(tmpdir(), "cxr-msn-browser-"));
 
-await check("notice, model download, a bundled sample gives 14 findings", async () => {
+await check("notice, model download, a bundled sample gives 14 findings, the model cached for the next visit", async () => {
   const page = await browser.newPage({ viewport: { width: 1100, height: 1400 } });
   watchRequests(page, allUrls);
   await page.goto(`${origin}/index.html`);
@@ -118,6 +118,14 @@ await check("notice, model download, a bundled sample gives 14 findings", async 
   assert(/Image \+ EHR/.test(card.text), "the default model has the image + EHR head");
   await page.check("#results .card input[type=checkbox]");
   await page.screenshot({ path: join(shots, "2-result-attention.png"), fullPage: true });
+  // The next visit takes the model from the browser's cache, not the network.
+  const mine = [];
+  watchRequests(page, mine);
+  await page.reload();
+  await page.click("#notice-ok");
+  await ready(page);
+  const fetched = mine.filter((u) => u.endsWith("/model.safetensors")).length;
+  assert(fetched === 0, `the model was downloaded again (${fetched} requests)`);
   await page.close();
 });
 
