@@ -60,22 +60,47 @@ pub fn choose(arg: DeviceArg) -> Result<Chosen> {
     }
 }
 
+/// The wgpu adapter, probed once per process: a second initialisation of the runtime
+/// fails ("already initialized"), so every command of `demo` reuses the first answer.
 #[cfg(feature = "gpu")]
 fn gpu() -> std::result::Result<(Device, String, bool), String> {
-    use burn::tensor::wgpu::wgpu::DeviceType;
-    let (device, setup) = Device::wgpu_options()
-        .init_with_setup()
-        .map_err(|e| format!("no wgpu adapter ({e})"))?;
-    let info = setup.adapter.get_info();
-    let software = info.device_type == DeviceType::Cpu;
-    Ok((
-        device,
-        format!("{} via {:?}", info.name, info.backend),
-        software,
-    ))
+    use std::sync::OnceLock;
+    static PROBED: OnceLock<std::result::Result<(Device, String, bool), String>> = OnceLock::new();
+    PROBED
+        .get_or_init(|| {
+            use burn::tensor::wgpu::wgpu::DeviceType;
+            let (device, setup) = Device::wgpu_options()
+                .init_with_setup()
+                .map_err(|e| format!("no wgpu adapter ({e})"))?;
+            let info = setup.adapter.get_info();
+            let software = info.device_type == DeviceType::Cpu;
+            Ok((
+                device,
+                format!("{} via {:?}", info.name, info.backend),
+                software,
+            ))
+        })
+        .clone()
 }
 
 #[cfg(not(feature = "gpu"))]
 fn gpu() -> std::result::Result<(Device, String, bool), String> {
     Err("this build has no GPU support (build with the `gpu` feature)".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn asking_twice_in_one_process_gives_the_same_answer() {
+        // `demo` chooses once per command; the wgpu runtime can only be set up once.
+        let first = choose(DeviceArg::Auto).unwrap().description;
+        let second = choose(DeviceArg::Auto).unwrap().description;
+        assert_eq!(first, second);
+        assert_eq!(
+            choose(DeviceArg::Cpu).unwrap().description,
+            "CPU (flex backend)"
+        );
+    }
 }
