@@ -147,7 +147,7 @@ pub struct Interval {
 }
 
 impl Interval {
-    /// `value (95% CI low-high)`, or `n/a` when there is none.
+    /// `value (95% CI low to high)`, or `n/a` when there is none.
     pub fn describe(interval: Option<Interval>) -> String {
         interval.map_or("n/a".to_string(), |i| {
             format!("{:.4} (95% CI {:.4} to {:.4})", i.value, i.low, i.high)
