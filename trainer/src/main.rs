@@ -169,8 +169,13 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Ctrl-C / SIGTERM: long jobs save and stop after the current step; a second one quits.
-    if let Err(e) = interrupt::install() {
+    // Ctrl-C / SIGTERM in the commands that train: save and stop after the current step
+    // (a second one quits at once). Other commands keep the default: stop at once.
+    if matches!(
+        cli.command,
+        Command::Pretrain(_) | Command::Demo(_) | Command::Compare(_)
+    ) && let Err(e) = interrupt::install()
+    {
         eprintln!("warning: Ctrl-C will not save first ({e})");
     }
     match run(cli.command) {

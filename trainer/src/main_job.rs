@@ -179,13 +179,19 @@ fn pretrain_and_probe(
     )?;
     pretrain::run(&args.pretrain_args(ehr, run), log)
         .with_context(|| format!("pretraining into {}", run.display()))?;
-    if crate::interrupt::requested() {
-        bail!("stopped on request; run the same command to continue");
-    }
+    stop_if_asked()?;
     writeln!(log, "== linear probe -> {}", run.join("probe").display())?;
     let outcome = probe::run(&args.probe_args(run))?;
     write!(log, "{}", outcome.log)?;
     Ok(outcome)
+}
+
+/// Stops between stages after Ctrl-C (pretraining itself stops after its current step).
+fn stop_if_asked() -> Result<()> {
+    if crate::interrupt::requested() {
+        bail!("stopped on request; run the same command to continue");
+    }
+    Ok(())
 }
 
 /// `cxr-msn demo`: the whole pipeline on the synthetic world (or continues it).
@@ -194,6 +200,7 @@ pub fn run_demo(args: &MainJobArgs, log: &mut dyn Write) -> Result<()> {
     let run = args.out.clone().unwrap_or_else(|| "runs/demo".into());
     ensure_world(args, log)?;
     pretrain_and_probe(args, &args.ehr, &run, log)?;
+    stop_if_asked()?;
     let classifier = run.join("probe/classifier.safetensors");
     writeln!(
         log,
@@ -211,6 +218,7 @@ pub fn run_demo(args: &MainJobArgs, log: &mut dyn Write) -> Result<()> {
         device: args.device,
     })?;
     write!(log, "{report}")?;
+    stop_if_asked()?;
     writeln!(log, "== embedding map -> {}", run.join("embed").display())?;
     let report = embed::run(&embed::EmbedArgs {
         source: args.source(),
