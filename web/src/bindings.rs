@@ -10,7 +10,7 @@ use js_sys::Promise;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
-use crate::engine::{EhrInput, Engine, prepare, view_pixels};
+use crate::engine::{EhrInput, Engine, Prepared, prepare, view_pixels};
 
 /// A model loaded on the page, with the backend it runs on.
 #[wasm_bindgen]
@@ -18,6 +18,35 @@ pub struct CxrModel {
     // Shared with the futures of `predict`, which outlive the call that made them.
     engine: Rc<Engine>,
     backend: String,
+    // The last image read: the page calls read_image, view and predict on the same bytes,
+    // and the file is decoded once for the three.
+    last: Rc<LastImage>,
+}
+
+/// The image read last: its fingerprint and its prepared form.
+type LastImage = RefCell<Option<(u64, Rc<Prepared>)>>;
+
+/// A fingerprint of file bytes (FNV-1a), to recognise the image read last.
+fn fingerprint(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    }) ^ bytes.len() as u64
+}
+
+/// The prepared image of `bytes`, from `last` when it is the same file.
+fn prepared(
+    last: &RefCell<Option<(u64, Rc<Prepared>)>>,
+    bytes: &[u8],
+) -> Result<Rc<Prepared>, JsError> {
+    let key = fingerprint(bytes);
+    if let Some((k, p)) = last.borrow().as_ref()
+        && *k == key
+    {
+        return Ok(Rc::clone(p));
+    }
+    let p = Rc::new(prepare(bytes).map_err(js_error)?);
+    *last.borrow_mut() = Some((key, Rc::clone(&p)));
+    Ok(p)
 }
 
 fn js_error(message: impl std::fmt::Display) -> JsError {
@@ -97,6 +126,7 @@ impl CxrModel {
         Ok(CxrModel {
             engine: Rc::new(engine),
             backend: name,
+            last: Rc::new(RefCell::new(None)),
         })
     }
 
@@ -113,13 +143,13 @@ impl CxrModel {
     /// Reads an image file (PNG, JPEG, DICOM): JSON with `format`, `width`, `height`,
     /// `bit_depth` and `from_header` (EHR from a DICOM header).
     pub fn read_image(&self, bytes: &[u8]) -> Result<String, JsError> {
-        let prepared = prepare(bytes).map_err(js_error)?;
+        let prepared = prepared(&self.last, bytes)?;
         serde_json::to_string(&prepared.info).map_err(js_error)
     }
 
     /// The 224 x 224 view the model sees, as 8-bit grey pixels (for the canvas).
     pub fn view(&self, bytes: &[u8]) -> Result<Vec<u8>, JsError> {
-        let prepared = prepare(bytes).map_err(js_error)?;
+        let prepared = prepared(&self.last, bytes)?;
         Ok(view_pixels(&prepared.view))
     }
 
@@ -128,6 +158,7 @@ impl CxrModel {
     /// `operating_points`, `attention`, `grid` and `novelty`.
     pub fn predict(&self, bytes: Vec<u8>, ehr_json: String) -> Promise {
         let engine = Rc::clone(&self.engine);
+        let last = Rc::clone(&self.last);
         future_to_promise(async move {
             let ehr: EhrInput = if ehr_json.trim().is_empty() {
                 EhrInput::default()
@@ -135,7 +166,7 @@ impl CxrModel {
                 serde_json::from_str(&ehr_json)
                     .map_err(|e| js_error(format!("the EHR values are malformed: {e}")))?
             };
-            let prepared = prepare(&bytes).map_err(js_error)?;
+            let prepared = prepared(&last, &bytes)?;
             let prediction = engine.predict(&prepared, &ehr).await.map_err(js_error)?;
             let json = serde_json::to_string(&prediction).map_err(js_error)?;
             Ok(JsValue::from_str(&json))
