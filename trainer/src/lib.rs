@@ -29,3 +29,4 @@ pub mod run_files;
 pub mod schedule;
 pub mod source;
 pub mod synthetic;
+pub mod weights;

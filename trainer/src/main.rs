@@ -16,7 +16,7 @@ use cxr_msn::ehr::FeatureSet;
 use cxr_msn_trainer::source::{DataArgs, describe};
 use cxr_msn_trainer::{
     bench, contact_sheet, ehr_command, embed, evaluate, export, finetune, interrupt, main_job,
-    pretrain, probe, synthetic,
+    pretrain, probe, synthetic, weights,
 };
 
 #[derive(Parser, Debug)]
@@ -103,6 +103,17 @@ enum Command {
     ///
     /// Example: cxr-msn export --data data/synth/manifest.csv --model runs/demo/probe/classifier.safetensors --out static/model.safetensors
     Export(export::ExportArgs),
+    /// Bring PyTorch weights in: the official MSN release, the authors' Lightning
+    /// checkpoint, or a torchvision / timm ViT (.pth, .pt, .ckpt or .safetensors) becomes
+    /// a pretraining model file for pretrain --init, probe, finetune and embed, with a
+    /// report of every tensor loaded, skipped or initialised fresh.
+    ///
+    /// Example: cxr-msn import vits16_800ep.pth.tar --channels 1 --out runs/msn-vits/imported.safetensors
+    Import(weights::import::ImportArgs),
+    /// Write a model's encoder for PyTorch: safetensors with torchvision or timm names.
+    ///
+    /// Example: cxr-msn export-torch runs/demo/checkpoint.safetensors --names timm --out encoder.safetensors
+    ExportTorch(weights::export::ExportTorchArgs),
     /// Score a dataset split with a classifier model file: per-label and macro AUROC and
     /// AUPRC with 95% CIs, for the image-only and the image + EHR head (labels are matched
     /// by name, so a MIMIC-trained model scores on CheXpert).
@@ -292,6 +303,14 @@ fn run(command: Command) -> Result<()> {
         }
         Command::Export(args) => {
             print!("{}", export::run(&args)?);
+            Ok(())
+        }
+        Command::Import(args) => {
+            print!("{}", weights::import::run(&args)?);
+            Ok(())
+        }
+        Command::ExportTorch(args) => {
+            print!("{}", weights::export::run(&args)?);
             Ok(())
         }
         Command::Eval(args) => {

@@ -109,6 +109,7 @@ impl MainJobArgs {
             cache: Some(self.synth.with_extension("cache")),
             config: None,
             print_config: false,
+            init: None,
             stop_after: None,
             save_every_steps: None,
             save_every_minutes: 15.0,

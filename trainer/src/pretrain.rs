@@ -31,7 +31,7 @@ use burn::optim::{AdamWConfig, GradientsParams};
 use burn::store::ModuleRecord;
 use burn::tensor::{Device, Tensor, TensorData};
 use clap::Args;
-use cxr_msn::checkpoint::{ModelMeta, write_model};
+use cxr_msn::checkpoint::{ModelKind, ModelMeta, read_meta, write_model};
 use cxr_msn::config::{EmaTiming, MsnConfig, Normalization, Profile, VitPreset};
 use cxr_msn::decode::DecodeLimits;
 use cxr_msn::ehr::FeatureSet;
@@ -108,6 +108,11 @@ pub struct PretrainArgs {
     /// Print the full configuration these settings give (TOML) and exit.
     #[arg(long)]
     pub print_config: bool,
+    /// Start from the weights of a pretraining model file (from `cxr-msn import` or an
+    /// earlier run) instead of a random initialisation; its architecture replaces
+    /// --preset, --depth and --channels.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
     /// Stop after this many epochs in this invocation (for time-limited jobs: run the
     /// same command again to continue).
     #[arg(long)]
@@ -210,11 +215,52 @@ pub fn model_config(args: &PretrainArgs) -> Result<MsnConfig> {
     if let Some(d) = args.depth {
         config.vit.depth = d;
     }
+    if let Some(init) = &args.init {
+        take_architecture(&mut config, init, &args.ehr)?;
+    }
     config.validate()?;
     if config.optim.batch_size < 2 {
         bail!("the batch size must be at least 2 (BatchNorm needs batch statistics)");
     }
     Ok(config)
+}
+
+/// With `--init FILE`: the architecture (encoder, head, prototypes, EHR branch) is the
+/// file's, the recipe stays the profile's. `--ehr` must be `none` (keep the file's branch)
+/// or name the file's own feature set.
+fn take_architecture(config: &mut MsnConfig, init: &Path, ehr: &str) -> Result<()> {
+    let bytes = std::fs::read(init).with_context(|| format!("cannot read {}", init.display()))?;
+    let meta = read_meta(&bytes).with_context(|| format!("{}", init.display()))?;
+    if meta.kind != ModelKind::Pretraining {
+        bail!(
+            "{}: --init takes a pretraining model file (from pretrain or import), not a \
+             classifier",
+            init.display()
+        );
+    }
+    let theirs = meta
+        .config
+        .ehr
+        .as_ref()
+        .map(|e| e.feature_set.name().to_string());
+    match (ehr, &theirs) {
+        ("none", _) => {}
+        (asked, Some(have)) if asked == have => {}
+        (asked, Some(have)) => bail!(
+            "--ehr {asked}: {} has an EHR branch for {have}",
+            init.display()
+        ),
+        (asked, None) => bail!(
+            "--ehr {asked}: {} has no EHR branch; import the weights with --ehr {asked} to add \
+             one",
+            init.display()
+        ),
+    }
+    config.vit = meta.config.vit;
+    config.head = meta.config.head;
+    config.num_prototypes = meta.config.num_prototypes;
+    config.ehr = meta.config.ehr;
+    Ok(())
 }
 
 fn batch_tensors(batch: Batch, ehr_in: Option<usize>, device: &Device) -> Result<MsnBatch> {
@@ -342,7 +388,18 @@ pub fn run(args: &PretrainArgs, log: &mut dyn std::io::Write) -> Result<f64> {
             (model, s)
         }
         _ => (
-            config.init(&device)?,
+            match &args.init {
+                Some(init) => {
+                    let (model, _) = model_files::pretraining(init, &device)?;
+                    writeln!(log, "starting from the weights of {}", init.display())?;
+                    let frozen = config.freeze_prototypes;
+                    MultimodalMsn {
+                        prototypes: model.prototypes.clone().set_require_grad(!frozen),
+                        ..model
+                    }
+                }
+                None => config.init(&device)?,
+            },
             RunState {
                 epochs_done: 0,
                 steps_done: 0,

@@ -1,0 +1,19 @@
+//! Weights in and out of the PyTorch world.
+//!
+//! - [`import`]: a foreign checkpoint (the official MSN release, the authors' Lightning
+//!   checkpoint, a torchvision or timm ViT) becomes a cxr-msn pretraining model file, with a
+//!   report of every tensor loaded, skipped or missing. Reading uses burn-store's PyTorch and
+//!   safetensors readers ([`source`]), names are translated with its `KeyRemapper`
+//!   ([`layout`]), and the tensors that need more than a new name (position grids of another
+//!   size, RGB patch embeddings for a grey model) are adapted in [`adapt`].
+//! - [`export`]: our encoder as a safetensors file with torchvision or timm names.
+//!
+//! ONNX: Burn 0.22 reads ONNX (burn-import) but cannot write it, and no maintained Rust
+//! crate exports a Burn module to ONNX; use the torchvision or timm export and
+//! `torch.onnx.export` from Python.
+
+pub mod adapt;
+pub mod export;
+pub mod import;
+pub mod layout;
+pub mod source;
