@@ -46,7 +46,7 @@ fn imported_weights_pretrain_probe_and_export() {
         report.contains("state_dict.f_ehr.weight -> ehr.f_ehr.weight"),
         "{report}"
     );
-    assert!(report.contains("grid 4x4 resized to 14x14"), "{report}");
+    assert!(report.contains("grid 4x4 resized to 28x28"), "{report}");
     let out = run_ok(["inspect".as_ref(), imported.as_os_str()]);
     assert!(out.contains("pretraining"), "{out}");
 
@@ -94,6 +94,33 @@ fn imported_weights_pretrain_probe_and_export() {
     let checkpoint = run.join("checkpoint.safetensors");
     let out = run_ok(["inspect".as_ref(), checkpoint.as_os_str()]);
     assert!(out.contains("demographic"), "{out}");
+
+    // The imported, further pretrained encoder and its EHR layers go downstream as ours do.
+    let out = run_ok(
+        [
+            "probe",
+            "--epochs",
+            "1",
+            "--bootstrap",
+            "20",
+            "--threads",
+            "2",
+            "--device",
+            "cpu",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([
+            "--data".into(),
+            dir.join("data/manifest.csv").display().to_string(),
+            "--checkpoint".into(),
+            checkpoint.display().to_string(),
+            "--out".into(),
+            run.join("probe").display().to_string(),
+        ]),
+    );
+    assert!(out.contains("head image+ehr:"), "{out}");
+    assert!(run.join("probe/classifier.safetensors").exists());
 
     let encoder = dir.join("encoder.safetensors");
     let out = run_ok([

@@ -64,8 +64,8 @@ fn assert_close<const D: usize>(got: Tensor<D>, want: &TensorData, what: &str) {
     let got = got.into_data();
     assert_eq!(got.shape(), want.shape(), "{what}: shape");
     let (g, w) = (
-        got.to_vec::<f32>().unwrap(),
-        want.clone().convert::<f32>().to_vec::<f32>().unwrap(),
+        got.try_to_vec::<f32>().unwrap(),
+        want.clone().convert::<f32>().try_to_vec::<f32>().unwrap(),
     );
     let diff = g
         .iter()
@@ -272,8 +272,8 @@ fn export_writes_back_exactly_the_torchvision_and_timm_state_dicts() {
         for (k, want) in &theirs {
             assert_eq!(ours[k].shape(), want.shape(), "{file}: {k}");
             assert_eq!(
-                ours[k].to_vec::<f32>().unwrap(),
-                want.to_vec::<f32>().unwrap(),
+                ours[k].try_to_vec::<f32>().unwrap(),
+                want.try_to_vec::<f32>().unwrap(),
                 "{file}: {k}"
             );
         }

@@ -189,7 +189,10 @@ mod tests {
         let rgb = Normalization::imagenet(3);
         let grey = Normalization::imagenet(1);
         let (fw, fb) = fold_to_grey(w, b, &rgb, &grey).unwrap();
-        let (fw, fb) = (fw.to_vec::<f32>().unwrap(), fb.to_vec::<f32>().unwrap());
+        let (fw, fb) = (
+            fw.try_to_vec::<f32>().unwrap(),
+            fb.try_to_vec::<f32>().unwrap(),
+        );
         for g in [0.0f32, 0.3, 1.0] {
             let rgb_out: f32 = 0.25
                 + [0.5f32, -1.0, 2.0]
