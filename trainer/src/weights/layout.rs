@@ -141,7 +141,7 @@ impl Layout {
         if any(&|n| n.contains("anchor_backbone.") && n.ends_with("class_token")) {
             return Some(Self::Lightning);
         }
-        let top = |n: &str| n.strip_prefix("module.").unwrap_or(n).to_string();
+        let top = |n: &str| strip_wrappers(n).to_string();
         if any(&|n| top(n) == "class_token" || top(n) == "conv_proj.weight") {
             return Some(Self::Torchvision);
         }
@@ -190,14 +190,14 @@ impl Layout {
             }
             Self::Torchvision => {
                 let mut r = vec![(
-                    r"^(?:module\.)?(class_token$|conv_proj\.|encoder\.|heads\.)",
+                    r"^(?:(?:model|state_dict|module)\.)*(class_token$|conv_proj\.|encoder\.|heads\.)",
                     "anchor_vit.$1",
                 )];
                 r.extend_from_slice(TORCHVISION_TO_OURS);
                 r
             }
             Self::Timm => vec![(
-                r"^(?:module\.)?(cls_token$|pos_embed$|patch_embed\.|blocks\.|norm\.|head\.|fc_norm\.)",
+                r"^(?:(?:model|state_dict|module)\.)*(cls_token$|pos_embed$|patch_embed\.|blocks\.|norm\.|head\.|fc_norm\.)",
                 "anchor_vit.$1",
             )],
         };
@@ -209,6 +209,18 @@ impl Layout {
     pub fn remapper(self) -> KeyRemapper {
         KeyRemapper::from_patterns(self.rules()).expect("the layout patterns are valid")
     }
+}
+
+/// A name without the wrappers plain state dicts are often saved in: `{'model': ...}`
+/// (DeiT releases), `{'state_dict': ...}`, DistributedDataParallel's `module.`.
+fn strip_wrappers(mut name: &str) -> &str {
+    while let Some(rest) = ["model.", "state_dict.", "module."]
+        .iter()
+        .find_map(|p| name.strip_prefix(p))
+    {
+        name = rest;
+    }
+    name
 }
 
 /// Why a tensor of the file has no place in the model, for the report.
