@@ -240,11 +240,17 @@ fn a_timm_safetensors_file_imports_and_its_classifier_is_skipped() {
         &r["timm.cls"],
         "cls",
     );
-    assert!(
-        report
-            .skipped
-            .iter()
-            .any(|(n, w)| n == "head.weight" && w == "the source task's classifier"),
+    let skipped: Vec<(&str, &str)> = report
+        .skipped
+        .iter()
+        .map(|(n, w)| (n.as_str(), w.as_str()))
+        .collect();
+    assert_eq!(
+        skipped,
+        [
+            ("head.bias", "the source task's classifier"),
+            ("head.weight", "the source task's classifier")
+        ],
         "{report}"
     );
 }

@@ -386,12 +386,15 @@ pub fn import(args: &ImportArgs) -> Result<Imported> {
             }
         })
         .collect();
+    // A single encoder's unused tensors were copied into both branches: report each once.
+    let mut seen = std::collections::BTreeSet::new();
     let skipped = result
         .unused
         .iter()
-        .map(|mapped| {
+        .filter_map(|mapped| {
             let from = origin.get(mapped).map_or(mapped.as_str(), |o| o.0.as_str());
-            (from.to_string(), why_unused(from, mapped).to_string())
+            seen.insert(from.to_string())
+                .then(|| (from.to_string(), why_unused(from, mapped).to_string()))
         })
         .collect();
     let mut meta = meta;
