@@ -394,7 +394,7 @@ pub fn run(args: &PretrainArgs, log: &mut dyn std::io::Write) -> Result<f64> {
                     writeln!(log, "starting from the weights of {}", init.display())?;
                     let frozen = config.freeze_prototypes;
                     MultimodalMsn {
-                        prototypes: model.prototypes.clone().set_require_grad(!frozen),
+                        prototypes: model.prototypes.set_require_grad(!frozen),
                         ..model
                     }
                 }

@@ -39,6 +39,16 @@ pub enum Names {
     Timm,
 }
 
+impl Names {
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Torchvision => "torchvision",
+            Self::Timm => "timm",
+        }
+    }
+}
+
 /// `cxr-msn export-torch` settings.
 #[derive(Args, Debug, Clone, Serialize)]
 pub struct ExportTorchArgs {
@@ -76,21 +86,10 @@ pub fn run(args: &ExportTorchArgs) -> Result<String> {
     let bytes = encoder_state_dict(&vit, args.names)
         .with_context(|| format!("cannot export the encoder of {}", args.model.display()))?;
     write_atomic(&args.out, &bytes)?;
-    let v = &meta.config.vit;
     Ok(format!(
-        "wrote {} ({} names): ViT width {}, depth {}, heads {}, patch {}, {} px, {} channel(s), \
-         MLP {}\n",
+        "wrote {} ({} names): {}\n",
         args.out.display(),
-        match args.names {
-            Names::Torchvision => "torchvision",
-            Names::Timm => "timm",
-        },
-        v.dim,
-        v.depth,
-        v.heads,
-        v.patch_size,
-        v.image_size,
-        v.channels,
-        v.mlp_ratio * v.dim
+        args.names.name(),
+        super::describe_vit(&meta.config.vit)
     ))
 }

@@ -299,11 +299,11 @@ pub fn import(args: &ImportArgs) -> Result<Imported> {
         )
     })?;
     let config = config_for(&arch, args, layout).with_context(|| format!("{}", path.display()))?;
-    let meta = ModelMeta::pretraining(config.clone());
+    let mut meta = ModelMeta::pretraining(config);
 
     // Position grids and the patch embedding, per branch.
-    let grid = config.vit.grid();
-    let fold = arch.channels == 3 && config.vit.channels == 1;
+    let grid = meta.config.vit.grid();
+    let fold = arch.channels == 3 && meta.config.vit.channels == 1;
     for branch in ["anchor_vit", "target_vit"] {
         let pos_name = format!("{branch}.pos_embed");
         if grid != arch.grid
@@ -342,7 +342,7 @@ pub fn import(args: &ImportArgs) -> Result<Imported> {
 
     let device = Device::flex();
     device.seed(0);
-    let mut model = config.init(&device)?;
+    let mut model = meta.config.init(&device)?;
     let adapter = ChainAdapter::new(PyTorchToBurnAdapter, FloatCastAdapter::to(DType::F32));
     let result = model.apply(tensors, None, Some(Box::new(adapter)), false);
     if !result.errors.is_empty() {
@@ -397,7 +397,6 @@ pub fn import(args: &ImportArgs) -> Result<Imported> {
                 .then(|| (from.to_string(), why_unused(from, mapped).to_string()))
         })
         .collect();
-    let mut meta = meta;
     let file_name = path.file_name().map_or_else(
         || path.display().to_string(),
         |n| n.to_string_lossy().into(),
@@ -446,24 +445,13 @@ pub fn run(args: &ImportArgs) -> Result<String> {
     let report = imported.report.to_string();
     let report_file = report_path(&args.out);
     write_atomic(&report_file, report.as_bytes())?;
-    let v = &imported.meta.config.vit;
+    let config = &imported.meta.config;
+    let ehr = config.ehr.as_ref().map_or("none", |e| e.feature_set.name());
     let first = report.lines().next().unwrap_or_default();
     Ok(format!(
-        "{first}\nmodel: ViT width {} depth {} heads {} patch {} at {} px, {} channel(s); \
-         profile {}; EHR {}\nwrote {} (report: {})\n",
-        v.dim,
-        v.depth,
-        v.heads,
-        v.patch_size,
-        v.image_size,
-        v.channels,
-        imported.meta.config.profile.name(),
-        imported
-            .meta
-            .config
-            .ehr
-            .as_ref()
-            .map_or("none".to_string(), |e| e.feature_set.name().to_string()),
+        "{first}\nmodel: {}; profile {}; EHR {ehr}\nwrote {} (report: {})\n",
+        super::describe_vit(&config.vit),
+        config.profile.name(),
         args.out.display(),
         report_file.display()
     ))

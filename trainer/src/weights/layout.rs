@@ -141,11 +141,10 @@ impl Layout {
         if any(&|n| n.contains("anchor_backbone.") && n.ends_with("class_token")) {
             return Some(Self::Lightning);
         }
-        let top = |n: &str| strip_wrappers(n).to_string();
-        if any(&|n| top(n) == "class_token" || top(n) == "conv_proj.weight") {
+        if any(&|n| matches!(strip_wrappers(n), "class_token" | "conv_proj.weight")) {
             return Some(Self::Torchvision);
         }
-        if any(&|n| top(n) == "patch_embed.proj.weight" || top(n) == "cls_token") {
+        if any(&|n| matches!(strip_wrappers(n), "patch_embed.proj.weight" | "cls_token")) {
             return Some(Self::Timm);
         }
         None
@@ -167,7 +166,7 @@ impl Layout {
 
     /// The renaming rules, in order. Single-encoder layouts land in `anchor_vit.`.
     pub fn rules(self) -> Vec<(&'static str, &'static str)> {
-        let mut rules: Vec<(&str, &str)> = match self {
+        match self {
             Self::Msn => vec![
                 (r"^encoder\.(?:module\.)?", "anchor_vit."),
                 (r"^target_encoder\.(?:module\.)?", "target_vit."),
@@ -200,9 +199,7 @@ impl Layout {
                 r"^(?:(?:model|state_dict|module)\.)*(cls_token$|pos_embed$|patch_embed\.|blocks\.|norm\.|head\.|fc_norm\.)",
                 "anchor_vit.$1",
             )],
-        };
-        rules.shrink_to_fit();
-        rules
+        }
     }
 
     /// [`Self::rules`] as burn-store's remapper.

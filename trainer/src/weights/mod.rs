@@ -17,3 +17,17 @@ pub mod export;
 pub mod import;
 pub mod layout;
 pub mod source;
+
+/// One line on the architecture of a model file, as import and export print it.
+fn describe_vit(v: &cxr_msn::config::VitConfig) -> String {
+    format!(
+        "ViT width {}, depth {}, heads {}, patch {}, MLP {}, at {} px, {} channel(s)",
+        v.dim,
+        v.depth,
+        v.heads,
+        v.patch_size,
+        v.mlp_ratio * v.dim,
+        v.image_size,
+        v.channels
+    )
+}

@@ -41,28 +41,16 @@ pub fn read_tensors(path: &Path) -> Result<Vec<PackTensor>> {
     let n = std::fs::File::open(path)
         .and_then(|mut f| f.read(&mut head))
         .with_context(|| format!("cannot read {}", path.display()))?;
-    let tensors: Vec<PackTensor> = match Container::sniff(&head[..n]) {
+    let tensors = match Container::sniff(&head[..n]) {
         Some(Container::Safetensors) => {
-            let mut store = SafetensorsStore::from_file(path);
-            store
-                .get_all_tensors()
-                .map_err(|e| anyhow::anyhow!("{e}"))
-                .with_context(|| format!("{}: not a readable safetensors file", path.display()))?
-                .values()
-                .cloned()
-                .collect()
+            all_tensors(SafetensorsStore::from_file(path), path, "safetensors file")?
         }
-        Some(Container::PyTorch) => {
-            // Indices stay as in the file (`mlp.3`, `layers.6`): the layouts name them.
-            let mut store = PytorchStore::from_file(path).map_indices_contiguous(false);
-            store
-                .get_all_tensors()
-                .map_err(|e| anyhow::anyhow!("{e}"))
-                .with_context(|| format!("{}: not a readable PyTorch checkpoint", path.display()))?
-                .values()
-                .cloned()
-                .collect()
-        }
+        // Indices stay as in the file (`mlp.3`, `layers.6`): the layouts name them.
+        Some(Container::PyTorch) => all_tensors(
+            PytorchStore::from_file(path).map_indices_contiguous(false),
+            path,
+            "PyTorch checkpoint",
+        )?,
         None => bail!(
             "{}: neither a PyTorch checkpoint (torch.save: zip or pickle) nor a safetensors \
              file",
@@ -73,6 +61,15 @@ pub fn read_tensors(path: &Path) -> Result<Vec<PackTensor>> {
         bail!("{}: the file holds no tensors", path.display());
     }
     Ok(tensors)
+}
+
+/// Every tensor a store holds, lazily, with the file named in the error.
+fn all_tensors<S: ModuleStore>(mut store: S, path: &Path, what: &str) -> Result<Vec<PackTensor>> {
+    let tensors = store
+        .get_all_tensors()
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("{}: not a readable {what}", path.display()))?;
+    Ok(tensors.values().cloned().collect())
 }
 
 #[cfg(test)]
