@@ -17,8 +17,7 @@ use cxr_msn::views::eval_view;
 use crate::data::Split;
 use crate::device::{DeviceArg, choose};
 use crate::files::write_atomic;
-use crate::images::file_decoder;
-use crate::loader::{Item, Loader, LoaderConfig, Views};
+use crate::loader::{Item, Loader};
 use crate::model_files;
 use crate::report::{HeadScores, score_heads, table, write_all};
 use crate::source::DataArgs;
@@ -66,13 +65,7 @@ pub fn score_items(
 ) -> Result<Scores> {
     let ehr_in = model.fused_head.as_ref().map(|h| h.fusion.ehr_in());
     let use_ehr = ehr_in.is_some_and(|n| items.iter().all(|i| i.ehr.len() == n));
-    let cfg = LoaderConfig::for_scoring(meta.normalization.clone(), threads);
-    let loader = Loader::new(
-        items,
-        Views::Eval,
-        cfg,
-        file_decoder(DecodeLimits::default()),
-    )?;
+    let loader = Loader::for_scoring(items, meta.normalization.clone(), threads)?;
     let (mut image, mut fused, mut embeddings) = (Vec::new(), Vec::new(), Vec::new());
     for batch in loader.epoch(0) {
         let batch = batch?;

@@ -4,11 +4,9 @@
 use anyhow::Result;
 use burn::tensor::Device;
 use cxr_msn::config::Normalization;
-use cxr_msn::decode::DecodeLimits;
 use cxr_msn::vit::VisionTransformer;
 
-use crate::images::file_decoder;
-use crate::loader::{Item, Loader, LoaderConfig, Views};
+use crate::loader::{Item, Loader};
 
 /// The encoder's [CLS] embedding of each item under the evaluation transform, `[N, D]`
 /// row-major, in the items' order; the encoder lives on `device`.
@@ -19,13 +17,7 @@ pub fn cls_features(
     threads: usize,
     device: &Device,
 ) -> Result<Vec<f32>> {
-    let cfg = LoaderConfig::for_scoring(normalization.clone(), threads);
-    let loader = Loader::new(
-        items,
-        Views::Eval,
-        cfg,
-        file_decoder(DecodeLimits::default()),
-    )?;
+    let loader = Loader::for_scoring(items, normalization.clone(), threads)?;
     let mut cls = Vec::new();
     for batch in loader.epoch(0) {
         let images = batch?.images.to_tensor(device);

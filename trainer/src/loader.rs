@@ -164,6 +164,21 @@ pub struct Loader {
 }
 
 impl Loader {
+    /// The loader scoring uses: the evaluation view of every item, in order, none dropped,
+    /// decoded from its file with the default limits.
+    pub fn for_scoring(
+        items: Vec<Item>,
+        normalization: Normalization,
+        threads: usize,
+    ) -> Result<Self> {
+        Self::new(
+            items,
+            Views::Eval,
+            LoaderConfig::for_scoring(normalization, threads),
+            crate::images::file_decoder(cxr_msn::decode::DecodeLimits::default()),
+        )
+    }
+
     /// A loader; `decode` reads one file (the project's decoder, or any other).
     pub fn new(
         items: Vec<Item>,
