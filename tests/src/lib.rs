@@ -51,3 +51,23 @@ where
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Writes the synthetic world of `count` images of `size` px drawn with `seed` into `out`
+/// (`cxr-msn synth`; the manifest is `out/manifest.csv`).
+///
+/// # Panics
+/// When the command fails, with its standard error.
+pub fn synth(out: &Path, count: usize, size: usize, seed: u64) {
+    let numbers = [count.to_string(), size.to_string(), seed.to_string()];
+    run_ok([
+        "synth".as_ref(),
+        "--count".as_ref(),
+        numbers[0].as_ref(),
+        "--size".as_ref(),
+        numbers[1].as_ref(),
+        "--seed".as_ref(),
+        numbers[2].as_ref(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ]);
+}

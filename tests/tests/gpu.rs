@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use cxr_msn_e2e::binary;
+use cxr_msn_e2e::{binary, synth};
 
 fn vulkan_available() -> bool {
     std::path::Path::new("/usr/share/vulkan/icd.d")
@@ -23,18 +23,7 @@ fn pretraining_runs_on_the_wgpu_adapter() {
         return;
     }
     let dir = std::env::temp_dir().join(format!("cxr-msn-gpu-{}", std::process::id()));
-    let synth = Command::new(binary())
-        .args([
-            "synth", "--count", "10", "--size", "64", "--seed", "2", "--out",
-        ])
-        .arg(dir.join("data"))
-        .output()
-        .unwrap();
-    assert!(
-        synth.status.success(),
-        "{}",
-        String::from_utf8_lossy(&synth.stderr)
-    );
+    synth(&dir.join("data"), 10, 64, 2);
     let out = Command::new(binary())
         .args([
             "pretrain", "--device", "gpu", "--ehr", "sex", "--depth", "1",

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use cxr_msn_e2e::{binary, run_ok};
+use cxr_msn_e2e::{binary, run_ok, synth};
 
 use burn::tensor::{Device, Tensor, TensorData};
 use cxr_msn::config::{EhrConfig, MsnConfig, VitPreset};
@@ -20,18 +20,7 @@ use cxr_msn_trainer::loader::{Loader, LoaderConfig, Views};
 #[test]
 fn synthetic_data_flows_through_the_loader_into_a_pretraining_step() {
     let dir = std::env::temp_dir().join(format!("cxr-msn-pipeline-{}", std::process::id()));
-    let out = Command::new(binary())
-        .args([
-            "synth", "--count", "12", "--size", "128", "--seed", "3", "--out",
-        ])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    synth(&dir, 12, 128, 3);
 
     let check = Command::new(binary())
         .args(["data", "--check-images", "--data"])
@@ -107,18 +96,7 @@ fn synthetic_data_flows_through_the_loader_into_a_pretraining_step() {
 #[test]
 fn pretraining_runs_saves_each_epoch_and_continues_where_it_stopped() {
     let dir = std::env::temp_dir().join(format!("cxr-msn-pretrain-{}", std::process::id()));
-    let synth = Command::new(binary())
-        .args([
-            "synth", "--count", "20", "--size", "96", "--seed", "5", "--out",
-        ])
-        .arg(dir.join("data"))
-        .output()
-        .unwrap();
-    assert!(
-        synth.status.success(),
-        "{}",
-        String::from_utf8_lossy(&synth.stderr)
-    );
+    synth(&dir.join("data"), 20, 96, 5);
     let run = dir.join("run");
     let pretrain_into = |run: &std::path::Path, extra: &[&str]| {
         let out = Command::new(binary())

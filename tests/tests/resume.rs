@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cxr_msn_e2e::{binary, run_ok};
+use cxr_msn_e2e::{binary, run_ok, synth};
 
 const EPOCHS: &str = "3";
 
@@ -77,15 +77,7 @@ fn tensors(file: &Path) -> Vec<(String, Vec<u8>)> {
 fn killed_and_interrupted_runs_resume_exactly() {
     let dir = tempfile_dir("resume");
     let world = dir.join("data");
-    run_ok(
-        [
-            "synth", "--count", "20", "--size", "96", "--seed", "5", "--out",
-        ]
-        .map(Into::into)
-        .into_iter()
-        .chain([world.into_os_string()])
-        .collect::<Vec<std::ffi::OsString>>(),
-    );
+    synth(&world, 20, 96, 5);
     let data = dir.join("data/manifest.csv");
 
     // The reference: one uninterrupted run (16 training images, 4 steps per epoch).

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cxr_msn_e2e::{binary, run_ok};
+use cxr_msn_e2e::{binary, run_ok, synth};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -14,29 +14,29 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A temporary path as a command-line argument (the temporary folder's path is UTF-8).
+fn arg(path: &Path) -> &str {
+    path.to_str().expect("a UTF-8 temporary path")
+}
+
 #[test]
 fn imported_weights_pretrain_probe_and_export() {
     let dir = std::env::temp_dir().join(format!("cxr-msn-weights-{}", std::process::id()));
     std::fs::remove_dir_all(&dir).ok();
-    run_ok(
-        [
-            "synth", "--count", "16", "--size", "96", "--seed", "9", "--out",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([dir.join("data").display().to_string()]),
-    );
+    synth(&dir.join("data"), 16, 96, 9);
+    let data = dir.join("data/manifest.csv");
+    let checkpoint_file = fixture("cxr_ehr_msn.ckpt");
 
     let imported = dir.join("imported/model.safetensors");
     let out = run_ok([
-        "import".as_ref(),
-        fixture("cxr_ehr_msn.ckpt").as_os_str(),
-        "--ehr".as_ref(),
-        "demographic".as_ref(),
-        "--heads".as_ref(),
-        "2".as_ref(),
-        "--out".as_ref(),
-        imported.as_os_str(),
+        "import",
+        arg(&checkpoint_file),
+        "--ehr",
+        "demographic",
+        "--heads",
+        "2",
+        "--out",
+        arg(&imported),
     ]);
     assert!(out.contains("lightning layout"), "{out}");
     assert!(out.contains("EHR demographic"), "{out}");
@@ -47,17 +47,13 @@ fn imported_weights_pretrain_probe_and_export() {
         "{report}"
     );
     assert!(report.contains("grid 4x4 resized to 28x28"), "{report}");
-    let out = run_ok(["inspect".as_ref(), imported.as_os_str()]);
+    let out = run_ok(["inspect", arg(&imported)]);
     assert!(out.contains("pretraining"), "{out}");
 
     // A feature set the file's EHR layers do not have is refused before any training.
     let refused = Command::new(binary())
-        .args(["pretrain", "--ehr", "sex", "--init"])
-        .arg(&imported)
-        .arg("--data")
-        .arg(dir.join("data/manifest.csv"))
-        .arg("--out")
-        .arg(dir.join("refused"))
+        .args(["pretrain", "--ehr", "sex", "--init", arg(&imported)])
+        .args(["--data", arg(&data), "--out", arg(&dir.join("refused"))])
         .output()
         .unwrap();
     assert!(!refused.status.success());
@@ -65,71 +61,59 @@ fn imported_weights_pretrain_probe_and_export() {
     assert!(err.contains("EHR branch for demographic"), "{err}");
 
     let run = dir.join("run");
-    let out = run_ok(
-        [
-            "pretrain",
-            "--batch-size",
-            "4",
-            "--focal-views",
-            "1",
-            "--epochs",
-            "1",
-            "--threads",
-            "2",
-            "--device",
-            "cpu",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([
-            "--init".into(),
-            imported.display().to_string(),
-            "--data".into(),
-            dir.join("data/manifest.csv").display().to_string(),
-            "--out".into(),
-            run.display().to_string(),
-        ]),
-    );
+    let out = run_ok([
+        "pretrain",
+        "--batch-size",
+        "4",
+        "--focal-views",
+        "1",
+        "--epochs",
+        "1",
+        "--threads",
+        "2",
+        "--device",
+        "cpu",
+        "--init",
+        arg(&imported),
+        "--data",
+        arg(&data),
+        "--out",
+        arg(&run),
+    ]);
     assert!(out.contains("starting from the weights of"), "{out}");
     let checkpoint = run.join("checkpoint.safetensors");
-    let out = run_ok(["inspect".as_ref(), checkpoint.as_os_str()]);
+    let out = run_ok(["inspect", arg(&checkpoint)]);
     assert!(out.contains("demographic"), "{out}");
 
     // The imported, further pretrained encoder and its EHR layers go downstream as ours do.
-    let out = run_ok(
-        [
-            "probe",
-            "--epochs",
-            "1",
-            "--bootstrap",
-            "20",
-            "--threads",
-            "2",
-            "--device",
-            "cpu",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([
-            "--data".into(),
-            dir.join("data/manifest.csv").display().to_string(),
-            "--checkpoint".into(),
-            checkpoint.display().to_string(),
-            "--out".into(),
-            run.join("probe").display().to_string(),
-        ]),
-    );
+    let out = run_ok([
+        "probe",
+        "--epochs",
+        "1",
+        "--bootstrap",
+        "20",
+        "--threads",
+        "2",
+        "--device",
+        "cpu",
+        "--data",
+        arg(&data),
+        "--checkpoint",
+        arg(&checkpoint),
+        "--out",
+        arg(&run.join("probe")),
+    ]);
     assert!(out.contains("head image+ehr:"), "{out}");
     assert!(run.join("probe/classifier.safetensors").exists());
 
     let encoder = dir.join("encoder.safetensors");
     let out = run_ok([
-        "export-torch".as_ref(),
-        checkpoint.as_os_str(),
-        "--names".as_ref(),
-        "torchvision".as_ref(),
-        "--out".as_ref(),
-        encoder.as_os_str(),
+        "export-torch",
+        arg(&checkpoint),
+        "--names",
+        "torchvision",
+        "--out",
+        arg(&encoder),
     ]);
     assert!(out.contains("torchvision names"), "{out}");
     let bytes = std::fs::read(&encoder).unwrap();
