@@ -41,6 +41,27 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// Advice for an error caused by a full disk, a read-only file system or missing write
+/// permission (the first such cause in the chain), to print after the error itself.
+pub fn advice(err: &anyhow::Error) -> Option<&'static str> {
+    err.chain()
+        .filter_map(|cause| cause.downcast_ref::<io::Error>())
+        .find_map(|e| match e.kind() {
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => Some(
+                "the disk is full: free some space (or choose a folder on another disk) and run \
+                 the same command again; a training run continues from its last checkpoint",
+            ),
+            io::ErrorKind::ReadOnlyFilesystem => Some(
+                "that file system is mounted read-only: choose an output folder on a writable one",
+            ),
+            io::ErrorKind::PermissionDenied => Some(
+                "no permission to write there: choose an output folder you own, or fix its \
+                 permissions",
+            ),
+            _ => None,
+        })
+}
+
 /// Removes the temporary file when dropped, unless it was renamed into place.
 struct TempFile {
     path: PathBuf,
@@ -70,6 +91,20 @@ mod tests {
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
         let err = write_atomic(&dir.path().join("missing/b.txt"), b"x").unwrap_err();
         assert!(format!("{err:#}").contains("missing/b.txt"));
+    }
+
+    #[test]
+    fn disk_full_and_read_only_errors_come_with_advice() {
+        // ENOSPC and EROFS as the operating system reports them (Linux numbers).
+        let full = Err::<(), _>(io::Error::from_raw_os_error(28))
+            .context("cannot write run/checkpoint.safetensors")
+            .unwrap_err();
+        assert!(advice(&full).unwrap().contains("disk is full"));
+        let read_only = Err::<(), _>(io::Error::from_raw_os_error(30))
+            .context("cannot create run")
+            .unwrap_err();
+        assert!(advice(&read_only).unwrap().contains("read-only"));
+        assert!(advice(&anyhow::anyhow!("a bad row")).is_none());
     }
 
     #[test]

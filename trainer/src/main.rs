@@ -194,6 +194,9 @@ fn main() -> ExitCode {
         Err(e) => {
             // The whole chain of causes on one line: what failed, in which file, and why.
             eprintln!("error: {e:#}");
+            if let Some(advice) = cxr_msn_trainer::files::advice(&e) {
+                eprintln!("hint: {advice}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -43,12 +43,14 @@ use serde::{Deserialize, Serialize};
 use crate::data::Split;
 use crate::device::{DeviceArg, choose};
 use crate::files::write_atomic;
+use crate::finite;
 use crate::images::file_decoder;
 use crate::interrupt;
 use crate::loader::{Batch, Loader, LoaderConfig, Views};
 use crate::model_files;
 use crate::progress::Progress as ProgressLine;
 use crate::run_files::{self, StepRecord};
+use crate::run_lock::RunLock;
 use crate::schedule::{Progress, clip_global_norm, decay, learning_rate, weight_decay};
 use crate::source::DataArgs;
 
@@ -292,6 +294,11 @@ fn read_values(t: Tensor<1>) -> Result<Vec<f64>> {
         .collect())
 }
 
+/// What to try after a loss, gradient or weight became NaN or infinite.
+const NON_FINITE_ADVICE: &str = "Training diverged: lower the learning rate ([optim] peak_lr in \
+    --config), clip the gradients ([optim] clip_grad_norm) or use a larger batch, and \
+    start again in a new --out folder (--init with the last checkpoint keeps its weights)";
+
 /// The exact-resume file of `kind` ("model" or "optimizer") after `steps_done` steps.
 /// Named by step, so that a stop between writing it and `state.json` never pairs a state
 /// with the wrong step.
@@ -321,6 +328,7 @@ pub fn run(args: &PretrainArgs, log: &mut dyn std::io::Write) -> Result<f64> {
     }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let _lock = RunLock::acquire(&args.out)?;
     let data = args.source.load()?;
     let features = config.ehr.as_ref().map(|e| e.feature_set.clone());
     let split = if data.records_in(Split::Train).next().is_some() {
@@ -507,12 +515,22 @@ pub fn run(args: &PretrainArgs, log: &mut dyn std::io::Write) -> Result<f64> {
                 ))?;
                 if !values[0].is_finite() {
                     bail!(
-                        "the loss became {} at step {step}; the last good checkpoint is {}",
+                        "the loss became {} at step {step}; nothing was saved from this step \
+                         on and {}. {NON_FINITE_ADVICE}",
                         values[0],
-                        checkpoint.display()
+                        last_checkpoint(&checkpoint)
                     );
                 }
                 let mut grads = GradientsParams::from_grads(loss.total.backward(), &model);
+                if !finite::gradients_finite(&model, &grads) {
+                    bail!(
+                        "the gradients became NaN or infinite at step {step} (loss {:.4}); the \
+                         update was not applied, nothing was saved from this step on and {}. \
+                         {NON_FINITE_ADVICE}",
+                        values[0],
+                        last_checkpoint(&checkpoint)
+                    );
+                }
                 let norm = o
                     .clip_grad_norm
                     .map(|max| clip_global_norm(&model, &mut grads, max));
@@ -569,6 +587,13 @@ pub fn run(args: &PretrainArgs, log: &mut dyn std::io::Write) -> Result<f64> {
                 || last_save.elapsed().as_secs_f64() >= args.save_every_minutes * 60.0;
             if epoch_done || interrupted || due {
                 metrics.flush()?;
+                if !finite::weights_finite(&model) {
+                    bail!(
+                        "the weights became NaN or infinite in step {step}; they were not saved \
+                         and {}. {NON_FINITE_ADVICE}",
+                        last_checkpoint(&checkpoint)
+                    );
+                }
                 state.epochs_done = state.steps_done / steps_per_epoch;
                 let moments = optim
                     .into_bytes()
@@ -697,6 +722,15 @@ impl Saver<'_> {
 }
 
 /// An error for a panic inside a training step: out-of-memory gets the batch size to try.
+/// What is left to continue from: "the last checkpoint, X, is intact" or that there is none.
+fn last_checkpoint(checkpoint: &Path) -> String {
+    if checkpoint.exists() {
+        format!("the last checkpoint, {}, is intact", checkpoint.display())
+    } else {
+        "no checkpoint had been written yet".to_string()
+    }
+}
+
 fn explain_panic(
     panic: &(dyn std::any::Any + Send),
     step: usize,
@@ -717,11 +751,7 @@ fn explain_panic(
     ]
     .iter()
     .any(|k| lower.contains(k));
-    let kept = if checkpoint.exists() {
-        format!("the last checkpoint, {}, is intact", checkpoint.display())
-    } else {
-        "no checkpoint had been written yet".to_string()
-    };
+    let kept = last_checkpoint(checkpoint);
     if oom {
         anyhow::anyhow!(
             "the device ran out of memory at step {step} with batches of {batch_size} images; \
