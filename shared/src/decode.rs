@@ -124,6 +124,8 @@ impl fmt::Display for ImageFormat {
 /// few hundred bytes can declare 100000 x 100000 pixels).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecodeLimits {
+    /// Smallest accepted width or height, in pixels.
+    pub min_side: usize,
     /// Largest accepted width or height, in pixels.
     pub max_side: usize,
     /// Largest accepted `width * height`, in pixels.
@@ -135,8 +137,13 @@ impl Default for DecodeLimits {
     /// radiograph (detectors reach about 4300 x 4300). At the limit the grey result alone
     /// takes 256 MiB of `f32`, and decoding needs a few times that, so a caller with less
     /// memory (a browser tab) may want smaller limits.
+    ///
+    /// The smallest side accepted is 16 pixels, one ViT patch: anything smaller cannot be a
+    /// radiograph (a thumbnail, a tracking pixel, a mislabelled icon) and would only be
+    /// blown up into a uniform grey view.
     fn default() -> Self {
         Self {
+            min_side: 16,
             max_side: 16384,
             max_pixels: 64 << 20,
         }
@@ -153,6 +160,14 @@ impl DecodeLimits {
                 format,
                 width,
                 height,
+            });
+        }
+        if width < self.min_side as u64 || height < self.min_side as u64 {
+            return Err(DecodeError::TooSmall {
+                format,
+                width,
+                height,
+                min_side: self.min_side,
             });
         }
         let pixels = width.saturating_mul(height);
@@ -341,16 +356,25 @@ mod tests {
     #[test]
     fn limits_refuse_zero_and_oversized() {
         let limits = DecodeLimits {
+            min_side: 2,
             max_side: 100,
             max_pixels: 5000,
         };
         assert!(limits.check(ImageFormat::Png, 100, 50).is_ok());
+        assert!(limits.check(ImageFormat::Png, 2, 2).is_ok());
+        let err = limits.check(ImageFormat::Png, 1, 30).unwrap_err();
+        assert!(matches!(err, DecodeError::TooSmall { .. }));
+        assert_eq!(
+            err.to_string(),
+            "PNG image is 1x30 pixels, too small to be a radiograph: expected at least 2 \
+             pixels a side"
+        );
         assert!(matches!(
             limits.check(ImageFormat::Png, 0, 5),
             Err(DecodeError::ZeroSize { .. })
         ));
         assert!(matches!(
-            limits.check(ImageFormat::Png, 101, 1),
+            limits.check(ImageFormat::Png, 101, 2),
             Err(DecodeError::TooLarge { .. })
         ));
         assert!(matches!(
@@ -358,6 +382,7 @@ mod tests {
             Err(DecodeError::TooLarge { .. })
         ));
         let unlimited = DecodeLimits {
+            min_side: 1,
             max_side: usize::MAX,
             max_pixels: usize::MAX,
         };

@@ -114,15 +114,22 @@ pub enum CheckpointError {
         /// Kind asked for.
         expected: String,
     },
-    /// The stored configuration is invalid.
-    #[error("model file configuration is invalid: {0}")]
-    Config(#[from] ConfigError),
+    /// The stored configuration is invalid. (Not an error `source`: the message already
+    /// holds it, and chains printed with `{:#}` would say it twice.)
+    #[error("in the model file: {0}")]
+    Config(ConfigError),
     /// The weights do not fit the architecture in the metadata.
     #[error("model file weights do not match the architecture: {0}")]
     Weights(String),
     /// Writing failed (a tensor could not be read back from the device).
     #[error("could not serialise the model: {0}")]
     Write(String),
+}
+
+impl From<ConfigError> for CheckpointError {
+    fn from(e: ConfigError) -> Self {
+        Self::Config(e)
+    }
 }
 
 /// Image bytes that cannot be turned into a [`crate::image::GreyImage`]
@@ -198,6 +205,21 @@ pub enum DecodeError {
         width: u64,
         /// Declared height in pixels.
         height: u64,
+    },
+    /// A width or height below [`DecodeLimits::min_side`](crate::decode::DecodeLimits).
+    #[error(
+        "{format} image is {width}x{height} pixels, too small to be a radiograph: expected at \
+         least {min_side} pixels a side"
+    )]
+    TooSmall {
+        /// The format that was being read.
+        format: crate::decode::ImageFormat,
+        /// Width in pixels.
+        width: u64,
+        /// Height in pixels.
+        height: u64,
+        /// The smallest side accepted.
+        min_side: usize,
     },
     /// A DICOM file without the Pixel Data element (e.g. a structured report).
     #[error(

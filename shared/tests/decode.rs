@@ -32,8 +32,16 @@ fn reference(name: &str) -> Vec<f32> {
         .collect()
 }
 
+/// Decodes with the default limits, except that the tiny hand-made images of these tests
+/// are accepted (the smallest side is tested in `images_smaller_than_a_patch_are_refused`).
 fn decode_default(bytes: &[u8]) -> Result<Decoded, DecodeError> {
-    decode(bytes, &DecodeLimits::default())
+    decode(
+        bytes,
+        &DecodeLimits {
+            min_side: 1,
+            ..DecodeLimits::default()
+        },
+    )
 }
 
 fn sex_name(sex: Option<Sex>) -> Option<&'static str> {
@@ -402,6 +410,46 @@ fn one_pixel_images_decode() {
 }
 
 #[test]
+fn images_smaller_than_a_patch_are_refused() {
+    let limits = DecodeLimits::default();
+    let dicom = decode(&read(&data_dir().join("dicom/g_1x1.dcm")), &limits).unwrap_err();
+    assert!(
+        dicom
+            .to_string()
+            .starts_with("DICOM image is 1x1 pixels, too small to be a radiograph"),
+        "{dicom}"
+    );
+    let grey = vec![7u8; 16 * 15];
+    let png = png_bytes(
+        16,
+        15,
+        png::ColorType::Grayscale,
+        png::BitDepth::Eight,
+        &grey,
+        None,
+    );
+    assert!(matches!(
+        decode(&png, &limits),
+        Err(DecodeError::TooSmall {
+            width: 16,
+            height: 15,
+            min_side: 16,
+            ..
+        })
+    ));
+    let grey = vec![7u8; 16 * 16];
+    let png = png_bytes(
+        16,
+        16,
+        png::ColorType::Grayscale,
+        png::BitDepth::Eight,
+        &grey,
+        None,
+    );
+    assert!(decode(&png, &limits).is_ok());
+}
+
+#[test]
 fn empty_and_text_inputs_are_refused_with_a_description() {
     assert_eq!(decode_default(&[]), Err(DecodeError::Empty));
     let err = decode_default(b"patient_id,age,sex\n1,64,F\n").unwrap_err();
@@ -506,6 +554,7 @@ fn jpeg_declaring_a_huge_frame_is_refused() {
 fn smaller_limits_apply() {
     let bytes = read(&data_dir().join("samples/person1951_bacteria_4882.jpeg"));
     let limits = DecodeLimits {
+        min_side: 1,
         max_side: 1000,
         max_pixels: 1 << 30,
     };
@@ -514,6 +563,7 @@ fn smaller_limits_apply() {
         Err(DecodeError::TooLarge { width: 1016, .. })
     ));
     let limits = DecodeLimits {
+        min_side: 1,
         max_side: 4096,
         max_pixels: 100_000,
     };

@@ -217,6 +217,10 @@ pub struct PredictArgs {
     /// or the wgpu adapter whatever it is (gpu).
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceArg,
+    /// Score the readable images and list the unreadable ones, but succeed. Without it the
+    /// readable images are still scored and written, and the command fails at the end.
+    #[arg(long)]
+    pub skip_bad_images: bool,
 }
 
 fn image_files(input: &Path) -> Result<Vec<PathBuf>> {
@@ -275,11 +279,18 @@ pub fn run_predict(args: &PredictArgs) -> Result<String> {
     csv.push('\n');
     let files = image_files(&args.input)?;
     let mut fused_count = 0;
+    let mut unreadable = Vec::new();
     for file in &files {
-        let bytes =
-            std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-        let decoded = decode(&bytes, &DecodeLimits::default())
-            .with_context(|| format!("{}", file.display()))?;
+        let decoded = match std::fs::read(file)
+            .context("cannot read the file")
+            .and_then(|bytes| Ok(decode(&bytes, &DecodeLimits::default())?))
+        {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                unreadable.push(format!("{}: {e:#}", file.display()));
+                continue;
+            }
+        };
         let mut ehr = given.clone();
         if let Some(tags) = &decoded.dicom {
             ehr.sex = ehr.sex.or(tags.sex);
@@ -310,10 +321,31 @@ pub fn run_predict(args: &PredictArgs) -> Result<String> {
         }
         csv.push('\n');
     }
-    write_atomic(&args.out, csv.as_bytes())?;
-    Ok(format!(
-        "scored {} images ({fused_count} with EHR) into {}\n",
+    let scored = files.len() - unreadable.len();
+    let mut report = String::new();
+    if scored > 0 {
+        write_atomic(&args.out, csv.as_bytes())?;
+        report = format!(
+            "scored {scored} images ({fused_count} with EHR) into {}\n",
+            args.out.display()
+        );
+    }
+    if unreadable.is_empty() {
+        return Ok(report);
+    }
+    let list = format!(
+        "{} of {} files could not be read:\n  {}",
+        unreadable.len(),
         files.len(),
-        args.out.display()
-    ))
+        unreadable.join("\n  ")
+    );
+    if args.skip_bad_images && scored > 0 {
+        return Ok(format!("{report}skipped {list}\n"));
+    }
+    let hint = if scored > 0 {
+        " (the others were scored; --skip-bad-images makes this a success)"
+    } else {
+        ""
+    };
+    bail!("{report}{list}{hint}")
 }

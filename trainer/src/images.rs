@@ -65,7 +65,7 @@ mod tests {
     fn unreadable_images_are_dropped_counted_and_named() {
         use crate::data::{OnBadRow, manifest};
         let dir = tempfile::tempdir().unwrap();
-        let img = GreyImage::new(4, 4, vec![0.2; 16]).unwrap();
+        let img = GreyImage::new(16, 16, vec![0.2; 256]).unwrap();
         std::fs::write(
             dir.path().join("a.png"),
             crate::synthetic::encode_png(&img).unwrap(),
@@ -91,7 +91,7 @@ mod tests {
     fn failures_name_the_file_and_the_problem() {
         let dir = tempfile::tempdir().unwrap();
         let good = dir.path().join("good.png");
-        let img = GreyImage::new(4, 3, vec![0.5; 12]).unwrap();
+        let img = GreyImage::new(20, 16, vec![0.5; 320]).unwrap();
         std::fs::write(&good, crate::synthetic::encode_png(&img).unwrap()).unwrap();
         let text = dir.path().join("notes.jpg");
         std::fs::write(&text, "not an image").unwrap();
@@ -103,7 +103,7 @@ mod tests {
         assert!(failures[0].1.contains("notes.jpg"), "{}", failures[0].1);
         assert!(failures[1].1.contains("cannot read") && failures[1].1.contains("missing.png"));
         let back = decode_file(&good, &DecodeLimits::default()).unwrap();
-        assert_eq!((back.width, back.height), (4, 3));
+        assert_eq!((back.width, back.height), (20, 16));
         assert!((back.pixels[0] - 128.0 / 255.0).abs() < 1e-6);
     }
 }

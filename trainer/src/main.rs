@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use cxr_msn::checkpoint::read_meta;
+use cxr_msn::checkpoint::{ModelKind, load_classifier, load_pretraining, read_meta};
 use cxr_msn::config::ViewConfig;
 use cxr_msn::config::{MsnConfig, Profile, VitConfig, VitPreset};
 use cxr_msn::decode::DecodeLimits;
@@ -50,7 +50,8 @@ enum Command {
     ///
     /// Example: cxr-msn info
     Info,
-    /// Print what a model file holds: kind, architecture, profile, EHR features, labels.
+    /// Print what a model file holds: kind, architecture, profile, EHR features, labels
+    /// (after checking that its weights fit the architecture it declares).
     ///
     /// Example: cxr-msn inspect runs/tiny/model.safetensors
     Inspect {
@@ -212,6 +213,14 @@ fn run(command: Command) -> Result<()> {
             let bytes =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let meta = read_meta(&bytes).with_context(|| format!("{}", file.display()))?;
+            // The weights must fit the architecture the metadata declares (loading is lazy:
+            // a file that declares a huge model over small weights allocates nothing).
+            let device = burn::tensor::Device::flex();
+            let weights = match meta.kind {
+                ModelKind::Classifier => load_classifier(&bytes, &device).map(drop),
+                ModelKind::Pretraining => load_pretraining(&bytes, &device).map(drop),
+            };
+            weights.with_context(|| format!("{}", file.display()))?;
             println!("{}", file.display());
             print!("{meta}");
             Ok(())

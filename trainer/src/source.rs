@@ -126,8 +126,10 @@ impl DataArgs {
     pub fn load(&self) -> Result<Dataset> {
         self.load_inner().with_context(|| {
             format!(
-                "cannot read the {:?} dataset at {}",
-                self.format,
+                "cannot read the {} dataset at {}",
+                self.format
+                    .to_possible_value()
+                    .map_or_else(String::new, |v| v.get_name().to_string()),
                 self.data.display()
             )
         })

@@ -512,7 +512,11 @@ mod tests {
             0xFF, 0xD8, 0xFF, 0xC0, 0x00, 0x0E, 8, 0, 1, 0, 1, 2, 1, 0x11, 0, 2, 0x11, 0, 0xFF,
             0xD9,
         ];
-        let err = decode_jpeg(&jpeg, &DecodeLimits::default(), ImageFormat::Jpeg, None);
+        let limits = DecodeLimits {
+            min_side: 1,
+            ..DecodeLimits::default()
+        };
+        let err = decode_jpeg(&jpeg, &limits, ImageFormat::Jpeg, None);
         assert!(
             matches!(err, Err(DecodeError::Unsupported { .. })),
             "{err:?}"

@@ -12,7 +12,7 @@ use rand::rngs::StdRng;
 
 fuzz_target!(|data: &[u8]| {
     // Small limits keep each run fast; the limit checks themselves are part of the target.
-    let limits = DecodeLimits { max_side: 2048, max_pixels: 1 << 20 };
+    let limits = DecodeLimits { min_side: 16, max_side: 2048, max_pixels: 1 << 20 };
     let Ok(decoded) = decode(data, &limits) else { return };
     let image = decoded.image;
     assert!(image.width > 0 && image.height > 0);

@@ -16,6 +16,25 @@ pub enum DataError {
         /// What the system said.
         source: std::io::Error,
     },
+    /// The file holds no bytes at all.
+    #[error("{}: the file is empty; expected a CSV table with a header row", path.display())]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The text is not UTF-8 (a spreadsheet's "Unicode" export is UTF-16).
+    #[error(
+        "{}: {found}; save it as UTF-8 (in a spreadsheet: CSV UTF-8)",
+        path.display()
+    )]
+    Encoding {
+        /// The file.
+        path: PathBuf,
+        /// The row (header = 1), when one row is at fault rather than the whole file.
+        row: Option<usize>,
+        /// What was found instead, with the row.
+        found: String,
+    },
     /// A file the loader needs is not there.
     #[error("{what} not found: looked for {}", list_paths(candidates))]
     NotFound {
@@ -111,7 +130,10 @@ impl DataError {
             Self::BadValue { field, .. } => Some(format!("bad value in '{field}'")),
             Self::FieldCount { .. } => Some("wrong number of fields".to_string()),
             Self::Malformed { .. } => Some("malformed row".to_string()),
+            Self::Encoding { row: Some(_), .. } => Some("not UTF-8".to_string()),
             Self::Io { .. }
+            | Self::Empty { .. }
+            | Self::Encoding { row: None, .. }
             | Self::NotFound { .. }
             | Self::MissingColumns { .. }
             | Self::MissingLabels { .. } => None,

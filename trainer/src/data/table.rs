@@ -179,7 +179,25 @@ impl Table {
         path: &Path,
         columns: impl FnOnce(Vec<String>) -> Vec<String>,
     ) -> Result<Self, DataError> {
-        let input = open_maybe_gzip(path)?;
+        let mut input = BufReader::new(open_maybe_gzip(path)?);
+        let head = input.fill_buf().map_err(|e| DataError::io(path, e))?;
+        if head.is_empty() {
+            return Err(DataError::Empty {
+                path: path.to_path_buf(),
+            });
+        }
+        if let Some(found) = not_utf8(head) {
+            return Err(DataError::Encoding {
+                path: path.to_path_buf(),
+                row: None,
+                found: found.to_string(),
+            });
+        }
+        // A UTF-8 byte-order mark (spreadsheets write one) is not part of the first name.
+        if head.starts_with(UTF8_BOM) {
+            input.consume(UTF8_BOM.len());
+        }
+        let input: Box<dyn Read> = Box::new(input);
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(true)
             .flexible(true)
@@ -330,10 +348,41 @@ impl Table {
 }
 
 /// Turns a CSV reader error about `row` into a [`DataError`].
+/// The UTF-8 byte-order mark.
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// What the start of a file says about an encoding other than UTF-8, if anything: a UTF-16
+/// or UTF-32 byte-order mark, or the zero bytes between ASCII letters of UTF-16 text.
+fn not_utf8(head: &[u8]) -> Option<&'static str> {
+    if head.starts_with(b"\xFF\xFE\0\0") || head.starts_with(b"\0\0\xFE\xFF") {
+        return Some("the file is UTF-32 text (it starts with a UTF-32 byte-order mark)");
+    }
+    if head.starts_with(b"\xFF\xFE") || head.starts_with(b"\xFE\xFF") {
+        return Some("the file is UTF-16 text (it starts with a UTF-16 byte-order mark)");
+    }
+    let sample = &head[..head.len().min(64)];
+    let zeros = sample.iter().filter(|&&b| b == 0).count();
+    if sample.len() >= 8 && zeros * 4 >= sample.len() {
+        return Some("the file looks like UTF-16 text (every other byte is zero)");
+    }
+    None
+}
+
 fn csv_error(path: &Path, row: usize, error: csv::Error) -> DataError {
     let message = error.to_string();
     match error.into_kind() {
         csv::ErrorKind::Io(e) => DataError::io(path, e),
+        csv::ErrorKind::Utf8 { pos, err } => DataError::Encoding {
+            path: path.to_path_buf(),
+            row: Some(row),
+            found: format!(
+                "row {row}{} is not UTF-8 text (a byte at position {} of the field cannot \
+                 start or continue a UTF-8 character; Latin-1 or Windows-1252 text?)",
+                pos.map(|_| format!(", field {}", err.field() + 1))
+                    .unwrap_or_default(),
+                err.valid_up_to()
+            ),
+        },
         _ => DataError::Malformed {
             path: path.to_path_buf(),
             row,
@@ -423,8 +472,8 @@ pub(crate) mod tests {
         );
         let err = table.require_one_of(&["P", "Q"]).unwrap_err().to_string();
         assert!(err.contains("'P' or 'Q'"), "{err}");
-        let empty = write(dir.path(), "empty.csv", "");
-        let err = Table::open(&empty)
+        let blank = write(dir.path(), "blank.csv", "\n");
+        let err = Table::open(&blank)
             .unwrap()
             .require(&["a"])
             .unwrap_err()
@@ -438,9 +487,44 @@ pub(crate) mod tests {
         let path = dir.path().join("t.csv");
         std::fs::write(&path, b"a,b\n1,2\n\xff,3\n").unwrap();
         let err = rows(&path, OnBadRow::Fail).unwrap_err().to_string();
-        assert!(err.contains("t.csv: row 3:"), "{err}");
+        assert!(
+            err.contains("t.csv: row 3, field 1 is not UTF-8 text")
+                && err.contains("save it as UTF-8"),
+            "{err}"
+        );
         let (kept, pass) = rows(&path, OnBadRow::Skip).unwrap();
-        assert_eq!((kept.len(), pass.skipped["malformed row"]), (1, 1));
+        assert_eq!((kept.len(), pass.skipped["not UTF-8"]), (1, 1));
+
+        // A spreadsheet's "Unicode text": UTF-16 with or without a byte-order mark.
+        let utf16: Vec<u8> = "a,b\n1,2\n"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        for (name, bytes, says) in [
+            (
+                "bom.csv",
+                [&[0xFF, 0xFE][..], &utf16].concat(),
+                "UTF-16 byte-order mark",
+            ),
+            ("plain.csv", utf16.clone(), "every other byte is zero"),
+        ] {
+            std::fs::write(dir.path().join(name), bytes).unwrap();
+            let err = Table::open(&dir.path().join(name))
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(
+                err.contains(says) && err.contains("save it as UTF-8"),
+                "{err}"
+            );
+        }
+        std::fs::write(dir.path().join("empty.csv"), b"").unwrap();
+        let err = Table::open(&dir.path().join("empty.csv")).err().unwrap();
+        assert!(
+            err.to_string()
+                .ends_with("empty.csv: the file is empty; expected a CSV table with a header row"),
+            "{err}"
+        );
 
         let dup = write(dir.path(), "d.csv", "a,b,a\n");
         let err = Table::open(&dup).err().unwrap().to_string();
