@@ -243,9 +243,19 @@ function resultCard(name, info, prediction, pixels, ms) {
       const p = probs[i];
       const above = threshold != null && p >= threshold;
       td.className = above ? "bar above" : "bar";
-      td.innerHTML = `<span class="fill" style="width:${(100 * p).toFixed(1)}%"></span>` +
-        (threshold != null ? `<span class="mark" style="left:${(100 * threshold).toFixed(1)}%" title="operating point ${pct(threshold)}"></span>` : "") +
-        `<span class="value">${pct(p)}${above ? " ▲" : ""}</span>`;
+      // Widths are set through the style object: the page's Content-Security-Policy
+      // refuses inline style attributes.
+      const span = (cls, text = "") => Object.assign(document.createElement("span"), { className: cls, textContent: text });
+      const fill = span("fill");
+      fill.style.width = `${(100 * p).toFixed(1)}%`;
+      td.append(fill);
+      if (threshold != null) {
+        const mark = span("mark");
+        mark.style.left = `${(100 * threshold).toFixed(1)}%`;
+        mark.title = `operating point ${pct(threshold)}`;
+        td.append(mark);
+      }
+      td.append(span("value", `${pct(p)}${above ? " ▲" : ""}`));
       td.setAttribute("aria-label", `${label}: ${pct(p)}${threshold != null ? `, operating point ${pct(threshold)}${above ? ", above it" : ""}` : ""}`);
       tr.append(td);
     }

@@ -8,7 +8,10 @@
 // model file refused, the CPU path forced, WebGPU on Chromium's software adapter (chosen
 // only when asked for; `auto` keeps the CPU), the custom element in another page, the
 // browser's scores equal to `cxr-msn predict` on the same files, and that no request
-// leaves the page's origin. Screenshots go to SCREENSHOTS (default ./screenshots).
+// leaves the page's origin. Then the hardening checks: the bad-input corpus
+// (../bad-inputs), no image data in URLs, storage, cookies or the console, a strict
+// Content-Security-Policy that nothing on any page violated, and no request for anything but
+// the site's own files. Screenshots go to SCREENSHOTS (default ./screenshots).
 
 import { createServer } from "node:http";
 import { execFileSync } from "node:child_process";
@@ -75,9 +78,21 @@ function assert(cond, message) {
   if (!cond) throw new Error(message);
 }
 
-// Every request of a page must stay on the origin (data: and blob: are local).
+// Every request of a page must stay on the origin (data: and blob: are local). Every
+// watched page also reports Content-Security-Policy violations and keeps its console.
+const violations = [];
+const consoleLines = [];
 function watchRequests(page, sink) {
   page.on("request", (r) => sink.push(r.url()));
+  if (page.__watched) return;
+  page.__watched = true;
+  page.on("console", (m) => {
+    const text = m.text();
+    if (text.startsWith("csp-violation ")) violations.push(text);
+    else consoleLines.push(text);
+  });
+  page.addInitScript(() => document.addEventListener("securitypolicyviolation", (e) =>
+    console.log(`csp-violation ${e.violatedDirective} ${e.blockedURI} ${e.sourceFile}:${e.lineNumber}`)));
 }
 function offOrigin(urls) {
   return urls.filter((u) => !u.startsWith(origin) && !u.startsWith("data:") && !u.startsWith("blob:"));
@@ -255,9 +270,88 @@ await check("phone width: no horizontal scrolling", async () => {
   await page.close();
 });
 
-await check("no request left the page's origin", async () => {
+await check("the bad-input corpus: every broken image and model file gets its message, the good ones are scored", async () => {
+  const corpus = resolve(here, "../bad-inputs");
+  const cases = JSON.parse(readFileSync(join(corpus, "cases.json"), "utf8"));
+  const images = cases.filter((c) => c.kind === "image");
+  const page = await browser.newPage({ viewport: { width: 1100, height: 1400 } });
+  watchRequests(page, allUrls);
+  await page.goto(`${origin}/index.html?notice=0&backend=cpu`);
+  await ready(page);
+  await page.setInputFiles("#image-file", images.map((c) => join(corpus, c.file)));
+  const shown = await cards(page, images.length);
+  const wrong = [];
+  images.forEach((c, i) => {
+    const card = shown[i];
+    const name = c.file.split("/").pop();
+    if (c.expect === "ok") {
+      if (card.error || !card.text.includes(name)) wrong.push(`${c.file}: expected a result, got ${card.text}`);
+    } else if (!card.error || !card.text.startsWith(`${name}: `) || !card.text.includes(c.expect)) {
+      wrong.push(`${c.file} (${c.note}): expected '${c.expect}', got ${card.text.slice(0, 300)}`);
+    }
+  });
+  assert(wrong.length === 0, wrong.join("\n"));
+  await page.screenshot({ path: join(shots, "8-bad-inputs.png"), fullPage: true });
+  for (const c of cases.filter((c) => c.kind === "model")) {
+    const name = c.file.split("/").pop();
+    await page.setInputFiles("#model-file", join(corpus, c.file));
+    await page.waitForFunction((n) => document.getElementById("model-status").textContent.includes(`${n} cannot be used`), name);
+    const status = await page.textContent("#model-status");
+    assert(status.includes(c.expect), `${c.file} (${c.note}): expected '${c.expect}', got ${status}`);
+  }
+  await page.close();
+});
+
+await check("privacy: no image data in URLs, storage, cookies or the console; only the model is cached", async () => {
+  const page = await browser.newPage();
+  watchRequests(page, allUrls);
+  await page.goto(`${origin}/index.html?notice=0&backend=cpu`);
+  await ready(page);
+  const dicom = join(dist, "samples/rg1-adult-pa.dcm");
+  await page.setInputFiles("#image-file", dicom);
+  await cards(page, 1);
+  const kept = await page.evaluate(async () => {
+    const cached = [];
+    for (const name of await caches.keys()) {
+      for (const req of await (await caches.open(name)).keys()) cached.push(`${name} ${req.url}`);
+    }
+    return {
+      href: location.href,
+      local: Object.entries(localStorage),
+      session: Object.entries(sessionStorage),
+      cookie: document.cookie,
+      databases: (await indexedDB.databases()).map((d) => d.name),
+      cached,
+    };
+  });
+  assert(!/data|base64|blob/i.test(kept.href), `the address holds data: ${kept.href}`);
+  assert(kept.local.length === 0 && kept.session.length === 0 && kept.cookie === "" && kept.databases.length === 0,
+    `stored: ${JSON.stringify(kept)}`);
+  assert(kept.cached.length >= 1 && kept.cached.every((c) => /\/model\.safetensors$/.test(c)),
+    `cached beyond the model: ${kept.cached.join(", ")}`);
+  const leaks = consoleLines.filter((l) => l.length > 2000 || /data:image|base64|DICM|rg1-adult/.test(l));
+  assert(leaks.length === 0, `console lines with image data: ${leaks.map((l) => l.slice(0, 120)).join(" | ")}`);
+  await page.close();
+});
+
+await check("Content-Security-Policy: strict, and nothing on any page broke it", async () => {
+  const html = readFileSync(join(dist, "index.html"), "utf8");
+  const policy = (html.match(/<meta http-equiv="Content-Security-Policy" content="([^"]+)"/) || [])[1];
+  assert(policy, "index.html has a Content-Security-Policy");
+  assert(/default-src 'none'/.test(policy) && !/unsafe-inline|unsafe-eval'|\*/.test(policy.replace("'wasm-unsafe-eval'", "")),
+    `not strict: ${policy}`);
+  assert(violations.length === 0, `violations: ${violations.join(" | ")}`);
+});
+
+await check("no request left the page's origin, and each was one of the site's own files", async () => {
   const away = offOrigin(allUrls);
   assert(allUrls.length > 10 && away.length === 0, `requests elsewhere: ${away.join(", ")}`);
+  const local = allUrls.filter((u) => u.startsWith(origin)).map((u) => new URL(u));
+  const unknown = local.filter((u) => u.pathname !== "/course.html" &&
+    !existsSync(join(dist, decodeURIComponent(u.pathname.endsWith("/") ? u.pathname + "index.html" : u.pathname))));
+  assert(unknown.length === 0, `requests for files the site does not have: ${unknown.map((u) => u.pathname).join(", ")}`);
+  const long = local.filter((u) => u.href.length > 300);
+  assert(long.length === 0, `a URL long enough to carry data: ${long.map((u) => u.href.slice(0, 100)).join(", ")}`);
 });
 
 await browser.close();
