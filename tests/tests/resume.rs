@@ -396,12 +396,11 @@ fn a_diverging_run_stops_before_a_non_finite_weight_is_saved() {
 /// Runs `script` with `sh` in a private mount namespace (so it can mount small or read-only
 /// file systems), with `$BIN` set to the trainer.
 fn in_mount_namespace(script: &str) -> std::process::Output {
-    let out = Command::new("unshare")
+    Command::new("unshare")
         .args(["--mount", "--map-root-user", "sh", "-euc", script])
         .env("BIN", binary())
         .output()
-        .expect("util-linux `unshare` runs (apt-get install util-linux)");
-    out
+        .expect("util-linux `unshare` runs (apt-get install util-linux)")
 }
 
 #[test]

@@ -8,7 +8,10 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let path = put("CheXpert-v1.0-small/train.csv", data);
     check_both(|on_bad_row| {
-        let options = ChexpertOptions { on_bad_row, ..ChexpertOptions::default() };
+        let options = ChexpertOptions {
+            on_bad_row,
+            ..ChexpertOptions::default()
+        };
         chexpert::load(&path, &options)
     });
     if let Ok(mut dataset) = chexpert::load(&path, &ChexpertOptions::default()) {

@@ -13,7 +13,12 @@ fuzz_target!(|data: &[u8]| {
     let ehr = put("mimic/ehr.csv", files[2]);
     let image_root = labels.parent().expect("a folder").to_path_buf();
     for ehr in [None, Some(ehr)] {
-        let files = MimicCxrFiles { image_root: image_root.clone(), labels: labels.clone(), split: split.clone(), ehr };
+        let files = MimicCxrFiles {
+            image_root: image_root.clone(),
+            labels: labels.clone(),
+            split: split.clone(),
+            ehr,
+        };
         check_both(|on_bad| mimic::load(&files, on_bad));
     }
 });

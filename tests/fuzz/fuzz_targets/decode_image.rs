@@ -12,16 +12,30 @@ use rand::rngs::StdRng;
 
 fuzz_target!(|data: &[u8]| {
     // Small limits keep each run fast; the limit checks themselves are part of the target.
-    let limits = DecodeLimits { min_side: 16, max_side: 2048, max_pixels: 1 << 20 };
-    let Ok(decoded) = decode(data, &limits) else { return };
+    let limits = DecodeLimits {
+        min_side: 16,
+        max_side: 2048,
+        max_pixels: 1 << 20,
+    };
+    let Ok(decoded) = decode(data, &limits) else {
+        return;
+    };
     let image = decoded.image;
     assert!(image.width > 0 && image.height > 0);
     assert!(image.width <= limits.max_side && image.height <= limits.max_side);
     assert_eq!(image.pixels.len(), image.width * image.height);
-    assert!(image.pixels.iter().all(|v| (0.0..=1.0).contains(v)), "intensities in [0, 1]");
+    assert!(
+        image.pixels.iter().all(|v| (0.0..=1.0).contains(v)),
+        "intensities in [0, 1]"
+    );
     let small = resize_shorter_side(&image, 40);
     let view = eval_view(&small);
-    let views = ViewConfig { large_size: 32, focal_size: 16, focal_views: 2, ..ViewConfig::default() };
+    let views = ViewConfig {
+        large_size: 32,
+        focal_size: 16,
+        focal_views: 2,
+        ..ViewConfig::default()
+    };
     let mut rng = StdRng::seed_from_u64(data.len() as u64);
     let drawn = msn_views(&image, &views, &mut rng);
     let norm = Normalization::imagenet(1);

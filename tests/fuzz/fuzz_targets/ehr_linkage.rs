@@ -32,11 +32,19 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(r.rows_read, r.kept + r.dropped_total());
         let out = scratch().join("link/ehr.csv");
         write_csv(&linkage.images, &out).expect("the linkage CSV is written");
-        let (read, pass) = read_csv(&out, OnBadRow::Fail).expect("a written linkage CSV reads back");
+        let (read, pass) =
+            read_csv(&out, OnBadRow::Fail).expect("a written linkage CSV reads back");
         assert_eq!(pass.rows, linkage.images.len());
         for image in &linkage.images {
-            let back = read.get(&image.dicom_id).expect("every linked image reads back");
-            assert_eq!(back, &image.ehr(), "the EHR facts of {} survive the CSV", image.dicom_id);
+            let back = read
+                .get(&image.dicom_id)
+                .expect("every linked image reads back");
+            assert_eq!(
+                back,
+                &image.ehr(),
+                "the EHR facts of {} survive the CSV",
+                image.dicom_id
+            );
         }
     }
 });

@@ -15,8 +15,12 @@ pub fn scratch() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
         let shm = Path::new("/dev/shm");
-        let builder = tempfile::Builder::new().prefix("cxr-msn-fuzz-").tempdir_in(shm);
-        builder.or_else(|_| tempfile::tempdir()).expect("a scratch folder")
+        let builder = tempfile::Builder::new()
+            .prefix("cxr-msn-fuzz-")
+            .tempdir_in(shm);
+        builder
+            .or_else(|_| tempfile::tempdir())
+            .expect("a scratch folder")
     })
     .path()
 }
@@ -62,7 +66,10 @@ pub fn check_both(load: impl Fn(OnBadRow) -> Result<Dataset, DataError>) {
         }
     }
     if let (Ok(strict), Ok(lenient)) = (&strict, &lenient) {
-        assert_eq!(strict, lenient, "no bad rows, so skipping must change nothing");
+        assert_eq!(
+            strict, lenient,
+            "no bad rows, so skipping must change nothing"
+        );
     }
 }
 
@@ -70,9 +77,17 @@ pub fn check_both(load: impl Fn(OnBadRow) -> Result<Dataset, DataError>) {
 pub fn check_dataset(data: &Dataset) {
     let r = &data.report;
     assert_eq!(r.kept, data.records.len(), "kept = records");
-    assert_eq!(r.rows_read, r.kept + r.dropped_total(), "rows read = kept + dropped");
+    assert_eq!(
+        r.rows_read,
+        r.kept + r.dropped_total(),
+        "rows read = kept + dropped"
+    );
     for record in &data.records {
-        assert_eq!(record.labels.len(), data.label_names.len(), "one label per name");
+        assert_eq!(
+            record.labels.len(),
+            data.label_names.len(),
+            "one label per name"
+        );
     }
 }
 
@@ -80,6 +95,10 @@ pub fn check_dataset(data: &Dataset) {
 pub fn check_message(e: &DataError) {
     let text = e.to_string();
     assert!(!text.trim().is_empty(), "an empty error message");
-    assert!(text.contains(scratch().to_str().unwrap_or("")) || text.contains(".csv") || text.contains(".txt"),
-        "the message names no file: {text}");
+    assert!(
+        text.contains(scratch().to_str().unwrap_or(""))
+            || text.contains(".csv")
+            || text.contains(".txt"),
+        "the message names no file: {text}"
+    );
 }
