@@ -353,7 +353,7 @@ fn runs_killed_at_random_moments_lose_nothing_committed_and_end_like_an_uninterr
 }
 
 #[test]
-fn a_diverging_run_stops_before_a_non_finite_weight_is_saved() {
+fn diverging_runs_stop_before_a_non_finite_weight_is_saved() {
     let dir = tempfile_dir("diverge");
     synth(&dir.join("data"), 20, 96, 5);
     // Warm-up from a sane learning rate to an absurd one: step 0 trains normally, step 1
@@ -389,6 +389,33 @@ fn a_diverging_run_stops_before_a_non_finite_weight_is_saved() {
             _ => true,
         };
         assert!(finite, "{name} holds a non-finite value");
+    }
+
+    // Probing and fine-tuning that diverge stop too, and write no classifier.
+    for command in ["probe", "finetune"] {
+        let out_dir = dir.join(command);
+        let out = Command::new(binary())
+            .args([
+                command, "--device", "cpu", "--epochs", "1", "--lr", "1e39", "--data",
+            ])
+            .arg(dir.join("data/manifest.csv"))
+            .arg("--checkpoint")
+            .arg(run.join("checkpoint.safetensors"))
+            .arg("--out")
+            .arg(&out_dir)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success()
+                && text.contains("diverged")
+                && text.contains("nothing was written"),
+            "{command}: {text}"
+        );
+        assert!(
+            !out_dir.join("classifier.safetensors").exists(),
+            "{command}"
+        );
     }
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -10,7 +10,7 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Tensor, TensorData};
@@ -114,6 +114,12 @@ pub fn run(args: &FinetuneArgs) -> Result<String> {
             }
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(lr, model, grads);
+        }
+        if !crate::finite::weights_finite(&model) {
+            bail!(
+                "fine-tuning diverged in epoch {epoch} (the weights became NaN or infinite); \
+                 nothing was written. Lower the learning rate (--lr)"
+            );
         }
         let current: Classifier = model.valid();
         let scores = score_items(

@@ -17,7 +17,7 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::activation::{sigmoid, softplus};
@@ -180,6 +180,12 @@ fn train_head(
             };
         }
         let scores = probabilities(head.logits(val, &all_val, d, e, &device))?;
+        if scores.iter().any(|p| !p.is_finite()) {
+            bail!(
+                "the head diverged in epoch {epoch} (its scores became NaN or infinite); \
+                 nothing was written. Lower the learning rate (--lr)"
+            );
+        }
         let auc = evaluate(&scores, &val.targets, labels)
             .macro_auroc
             .unwrap_or(f64::NAN);
