@@ -10,8 +10,18 @@ use clap::{Args, Subcommand};
 use cxr_msn::config::{Normalization, ViewConfig};
 use cxr_msn::decode::DecodeLimits;
 
+use burn::optim::AdamWConfig;
+use burn::tensor::{Device, Distribution, Tensor};
+use cxr_msn::config::{MsnConfig, Profile, VitConfig, VitPreset};
+use cxr_msn::ehr::FeatureSet;
+use cxr_msn::msn::{AnchorGroup, MsnBatch};
+use cxr_msn::rand::SeedableRng;
+use cxr_msn::rand::rngs::StdRng;
+
+use crate::device::{DeviceArg, choose};
 use crate::images::file_decoder;
 use crate::loader::{Loader, LoaderConfig, Views};
+use crate::pretrain::{StepSchedule, train_step};
 use crate::source::DataArgs;
 
 /// What to measure.
@@ -22,6 +32,224 @@ pub enum BenchTarget {
     ///
     /// Example: cxr-msn bench loader --data data/synth/manifest.csv --images 512
     Loader(LoaderBench),
+    /// One pretraining step (masks, forward, loss, backward, AdamW, EMA) on random views,
+    /// timed over repetitions after a warm-up; `scripts/bench` sets PyTorch beside it.
+    ///
+    /// Example: cxr-msn bench step --preset tiny --batch-size 8 --ehr demographic
+    Step(StepBench),
+    /// Encoder inference ([CLS] features of 224 px images) without gradients.
+    ///
+    /// Example: cxr-msn bench infer --preset small --batch-size 32
+    Infer(InferBench),
+}
+
+/// Settings of the training-step benchmark.
+#[derive(Args, Debug, Clone)]
+pub struct StepBench {
+    /// ViT size: tiny, tiny-3h, small, base.
+    #[arg(long, default_value = "tiny")]
+    preset: String,
+    /// Recipe: `paper` or `msn`.
+    #[arg(long, default_value = "paper")]
+    profile: String,
+    /// EHR feature set, or `none` for vanilla MSN.
+    #[arg(long, default_value = "demographic")]
+    ehr: String,
+    /// Images per batch (each: a 224 px target, a 224 px anchor and the focal views).
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Focal views per image.
+    #[arg(long, default_value_t = 10)]
+    focal_views: usize,
+    /// Timed repetitions after the warm-up (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Untimed steps first (the first compiles kernels on a GPU).
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Where it runs.
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceArg,
+    /// Print one JSON object instead of the table (for scripts/bench).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Settings of the inference benchmark.
+#[derive(Args, Debug, Clone)]
+pub struct InferBench {
+    /// ViT size: tiny, tiny-3h, small, base.
+    #[arg(long, default_value = "tiny")]
+    preset: String,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 1)]
+    batch_size: usize,
+    /// Timed repetitions after the warm-up (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    repeats: usize,
+    /// Untimed passes first.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Where it runs.
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceArg,
+    /// Print one JSON object instead of the table (for scripts/bench).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Median, minimum and maximum of timings, and the process's peak memory so far.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Timing {
+    /// What was measured.
+    pub what: String,
+    /// The device, in words.
+    pub device: String,
+    /// Median seconds.
+    pub median_s: f64,
+    /// Fastest repetition.
+    pub min_s: f64,
+    /// Slowest repetition.
+    pub max_s: f64,
+    /// Repetitions timed.
+    pub repeats: usize,
+    /// Peak resident memory of the process in MiB (Linux `VmHWM`; `None` elsewhere).
+    pub peak_rss_mib: Option<f64>,
+}
+
+impl Timing {
+    fn new(what: String, device: String, times: Vec<f64>) -> Self {
+        let repeats = times.len();
+        let (median_s, min_s, max_s) = median(times);
+        Self {
+            what,
+            device,
+            median_s,
+            min_s,
+            max_s,
+            repeats,
+            peak_rss_mib: peak_rss_mib(),
+        }
+    }
+
+    /// The JSON line or a one-line summary.
+    pub fn report(&self, json: bool) -> String {
+        if json {
+            return serde_json::to_string(self).unwrap_or_default() + "\n";
+        }
+        format!(
+            "{}: {:.4} s median of {} ({:.4}-{:.4}) on {}; peak memory {}\n",
+            self.what,
+            self.median_s,
+            self.repeats,
+            self.min_s,
+            self.max_s,
+            self.device,
+            self.peak_rss_mib
+                .map_or("unknown".to_string(), |m| format!("{m:.0} MiB"))
+        )
+    }
+}
+
+/// Peak resident set size of this process, from `/proc/self/status` (Linux).
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Random values of `shape` on `device`, uniform in [-1, 1) (normalised pixels).
+fn random(shape: [usize; 4], device: &Device) -> Tensor<4> {
+    Tensor::random(shape, Distribution::Uniform(-1.0, 1.0), device)
+}
+
+/// Times pretraining steps on random views.
+pub fn run_step(args: &StepBench) -> Result<Timing> {
+    let profile = Profile::from_name(&args.profile)?;
+    let preset = VitPreset::from_name(&args.preset)?;
+    let mut config = MsnConfig::for_profile(profile, preset);
+    if args.ehr != "none" {
+        config = config.with_ehr(FeatureSet::from_name(&args.ehr)?);
+    }
+    config.optim.batch_size = args.batch_size;
+    config.views.focal_views = args.focal_views;
+    config.validate()?;
+    let chosen = choose(args.device)?;
+    let device = chosen.device.autodiff();
+    device.seed(0);
+    let mut model = config.init(&device)?;
+    let mut optim = AdamWConfig::new()
+        .with_epsilon(1e-8)
+        .with_weight_decay(0.0)
+        .init();
+    let (b, c, v) = (args.batch_size, config.vit.channels, &config.views);
+    let ehr_in = config.ehr.as_ref().map(|e| e.feature_set.width());
+    let batch = || MsnBatch {
+        target: random([b, c, v.large_size, v.large_size], &device),
+        anchors: [(1, v.large_size), (v.focal_views, v.focal_size)]
+            .into_iter()
+            .filter(|(n, _)| *n > 0)
+            .map(|(n, size)| AnchorGroup {
+                images: random([n * b, c, size, size], &device),
+            })
+            .collect(),
+        ehr: ehr_in.map(|n| Tensor::random([b, n], Distribution::Uniform(0.0, 1.0), &device)),
+    };
+    let schedule = StepSchedule {
+        lr: config.optim.peak_lr,
+        weight_decay: config.optim.weight_decay_start,
+        momentum: config.ema.base_momentum,
+    };
+    let mut rng = StdRng::seed_from_u64(0);
+    let mut times = Vec::with_capacity(args.repeats);
+    for i in 0..args.warmup + args.repeats {
+        let batch = batch();
+        let start = Instant::now();
+        // The step reads the loss back, so the time includes the device's work.
+        model = match train_step(model, &mut optim, batch, &config, schedule, &mut rng)? {
+            Ok(done) => done.model,
+            Err(d) => bail!("the benchmark's step diverged: {d:?}"),
+        };
+        if i >= args.warmup {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    let what = format!(
+        "pretraining step, ViT-{} {} profile, EHR {}, batch {b} x (2 x {} px + {} x {} px)",
+        args.preset, args.profile, args.ehr, v.large_size, v.focal_views, v.focal_size
+    );
+    Ok(Timing::new(what, chosen.description, times))
+}
+
+/// Times encoder inference.
+pub fn run_infer(args: &InferBench) -> Result<Timing> {
+    let preset = VitPreset::from_name(&args.preset)?;
+    let vit = VitConfig::preset(preset, 3);
+    let chosen = choose(args.device)?;
+    let device = chosen.device;
+    device.seed(0);
+    let encoder = vit.init(&device);
+    let size = vit.image_size;
+    let mut times = Vec::with_capacity(args.repeats);
+    for i in 0..args.warmup + args.repeats {
+        let images = random([args.batch_size, 3, size, size], &device);
+        let start = Instant::now();
+        let features = encoder.forward(images, None);
+        // Reading the result back waits for the device.
+        features
+            .into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("cannot read the features back: {e:?}"))?;
+        if i >= args.warmup {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    let what = format!(
+        "inference, ViT-{} at {size} px, batch {}",
+        args.preset, args.batch_size
+    );
+    Ok(Timing::new(what, chosen.description, times))
 }
 
 /// Settings of the loader benchmark.
@@ -44,6 +272,9 @@ pub struct LoaderBench {
     /// Cache folder for the cached runs (default: a temporary folder, removed afterwards).
     #[arg(long)]
     cache: Option<PathBuf>,
+    /// Print a JSON array of the settings' timings instead of the table (for scripts/bench).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Seconds of each repetition of `epoch`.
@@ -123,6 +354,24 @@ pub fn run_loader(args: &LoaderBench) -> Result<String> {
         median(time_epochs(&loader, args.repeats)?),
     ));
 
+    if args.json {
+        let rows: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(name, (med, lo, hi))| {
+                serde_json::json!({
+                    "what": format!("loader, {name}"),
+                    "images": n,
+                    "median_s": med,
+                    "min_s": lo,
+                    "max_s": hi,
+                    "repeats": args.repeats,
+                    "device": format!("cxr-msn loader, {cores} cores"),
+                    "peak_rss_mib": peak_rss_mib(),
+                })
+            })
+            .collect();
+        return Ok(serde_json::to_string(&rows)? + "\n");
+    }
     let base = rows[0].1.0;
     let mut out = format!(
         "loader: {n} images x (2 at 224 px + {} at 96 px) per epoch, batch {}, {cores} cores\n",

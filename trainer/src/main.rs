@@ -333,10 +333,16 @@ fn run(command: Command) -> Result<()> {
             print!("{}", evaluate::run_predict(&args)?);
             Ok(())
         }
-        Command::Bench {
-            target: bench::BenchTarget::Loader(args),
-        } => {
-            print!("{}", bench::run_loader(&args)?);
+        Command::Bench { target } => {
+            match target {
+                bench::BenchTarget::Loader(args) => print!("{}", bench::run_loader(&args)?),
+                bench::BenchTarget::Step(args) => {
+                    print!("{}", bench::run_step(&args)?.report(args.json));
+                }
+                bench::BenchTarget::Infer(args) => {
+                    print!("{}", bench::run_infer(&args)?.report(args.json));
+                }
+            }
             Ok(())
         }
         Command::Ehr(args) => {

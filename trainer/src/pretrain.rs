@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::store::ModuleRecord;
 use burn::tensor::{Device, Tensor, TensorData};
 use clap::Args;
@@ -294,6 +294,91 @@ fn read_values(t: Tensor<1>) -> Result<Vec<f64>> {
         .collect())
 }
 
+/// The schedules' values at one step.
+#[derive(Debug, Clone, Copy)]
+pub struct StepSchedule {
+    /// Learning rate.
+    pub lr: f64,
+    /// Decoupled weight decay.
+    pub weight_decay: f64,
+    /// EMA momentum of the target.
+    pub momentum: f64,
+}
+
+/// What one pretraining step did.
+#[derive(Debug)]
+pub struct StepDone {
+    /// The model after the update (and the EMA update).
+    pub model: MultimodalMsn,
+    /// Total loss, cross-entropy, me-max and entropy terms, before the update.
+    pub values: [f64; 4],
+    /// The global gradient norm before clipping, when the profile clips.
+    pub grad_norm: Option<f64>,
+}
+
+/// Why a step was not applied.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Diverged {
+    /// The loss was NaN or infinite.
+    Loss(f64),
+    /// A gradient was NaN or infinite (the loss was this).
+    Gradients {
+        /// The (finite) loss of the step.
+        loss: f64,
+    },
+}
+
+/// One pretraining step as the profile defines it: EMA update (before the forward or after
+/// the optimiser step), masks, forward, loss (read back once), backward, the non-finite
+/// guards, clipping, decoupled weight decay, AdamW. `pretrain` and `bench step` share it.
+pub fn train_step(
+    mut model: MultimodalMsn,
+    optim: &mut ModuleOptimizer,
+    batch: MsnBatch,
+    config: &MsnConfig,
+    at: StepSchedule,
+    rng: &mut StdRng,
+) -> Result<Result<StepDone, Diverged>> {
+    let o = &config.optim;
+    if config.ema.timing == EmaTiming::BeforeForward {
+        model.ema_update(at.momentum);
+    }
+    let masks = model.sample_masks(&batch, config, rng);
+    let forward = model.forward_pretrain(batch, &masks, config);
+    let loss = model.loss(&forward, config);
+    // One read back from the device for the four numbers.
+    let read = read_values(Tensor::cat(
+        vec![
+            loss.total.clone().detach(),
+            loss.ce.clone().detach(),
+            loss.me_max.clone().detach(),
+            loss.entropy.clone().detach(),
+        ],
+        0,
+    ))?;
+    let values = [read[0], read[1], read[2], read[3]];
+    if !values[0].is_finite() {
+        return Ok(Err(Diverged::Loss(values[0])));
+    }
+    let mut grads = GradientsParams::from_grads(loss.total.backward(), &model);
+    if !finite::gradients_finite(&model, &grads) {
+        return Ok(Err(Diverged::Gradients { loss: values[0] }));
+    }
+    let grad_norm = o
+        .clip_grad_norm
+        .map(|max| clip_global_norm(&model, &mut grads, max));
+    model = decay(model, at.lr, at.weight_decay, o.decay_all_parameters);
+    model = optim.step(at.lr, model, grads);
+    if config.ema.timing == EmaTiming::AfterStep {
+        model.ema_update(at.momentum);
+    }
+    Ok(Ok(StepDone {
+        model,
+        values,
+        grad_norm,
+    }))
+}
+
 /// What to try after a loss, gradient or weight became NaN or infinite.
 const NON_FINITE_ADVICE: &str = "Training diverged: lower the learning rate ([optim] peak_lr in \
     --config), clip the gradients ([optim] clip_grad_norm) or use a larger batch, and \
@@ -496,52 +581,14 @@ pub fn run(args: &PretrainArgs, log: &mut dyn std::io::Write) -> Result<f64> {
             // A panic inside the backend (a GPU out of memory, above all) becomes an error
             // that says what to do; the last checkpoint is untouched either way.
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let mut model = model;
-                if config.ema.timing == EmaTiming::BeforeForward {
-                    model.ema_update(momentum);
-                }
-                let masks = model.sample_masks(&batch, &config, &mut rng);
-                let forward = model.forward_pretrain(batch, &masks, &config);
-                let loss = model.loss(&forward, &config);
-                // One read back from the device for the four numbers.
-                let values = read_values(Tensor::cat(
-                    vec![
-                        loss.total.clone().detach(),
-                        loss.ce.clone().detach(),
-                        loss.me_max.clone().detach(),
-                        loss.entropy.clone().detach(),
-                    ],
-                    0,
-                ))?;
-                if !values[0].is_finite() {
-                    bail!(
-                        "the loss became {} at step {step}; nothing was saved from this step \
-                         on and {}. {NON_FINITE_ADVICE}",
-                        values[0],
-                        last_checkpoint(&checkpoint)
-                    );
-                }
-                let mut grads = GradientsParams::from_grads(loss.total.backward(), &model);
-                if !finite::gradients_finite(&model, &grads) {
-                    bail!(
-                        "the gradients became NaN or infinite at step {step} (loss {:.4}); the \
-                         update was not applied, nothing was saved from this step on and {}. \
-                         {NON_FINITE_ADVICE}",
-                        values[0],
-                        last_checkpoint(&checkpoint)
-                    );
-                }
-                let norm = o
-                    .clip_grad_norm
-                    .map(|max| clip_global_norm(&model, &mut grads, max));
-                model = decay(model, lr, wd, o.decay_all_parameters);
-                model = optim.step(lr, model, grads);
-                if config.ema.timing == EmaTiming::AfterStep {
-                    model.ema_update(momentum);
-                }
-                Ok((model, values, norm))
+                let schedule = StepSchedule {
+                    lr,
+                    weight_decay: wd,
+                    momentum,
+                };
+                train_step(model, &mut optim, batch, &config, schedule, &mut rng)
             }));
-            let (trained, values, norm) = match outcome {
+            let done = match outcome {
                 Ok(result) => result?,
                 Err(panic) => {
                     return Err(explain_panic(
@@ -551,6 +598,20 @@ pub fn run(args: &PretrainArgs, log: &mut dyn std::io::Write) -> Result<f64> {
                         &checkpoint,
                     ));
                 }
+            };
+            let (trained, values, norm) = match done {
+                Ok(d) => (d.model, d.values, d.grad_norm),
+                Err(Diverged::Loss(loss)) => bail!(
+                    "the loss became {loss} at step {step}; nothing was saved from this step \
+                     on and {}. {NON_FINITE_ADVICE}",
+                    last_checkpoint(&checkpoint)
+                ),
+                Err(Diverged::Gradients { loss }) => bail!(
+                    "the gradients became NaN or infinite at step {step} (loss {loss:.4}); the \
+                     update was not applied, nothing was saved from this step on and {}. \
+                     {NON_FINITE_ADVICE}",
+                    last_checkpoint(&checkpoint)
+                ),
             };
             model = trained;
             state.steps_done += 1;

@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Runs cxr-msn's benchmarks and the PyTorch reference (reference.py) side by side on this
+machine and prints Markdown tables of the ratios (ours / PyTorch; below 1 means faster).
+Called by scripts/bench, which builds the release binary and installs the reference.
+
+Every figure is the median of the timed repetitions after a warm-up, in a fresh process
+for each measurement (so that peak memory is that measurement's), with ours and the
+reference measured alternately in the same run.
+"""
+
+import argparse
+import datetime
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def run(cmd):
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"{' '.join(map(str, cmd))} failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def cpu_name():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def fmt(t):
+    return f"{t['median_s']:.3f} ({t['min_s']:.3f}-{t['max_s']:.3f})"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--bin", required=True, help="the release cxr-msn binary")
+    p.add_argument("--python", default=sys.executable)
+    p.add_argument("--data", help="manifest CSV of images for the loader comparison")
+    p.add_argument("--device", default="cpu", help="cpu, or gpu (ours: wgpu; PyTorch: cuda)")
+    p.add_argument("--only", nargs="*", default=["step", "infer", "loader"])
+    p.add_argument("--step-batch", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=5)
+    a = p.parse_args()
+    ref = [a.python, str(HERE / "reference.py")]
+    torch_device = "cuda" if a.device == "gpu" else "cpu"
+    print(f"Machine: {cpu_name()}, {platform.machine()}, {platform.system()}; "
+          f"date {datetime.date.today()}; command: scripts/bench {' '.join(sys.argv[1:])}\n")
+
+    if "step" in a.only:
+        print("| pretraining step | ours (s) | PyTorch (s) | ours / PyTorch | peak MiB ours / PyTorch |")
+        print("|---|---|---|---|---|")
+        for preset, batch in [("tiny", a.step_batch)]:
+            args = ["--preset", preset, "--batch-size", str(batch), "--repeats", str(a.repeats)]
+            ours = run([a.bin, "bench", "step", *args, "--device", a.device, "--json"])
+            theirs = run([*ref, "step", *args, "--device", torch_device] + (["--amp"] if a.device == "gpu" else []))
+            print(f"| {ours['what']} | {fmt(ours)} | {fmt(theirs)} | **{ours['median_s'] / theirs['median_s']:.2f}** "
+                  f"| {ours['peak_rss_mib']:.0f} / {theirs['peak_rss_mib']:.0f} |")
+        print(f"\nours: {ours['device']}; PyTorch: {theirs['device']}\n")
+
+    if "infer" in a.only:
+        print("| inference | ours (s) | PyTorch (s) | ours / PyTorch | peak MiB ours / PyTorch |")
+        print("|---|---|---|---|---|")
+        for preset in ["tiny", "small"]:
+            for batch in [1, 32]:
+                args = ["--preset", preset, "--batch-size", str(batch), "--repeats", str(a.repeats * 2)]
+                ours = run([a.bin, "bench", "infer", *args, "--device", a.device, "--json"])
+                theirs = run([*ref, "infer", *args, "--device", torch_device] + (["--amp"] if a.device == "gpu" else []))
+                print(f"| {ours['what']} | {fmt(ours)} | {fmt(theirs)} | **{ours['median_s'] / theirs['median_s']:.2f}** "
+                      f"| {ours['peak_rss_mib']:.0f} / {theirs['peak_rss_mib']:.0f} |")
+        print(f"\nours: {ours['device']}; PyTorch: {theirs['device']}\n")
+
+    if "loader" in a.only and a.data:
+        args = ["--data", a.data, "--count", "16", "--batch-size", "8", "--repeats", str(a.repeats)]
+        ours = {r["what"].split(", ", 1)[1]: r for r in run([a.bin, "bench", "loader", *args, "--json"])}
+        theirs = {r["what"].split(", ", 1)[1]: r for r in run([*ref, "loader", *args])}
+        print("| data pipeline (decode + 2 x 224 + 10 x 96 views) | ours (s/epoch) | PIL + torchvision (s/epoch) | PIL / ours (speed-up) |")
+        print("|---|---|---|---|")
+        for mine, ref_name in [("1 thread, decode every time", "1 thread"), ("all cores, decode every time", "all cores"),
+                               ("all cores, cache warm", "all cores")]:
+            o, t = ours[mine], theirs[ref_name]
+            print(f"| {mine} vs {ref_name} | {fmt(o)} | {fmt(t)} | **{t['median_s'] / o['median_s']:.2f}x** |")
+        print(f"\n{o['images']} images per epoch; ours: {o['device']}; reference: {t['device']}\n")
+
+
+if __name__ == "__main__":
+    main()
