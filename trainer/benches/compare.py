@@ -36,6 +36,15 @@ def cpu_name():
     return platform.processor() or "unknown CPU"
 
 
+def gpu_name():
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+        return out.stdout.strip() or "no NVIDIA GPU"
+    except (OSError, subprocess.TimeoutExpired):
+        return "no NVIDIA GPU"
+
+
 def fmt(t):
     return f"{t['median_s']:.3f} ({t['min_s']:.3f}-{t['max_s']:.3f})"
 
@@ -52,7 +61,8 @@ def main():
     a = p.parse_args()
     ref = [a.python, str(HERE / "reference.py")]
     torch_device = "cuda" if a.device == "gpu" else "cpu"
-    print(f"Machine: {cpu_name()}, {platform.machine()}, {platform.system()}; "
+    card = f"; GPU: {gpu_name()}" if a.device == "gpu" else ""
+    print(f"Machine: {cpu_name()}, {platform.machine()}, {platform.system()}{card}; "
           f"date {datetime.date.today()}; command: scripts/bench {' '.join(sys.argv[1:])}\n")
 
     if "step" in a.only:
