@@ -1,8 +1,11 @@
 // Size and speed of the page, for BENCHMARKS.md: bytes on first load (raw and gzip), time
 // to the first prediction, and inference time per image on each backend Chromium offers
-// here (the CPU in WebAssembly; WebGPU on SwiftShader, a software adapter).
+// here (the CPU in WebAssembly; WebGPU on SwiftShader, a software adapter). With ORT_MODEL
+// (an .onnx file) and ORT_DIR (onnxruntime-web's dist/), ONNX Runtime Web runs that model
+// in the same browser in the same run, on its wasm backend (one thread, like ours).
 //
 //   DIST=../../dist node bench.mjs
+//   scripts/bench-browser      (exports the page's own model to ONNX, installs onnxruntime-web)
 
 import { createServer } from "node:http";
 import { readFileSync, existsSync, statSync } from "node:fs";
@@ -12,10 +15,23 @@ import { chromium } from "playwright-core";
 
 const here = new URL(".", import.meta.url).pathname;
 const dist = resolve(process.env.DIST || join(here, "../../dist"));
-const TYPES = { ".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".wasm": "application/wasm", ".json": "application/json" };
+const TYPES = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css", ".wasm": "application/wasm", ".json": "application/json" };
+const ortModel = process.env.ORT_MODEL;
+const ortDir = process.env.ORT_DIR && resolve(process.env.ORT_DIR);
+const ORT_PAGE = `<!DOCTYPE html><html><head><meta charset="utf-8"><script src="/ort/ort.min.js"></script></head><body></body></html>`;
 const served = [];
 const server = createServer((req, res) => {
   const path = decodeURIComponent(new URL(req.url, "http://x").pathname);
+  if (ortModel && path === "/ort.html") {
+    res.writeHead(200, { "Content-Type": "text/html" });
+    return res.end(ORT_PAGE);
+  }
+  if (ortModel && (path === "/ort-model.onnx" || path.startsWith("/ort/"))) {
+    const file = path === "/ort-model.onnx" ? ortModel : join(ortDir, path.slice(5));
+    if (!existsSync(file)) { res.writeHead(404); return res.end(); }
+    res.writeHead(200, { "Content-Type": TYPES[extname(file)] || "application/octet-stream" });
+    return res.end(readFileSync(file));
+  }
   const file = join(dist, path.endsWith("/") ? path + "index.html" : path);
   if (!file.startsWith(dist) || !existsSync(file) || !statSync(file).isFile()) {
     res.writeHead(404);
@@ -61,6 +77,28 @@ const cpu = await timing("cpu", 6);
 const gpu = await timing("webgpu", 3);
 const backendName = await page.evaluate(() => window.cxrMsn.backend());
 
+// ONNX Runtime Web on the same model, in the same browser.
+let ort = null;
+if (ortModel) {
+  const ortPage = await browser.newPage();
+  await ortPage.goto(`${origin}/ort.html`);
+  ort = await ortPage.evaluate(async () => {
+    const o = window.ort;
+    o.env.wasm.wasmPaths = "/ort/";
+    o.env.wasm.numThreads = 1;
+    const session = await o.InferenceSession.create("/ort-model.onnx", { executionProviders: ["wasm"] });
+    const input = new o.Tensor("float32", Float32Array.from({ length: 3 * 224 * 224 }, () => Math.random() * 2 - 1), [1, 3, 224, 224]);
+    const times = [];
+    for (let i = 0; i < 6; i++) {
+      const t = performance.now();
+      await session.run({ images: input });
+      times.push(performance.now() - t);
+    }
+    return { times, version: o.env.versions?.web || "?" };
+  });
+  await ortPage.close();
+}
+
 console.log("first load (cold cache):");
 for (const f of served.filter((f) => !f.path.startsWith("/samples"))) {
   console.log(`  ${f.path.padEnd(40)} ${(f.raw / 1e6).toFixed(2)} MB raw, ${(f.gzip / 1e6).toFixed(2)} MB gzip`);
@@ -69,5 +107,11 @@ console.log(`  total (with the sample)                 ${(total.raw / 1e6).toFix
 console.log(`time to the first prediction: ${(firstPrediction / 1000).toFixed(1)} s`);
 console.log(`inference per image, CPU (wasm): median ${median(cpu.slice(1)).toFixed(0)} ms of ${cpu.length - 1} (first ${cpu[0].toFixed(0)} ms)`);
 console.log(`inference per image, ${backendName}: median ${median(gpu.slice(1)).toFixed(0)} ms of ${gpu.length - 1} (first ${gpu[0].toFixed(0)} ms)`);
+if (ort) {
+  const mine = median(cpu.slice(1));
+  const theirs = median(ort.times.slice(1));
+  console.log(`ONNX Runtime Web ${ort.version} (wasm, 1 thread), the same model: median ${theirs.toFixed(0)} ms of ${ort.times.length - 1} (first ${ort.times[0].toFixed(0)} ms)`);
+  console.log(`ours / ONNX Runtime Web (CPU): ${(mine / theirs).toFixed(2)} (ours includes decoding the JPEG, the views and both heads; ORT runs the encoder on a ready tensor)`);
+}
 await browser.close();
 server.close();

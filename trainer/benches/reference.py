@@ -222,6 +222,25 @@ def loader(args):
     print(json.dumps(results))
 
 
+def onnx(args):
+    """The encoder of a cxr-msn model, exported by `cxr-msn export-torch --names timm`, as
+    timm's VisionTransformer and then ONNX: ONNX Runtime Web runs the very model the page
+    runs."""
+    import timm.models.vision_transformer as vt
+    from safetensors.torch import load_file
+
+    state = load_file(args.weights)
+    dim = state["cls_token"].shape[-1]
+    depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
+    model = vt.VisionTransformer(img_size=224, patch_size=16, embed_dim=dim, depth=depth,
+                                 num_heads=args.heads, num_classes=0).eval()
+    model.load_state_dict(state)
+    torch.onnx.export(model, (torch.rand(1, 3, 224, 224),), args.out, dynamo=False,
+                      input_names=["images"], output_names=["features"], opset_version=17,
+                      dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}})
+    print(json.dumps({"onnx": args.out, "dim": dim, "depth": depth, "heads": args.heads}))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -247,8 +266,12 @@ def main():
     l.add_argument("--batch-size", type=int, default=32)
     l.add_argument("--focal-views", type=int, default=10)
     l.add_argument("--repeats", type=int, default=3)
+    o = sub.add_parser("onnx")
+    o.add_argument("--weights", required=True, help="safetensors from cxr-msn export-torch --names timm")
+    o.add_argument("--heads", type=int, required=True)
+    o.add_argument("--out", required=True)
     args = p.parse_args()
-    {"step": step, "infer": infer, "loader": loader}[args.command](args)
+    {"step": step, "infer": infer, "loader": loader, "onnx": onnx}[args.command](args)
 
 
 if __name__ == "__main__":
