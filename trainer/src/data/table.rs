@@ -347,7 +347,6 @@ impl Table {
     }
 }
 
-/// Turns a CSV reader error about `row` into a [`DataError`].
 /// The UTF-8 byte-order mark.
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
@@ -368,6 +367,7 @@ fn not_utf8(head: &[u8]) -> Option<&'static str> {
     None
 }
 
+/// Turns a CSV reader error about `row` into a [`DataError`].
 fn csv_error(path: &Path, row: usize, error: csv::Error) -> DataError {
     let message = error.to_string();
     match error.into_kind() {
