@@ -64,13 +64,20 @@ pub struct StepBench {
     /// Timed repetitions after the warm-up (the median is reported).
     #[arg(long, default_value_t = 5)]
     repeats: usize,
-    /// Untimed steps first (the first compiles kernels on a GPU).
+    #[command(flatten)]
+    pub run: RunSettings,
+}
+
+/// How a timed benchmark runs and reports.
+#[derive(Args, Debug, Clone)]
+pub struct RunSettings {
+    /// Untimed runs first (the first compiles kernels on a GPU).
     #[arg(long, default_value_t = 2)]
     warmup: usize,
     /// Where it runs.
     #[arg(long, value_enum, default_value = "cpu")]
     device: DeviceArg,
-    /// Print one JSON object instead of the table (for scripts/bench).
+    /// Print one JSON object instead of a line (for scripts/bench).
     #[arg(long)]
     pub json: bool,
 }
@@ -87,15 +94,8 @@ pub struct InferBench {
     /// Timed repetitions after the warm-up (the median is reported).
     #[arg(long, default_value_t = 10)]
     repeats: usize,
-    /// Untimed passes first.
-    #[arg(long, default_value_t = 2)]
-    warmup: usize,
-    /// Where it runs.
-    #[arg(long, value_enum, default_value = "cpu")]
-    device: DeviceArg,
-    /// Print one JSON object instead of the table (for scripts/bench).
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub run: RunSettings,
 }
 
 /// Median, minimum and maximum of timings, and the process's peak memory so far.
@@ -175,7 +175,7 @@ pub fn run_step(args: &StepBench) -> Result<Timing> {
     config.optim.batch_size = args.batch_size;
     config.views.focal_views = args.focal_views;
     config.validate()?;
-    let chosen = choose(args.device)?;
+    let chosen = choose(args.run.device)?;
     let device = chosen.device.autodiff();
     device.seed(0);
     let mut model = config.init(&device)?;
@@ -203,7 +203,7 @@ pub fn run_step(args: &StepBench) -> Result<Timing> {
     };
     let mut rng = StdRng::seed_from_u64(0);
     let mut times = Vec::with_capacity(args.repeats);
-    for i in 0..args.warmup + args.repeats {
+    for i in 0..args.run.warmup + args.repeats {
         let batch = batch();
         let start = Instant::now();
         // The step reads the loss back, so the time includes the device's work.
@@ -211,7 +211,7 @@ pub fn run_step(args: &StepBench) -> Result<Timing> {
             Ok(done) => done.model,
             Err(d) => bail!("the benchmark's step diverged: {d:?}"),
         };
-        if i >= args.warmup {
+        if i >= args.run.warmup {
             times.push(start.elapsed().as_secs_f64());
         }
     }
@@ -226,13 +226,13 @@ pub fn run_step(args: &StepBench) -> Result<Timing> {
 pub fn run_infer(args: &InferBench) -> Result<Timing> {
     let preset = VitPreset::from_name(&args.preset)?;
     let vit = VitConfig::preset(preset, 3);
-    let chosen = choose(args.device)?;
+    let chosen = choose(args.run.device)?;
     let device = chosen.device;
     device.seed(0);
     let encoder = vit.init(&device);
     let size = vit.image_size;
     let mut times = Vec::with_capacity(args.repeats);
-    for i in 0..args.warmup + args.repeats {
+    for i in 0..args.run.warmup + args.repeats {
         let images = random([args.batch_size, 3, size, size], &device);
         let start = Instant::now();
         let features = encoder.forward(images, None);
@@ -241,7 +241,7 @@ pub fn run_infer(args: &InferBench) -> Result<Timing> {
             .into_data()
             .try_to_vec::<f32>()
             .map_err(|e| anyhow::anyhow!("cannot read the features back: {e:?}"))?;
-        if i >= args.warmup {
+        if i >= args.run.warmup {
             times.push(start.elapsed().as_secs_f64());
         }
     }

@@ -337,10 +337,10 @@ fn run(command: Command) -> Result<()> {
             match target {
                 bench::BenchTarget::Loader(args) => print!("{}", bench::run_loader(&args)?),
                 bench::BenchTarget::Step(args) => {
-                    print!("{}", bench::run_step(&args)?.report(args.json));
+                    print!("{}", bench::run_step(&args)?.report(args.run.json));
                 }
                 bench::BenchTarget::Infer(args) => {
-                    print!("{}", bench::run_infer(&args)?.report(args.json));
+                    print!("{}", bench::run_infer(&args)?.report(args.run.json));
                 }
             }
             Ok(())

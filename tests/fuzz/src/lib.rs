@@ -96,7 +96,7 @@ pub fn check_message(e: &DataError) {
     let text = e.to_string();
     assert!(!text.trim().is_empty(), "an empty error message");
     assert!(
-        text.contains(scratch().to_str().unwrap_or(""))
+        text.contains(&scratch().display().to_string())
             || text.contains(".csv")
             || text.contains(".txt"),
         "the message names no file: {text}"
