@@ -219,6 +219,10 @@ pub struct EmaConfig {
     pub ramp_factor: f64,
     /// When in the step the update happens.
     pub timing: EmaTiming,
+    /// The ramp follows a half cosine instead of a straight line (DINO's teacher momentum:
+    /// `final - (final - base) * (1 + cos(pi t)) / 2`). Default false.
+    #[serde(default)]
+    pub cosine: bool,
 }
 
 impl EmaConfig {
@@ -226,7 +230,12 @@ impl EmaConfig {
     pub fn momentum(&self, step: usize, total_steps: usize) -> f64 {
         let span = (total_steps as f64 * self.ramp_factor).max(1.0);
         let t = (step as f64 / span).min(1.0);
-        self.base_momentum + (self.final_momentum - self.base_momentum) * t
+        let progress = if self.cosine {
+            (1.0 - (std::f64::consts::PI * t).cos()) / 2.0
+        } else {
+            t
+        };
+        self.base_momentum + (self.final_momentum - self.base_momentum) * progress
     }
 }
 
@@ -355,9 +364,151 @@ impl EhrConfig {
     }
 }
 
-/// Everything that defines a (multimodal) MSN model and how it is pretrained.
+/// The self-supervised method a run pretrains with. The baselines share the encoder, the
+/// views, the EMA, the optimiser and the schedules with MSN; only their heads and losses
+/// differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// (Multimodal) Masked Siamese Networks, the project's method.
+    #[default]
+    Msn,
+    /// DINO (Caron et al. 2021, arXiv 2104.14294): student/teacher self-distillation.
+    Dino,
+    /// Masked autoencoder (He et al. 2021, arXiv 2111.06377): pixel reconstruction.
+    Mae,
+    /// No pretraining: the encoder at its random initialisation.
+    Random,
+}
+
+impl Method {
+    /// Every method, in the order of the comparison table.
+    pub const ALL: [Method; 4] = [Self::Random, Self::Mae, Self::Dino, Self::Msn];
+
+    /// The name used on the command line and in model files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Msn => "msn",
+            Self::Dino => "dino",
+            Self::Mae => "mae",
+            Self::Random => "random",
+        }
+    }
+
+    /// Parses `msn`, `dino`, `mae` or `random`.
+    pub fn from_name(name: &str) -> Result<Self, ConfigError> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.name() == name)
+            .ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "unknown method '{name}'; expected msn, dino, mae or random"
+                ))
+            })
+    }
+}
+
+/// The DINO baseline's head and loss (defaults: the authors' baseline head and DINO's
+/// ViT recipe).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DinoConfig {
+    /// Hidden width of the head's MLP. Default 512 (the authors' baseline).
+    pub hidden: usize,
+    /// Bottleneck width before the L2-normalised last layer. Default 256.
+    pub bottleneck: usize,
+    /// Output dimension K of the last layer. Default 1024.
+    pub out_dim: usize,
+    /// Student softmax temperature. Default 0.1.
+    pub student_temperature: f64,
+    /// Teacher temperature at the start of its warm-up. Default 0.04.
+    pub warmup_teacher_temperature: f64,
+    /// Teacher temperature after the warm-up. Default 0.07 (DINO's ViT recipe).
+    pub teacher_temperature: f64,
+    /// Epochs of linear teacher-temperature warm-up. Default 30.
+    pub teacher_warmup_epochs: usize,
+    /// Momentum of the centre of the teacher outputs. Default 0.9.
+    pub center_momentum: f64,
+    /// Epochs during which the head's last layer is not updated. Default 1.
+    pub freeze_last_layer_epochs: usize,
+}
+
+impl Default for DinoConfig {
+    fn default() -> Self {
+        Self {
+            hidden: 512,
+            bottleneck: 256,
+            out_dim: 1024,
+            student_temperature: 0.1,
+            warmup_teacher_temperature: 0.04,
+            teacher_temperature: 0.07,
+            teacher_warmup_epochs: 30,
+            center_momentum: 0.9,
+            freeze_last_layer_epochs: 1,
+        }
+    }
+}
+
+impl DinoConfig {
+    /// Teacher temperature in `epoch` (0-based): a straight line from the warm-up value
+    /// (epoch 0) to the final value (the last warm-up epoch), then constant.
+    pub fn teacher_temperature_at(&self, epoch: usize) -> f64 {
+        let w = self.teacher_warmup_epochs;
+        if epoch >= w {
+            return self.teacher_temperature;
+        }
+        if w == 1 {
+            return self.warmup_teacher_temperature;
+        }
+        let t = epoch as f64 / (w - 1) as f64;
+        self.warmup_teacher_temperature
+            + (self.teacher_temperature - self.warmup_teacher_temperature) * t
+    }
+}
+
+/// The MAE baseline's decoder and loss (defaults: the authors' baseline).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MaeConfig {
+    /// Fraction of patch tokens removed before the encoder. Default 0.6.
+    pub mask_ratio: f64,
+    /// Decoder width. Default 512.
+    pub decoder_dim: usize,
+    /// Decoder blocks. Default 8.
+    pub decoder_depth: usize,
+    /// Decoder attention heads. Default 16.
+    pub decoder_heads: usize,
+    /// Decoder MLP ratio. Default 4.
+    pub decoder_mlp_ratio: usize,
+    /// Reconstruct per-patch normalised pixels (MAE's `norm_pix_loss`). Default true.
+    pub norm_pix_loss: bool,
+}
+
+impl Default for MaeConfig {
+    fn default() -> Self {
+        Self {
+            mask_ratio: 0.6,
+            decoder_dim: 512,
+            decoder_depth: 8,
+            decoder_heads: 16,
+            decoder_mlp_ratio: 4,
+            norm_pix_loss: true,
+        }
+    }
+}
+
+/// Everything that defines a (multimodal) MSN model and how it is pretrained; with
+/// `method` set to a baseline, the same settings drive DINO, MAE or no pretraining (the
+/// MSN-only fields are then unused).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MsnConfig {
+    /// The pretraining method. Default MSN.
+    #[serde(default)]
+    pub method: Method,
+    /// DINO's head and loss, when `method` is DINO.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dino: Option<DinoConfig>,
+    /// MAE's decoder and loss, when `method` is MAE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mae: Option<MaeConfig>,
     /// The recipe this configuration started from.
     pub profile: Profile,
     /// The image encoder.
@@ -402,6 +553,9 @@ impl MsnConfig {
         let vit = VitConfig::preset(preset, 3);
         let d = vit.dim;
         Self {
+            method: Method::Msn,
+            dino: None,
+            mae: None,
             profile: Profile::Paper,
             head: HeadConfig {
                 d_in: d,
@@ -424,6 +578,7 @@ impl MsnConfig {
                 final_momentum: 0.996,
                 ramp_factor: 1.0,
                 timing: EmaTiming::BeforeForward,
+                cosine: false,
             },
             optim: OptimConfig {
                 warmup_epochs: 0,
@@ -449,6 +604,9 @@ impl MsnConfig {
     pub fn msn(preset: VitPreset) -> Self {
         let vit = VitConfig::preset(preset, 3);
         Self {
+            method: Method::Msn,
+            dino: None,
+            mae: None,
             profile: Profile::Msn,
             head: HeadConfig {
                 d_in: vit.dim,
@@ -471,6 +629,7 @@ impl MsnConfig {
                 final_momentum: 1.0,
                 ramp_factor: 1.25,
                 timing: EmaTiming::AfterStep,
+                cosine: false,
             },
             optim: OptimConfig {
                 warmup_epochs: 15,
@@ -490,6 +649,46 @@ impl MsnConfig {
         }
     }
 
+    /// Switches to a pretraining method, keeping the profile's encoder, optimiser, schedules
+    /// and batch:
+    /// - DINO: its head and loss, 2 global views (the target and the random anchor) with
+    ///   crop scale 0.4-1 and the focal views as local views with scale 0.05-0.4, teacher
+    ///   momentum rising from the profile's base to 1 on a half cosine, after the step;
+    /// - MAE: its decoder and loss, one view per image with crop scale 0.2-1 (no focal
+    ///   views);
+    /// - random: nothing is trained.
+    ///
+    /// The baselines are image-only: the EHR branch is removed.
+    pub fn with_method(mut self, method: Method) -> Self {
+        self.method = method;
+        self.dino = None;
+        self.mae = None;
+        match method {
+            Method::Msn => {}
+            Method::Dino => {
+                self.ehr = None;
+                self.dino = Some(DinoConfig::default());
+                self.views.large_scale = (0.4, 1.0);
+                self.views.focal_scale = (0.05, 0.4);
+                self.ema = EmaConfig {
+                    base_momentum: self.ema.base_momentum,
+                    final_momentum: 1.0,
+                    ramp_factor: 1.0,
+                    timing: EmaTiming::AfterStep,
+                    cosine: true,
+                };
+            }
+            Method::Mae => {
+                self.ehr = None;
+                self.mae = Some(MaeConfig::default());
+                self.views.large_scale = (0.2, 1.0);
+                self.views.focal_views = 0;
+            }
+            Method::Random => self.ehr = None,
+        }
+        self
+    }
+
     /// Adds the EHR branch for a feature set (multimodal MSN).
     pub fn with_ehr(mut self, feature_set: FeatureSet) -> Self {
         self.ehr = Some(EhrConfig::new(feature_set));
@@ -506,6 +705,60 @@ impl MsnConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.vit.validate()?;
         let bad = |what: String| Err(ConfigError::Invalid(what));
+        if self.method != Method::Msn && self.ehr.is_some() {
+            return bad(format!(
+                "the {} baseline is image-only: it takes no EHR branch",
+                self.method.name()
+            ));
+        }
+        match (self.method, &self.dino, &self.mae) {
+            (Method::Dino, Some(d), None) => {
+                if d.hidden == 0 || d.bottleneck == 0 || d.out_dim == 0 {
+                    return bad("dino: head widths must be positive".into());
+                }
+                if !(d.student_temperature > 0.0
+                    && d.teacher_temperature > 0.0
+                    && d.warmup_teacher_temperature > 0.0)
+                {
+                    return bad("dino: temperatures must be positive".into());
+                }
+                if !(0.0..=1.0).contains(&d.center_momentum) {
+                    return bad("dino: center_momentum must be in [0, 1]".into());
+                }
+            }
+            (Method::Mae, None, Some(m)) => {
+                if !(0.0..1.0).contains(&m.mask_ratio) {
+                    return bad(format!(
+                        "mae: mask_ratio must be in [0, 1), got {}",
+                        m.mask_ratio
+                    ));
+                }
+                if m.decoder_heads == 0
+                    || m.decoder_depth == 0
+                    || m.decoder_mlp_ratio == 0
+                    || !m.decoder_dim.is_multiple_of(m.decoder_heads)
+                    || !m.decoder_dim.is_multiple_of(4)
+                {
+                    return bad(format!(
+                        "mae: decoder_heads ({}) must divide decoder_dim ({}), a multiple of 4; \
+                         depth and mlp ratio positive",
+                        m.decoder_heads, m.decoder_dim
+                    ));
+                }
+            }
+            (Method::Msn | Method::Random, None, None) => {}
+            (method, _, _) => {
+                return bad(format!(
+                    "method {} takes {}",
+                    method.name(),
+                    match method {
+                        Method::Dino => "a [dino] section and no [mae]",
+                        Method::Mae => "a [mae] section and no [dino]",
+                        _ => "neither a [dino] nor a [mae] section",
+                    }
+                ));
+            }
+        }
         if self.head.d_in != self.vit.dim {
             return bad(format!(
                 "head.d_in ({}) must equal vit.dim ({})",
@@ -639,6 +892,51 @@ mod tests {
         // Linear toward 1 over 1.25 x 100 = 125 steps: at step 100, 0.996 + 0.004 * 0.8.
         assert!((msn.momentum(100, 100) - (0.996 + 0.004 * 0.8)).abs() < 1e-12);
         assert!(msn.momentum(1000, 100) <= 1.0);
+        // DINO's teacher: 1 - (1 - 0.996) (cos(pi i / n) + 1) / 2.
+        let dino = MsnConfig::paper(VitPreset::Tiny)
+            .with_method(Method::Dino)
+            .ema;
+        for (step, want) in [(0, 0.996), (50, 0.998), (100, 1.0)] {
+            assert!((dino.momentum(step, 100) - want).abs() < 1e-12, "{step}");
+        }
+        let quarter = 1.0 - 0.004 * ((std::f64::consts::PI / 4.0).cos() + 1.0) / 2.0;
+        assert!((dino.momentum(25, 100) - quarter).abs() < 1e-12);
+    }
+
+    #[test]
+    fn baselines_keep_the_recipe_and_refuse_an_ehr_branch() {
+        let paper = MsnConfig::paper(VitPreset::Tiny);
+        for method in Method::ALL {
+            let c = paper.clone().with_method(method);
+            c.validate().unwrap();
+            assert_eq!(c.optim, paper.optim, "{method:?} trains like MSN");
+            assert_eq!(Method::from_name(method.name()).unwrap(), method);
+        }
+        let mae = paper.clone().with_method(Method::Mae);
+        assert_eq!(
+            (mae.views.focal_views, mae.views.large_scale),
+            (0, (0.2, 1.0))
+        );
+        assert_eq!(mae.mae.as_ref().unwrap().mask_ratio, 0.6);
+        let dino = paper.clone().with_method(Method::Dino);
+        assert_eq!(dino.views.focal_views, 10, "2 global + 10 local views");
+        let d = dino.dino.as_ref().unwrap();
+        assert_eq!((d.hidden, d.bottleneck, d.out_dim), (512, 256, 1024));
+        let mut bad = dino.clone();
+        bad.ehr = paper
+            .clone()
+            .with_ehr(FeatureSet::from_name("sex").unwrap())
+            .ehr;
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("image-only")
+        );
+        let mut bad = dino;
+        bad.mae = Some(MaeConfig::default());
+        assert!(bad.validate().is_err());
+        assert!(Method::from_name("byol").is_err());
     }
 
     #[test]

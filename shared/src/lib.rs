@@ -13,6 +13,9 @@
 //! - [`heads`]: projection head h, EHR fusion (f_ehr, g), classifier heads;
 //! - [`msn`]: the full model (anchor branch, EMA target branch, prototypes) and its step;
 //! - [`loss`]: the MSN loss (sharpening, Sinkhorn, me-max, entropy);
+//! - [`ema`]: exponential moving averages of modules (MSN's target, DINO's teacher);
+//! - [`dino`], [`mae`]: the DINO and MAE baselines on the same encoder;
+//! - [`pretrained`]: a pretraining model of any method, and the encoder it leaves;
 //! - [`ehr`]: EHR fields, the 23 named feature sets and their encoding;
 //! - [`image`]: the decoded grey image;
 //! - [`decode`]: PNG, JPEG and DICOM bytes to that grey image, with the DICOM header fields
@@ -31,17 +34,21 @@ pub mod checkpoint;
 pub mod classifier;
 pub mod config;
 pub mod decode;
+pub mod dino;
 pub mod ehr;
+pub mod ema;
 pub mod error;
 pub mod heads;
 pub mod image;
 mod init;
 pub mod labels;
 pub mod loss;
+pub mod mae;
 pub mod masking;
 pub mod msn;
 pub mod novelty;
 pub mod preprocess;
+pub mod pretrained;
 pub mod views;
 pub mod vit;
 
@@ -50,7 +57,7 @@ pub use rand;
 
 pub use checkpoint::{ModelKind, ModelMeta};
 pub use classifier::Classifier;
-pub use config::{MsnConfig, Profile, VitConfig, VitPreset};
+pub use config::{Method, MsnConfig, Profile, VitConfig, VitPreset};
 pub use ehr::{EhrRecord, FeatureSet};
 pub use error::{CheckpointError, ConfigError, DecodeError, EhrError, ShapeError};
 pub use msn::{MsnBatch, MultimodalMsn};

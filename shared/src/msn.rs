@@ -11,12 +11,13 @@
 //! The target branch is an exponential moving average of the anchor ViT and head
 //! ([`MultimodalMsn::ema_update`]); it never receives a gradient and never sees EHR.
 
-use burn::module::{Initializer, Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::{Initializer, Module, Param};
 use burn::tensor::{Device, Tensor};
 use rand::Rng;
 
 use crate::classifier::Classifier;
 use crate::config::{HeadBnGrouping, MaskScope, MsnConfig};
+use crate::ema;
 use crate::error::{ConfigError, ShapeError};
 use crate::heads::{EhrFusion, ProjectionHead};
 use crate::loss::{MsnLossOutput, msn_loss};
@@ -271,20 +272,8 @@ impl MultimodalMsn {
     /// in MSN). `momentum = 0` copies the anchor. Target parameters keep their ids and
     /// stay without gradient.
     pub fn ema_update(&mut self, momentum: f64) {
-        let mut anchor = Collect::default();
-        self.anchor_vit.visit(&mut anchor);
-        self.anchor_head.visit(&mut anchor);
-        let mut mapper = Ema {
-            sources: anchor.tensors.into_iter(),
-            momentum,
-            path: FieldPath::default(),
-        };
-        take_mut(&mut self.target_vit, |m| m.map(&mut mapper));
-        take_mut(&mut self.target_head, |m| m.map(&mut mapper));
-        assert!(
-            mapper.sources.next().is_none(),
-            "anchor and target branches have different parameter lists"
-        );
+        ema::blend(&mut self.target_vit, &self.anchor_vit, momentum);
+        ema::blend(&mut self.target_head, &self.anchor_head, momentum);
     }
 
     /// The encoder kept for downstream use: the EMA target ViT.
@@ -298,100 +287,5 @@ impl MultimodalMsn {
     pub fn classifier(&self, config: &MsnConfig, labels: usize, device: &Device) -> Classifier {
         let ehr = config.ehr.as_ref().map(|e| (e, self.ehr.clone()));
         Classifier::new(self.encoder().set_require_grad(true), labels, ehr, device)
-    }
-}
-
-/// Replaces `*slot` by `f(slot)` (modules are moved through `map`).
-fn take_mut<M: Module>(slot: &mut M, f: impl FnOnce(M) -> M) {
-    let current = slot.clone();
-    *slot = f(current);
-}
-
-/// The field path a visitor or mapper is at.
-#[derive(Default)]
-struct FieldPath(Vec<String>);
-
-impl FieldPath {
-    /// BatchNorm running statistics are visited like parameters but are buffers: the EMA
-    /// leaves them alone (each branch keeps its own, as in MSN).
-    fn at_running_statistic(&self) -> bool {
-        matches!(
-            self.0.last().map(String::as_str),
-            Some("running_mean" | "running_var")
-        )
-    }
-}
-
-/// Collects float parameters in visiting order, flattened.
-#[derive(Default)]
-struct Collect {
-    tensors: Vec<Tensor<1>>,
-    path: FieldPath,
-}
-
-impl ModuleVisitor for Collect {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.0.push(name.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.0.pop();
-    }
-
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if self.path.at_running_statistic() {
-            return;
-        }
-        let value = param.val().detach();
-        let n = value.shape().num_elements();
-        self.tensors.push(value.reshape([n]));
-    }
-}
-
-/// Blends each float parameter with the next collected source tensor.
-struct Ema {
-    sources: std::vec::IntoIter<Tensor<1>>,
-    momentum: f64,
-    path: FieldPath,
-}
-
-impl ModuleMapper for Ema {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.0.push(name.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.0.pop();
-    }
-
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        if self.path.at_running_statistic() {
-            return param;
-        }
-        let source = self
-            .sources
-            .next()
-            .expect("anchor and target branches have different parameter lists");
-        let momentum = self.momentum;
-        param
-            .map(move |target| {
-                let shape = target.shape();
-                assert_eq!(
-                    shape.num_elements(),
-                    source.shape().num_elements(),
-                    "anchor and target parameter shapes differ"
-                );
-                let source = source.reshape(shape);
-                let blended = if momentum == 0.0 {
-                    source
-                } else {
-                    target
-                        .detach()
-                        .mul_scalar(momentum)
-                        .add(source.mul_scalar(1.0 - momentum))
-                };
-                blended.detach()
-            })
-            .set_require_grad(false)
     }
 }

@@ -91,6 +91,25 @@ pub struct Block {
 }
 
 impl Block {
+    /// A block of width `dim` with DeiT initialisation (N(0, 0.02) weights, zero biases,
+    /// unit LayerNorms).
+    pub fn new(dim: usize, heads: usize, mlp_ratio: usize, eps: f64, device: &Device) -> Self {
+        let ln = || LayerNormConfig::new(dim).with_epsilon(eps).init(device);
+        Block {
+            norm1: ln(),
+            attn: Attention {
+                qkv: deit_linear(dim, 3 * dim, true, device),
+                proj: deit_linear(dim, dim, true, device),
+                num_heads: heads,
+            },
+            norm2: ln(),
+            mlp: Mlp {
+                fc1: deit_linear(dim, mlp_ratio * dim, true, device),
+                fc2: deit_linear(mlp_ratio * dim, dim, true, device),
+            },
+        }
+    }
+
     /// `[B, N, D]` -> `[B, N, D]`, plus this block's attention weights when asked.
     pub fn forward(&self, x: Tensor<3>, keep_weights: bool) -> (Tensor<3>, Option<Tensor<4>>) {
         let (a, weights) = self
@@ -147,19 +166,7 @@ impl VitConfig {
                 .init(device)
         };
         let blocks = (0..self.depth)
-            .map(|_| Block {
-                norm1: ln(),
-                attn: Attention {
-                    qkv: deit_linear(d, 3 * d, true, device),
-                    proj: deit_linear(d, d, true, device),
-                    num_heads: self.heads,
-                },
-                norm2: ln(),
-                mlp: Mlp {
-                    fc1: deit_linear(d, self.mlp_ratio * d, true, device),
-                    fc2: deit_linear(self.mlp_ratio * d, d, true, device),
-                },
-            })
+            .map(|_| Block::new(d, self.heads, self.mlp_ratio, self.layer_norm_eps, device))
             .collect();
         VisionTransformer {
             patch_embed: PatchEmbed { proj },

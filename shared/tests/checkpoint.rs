@@ -289,3 +289,58 @@ fn feature_set_and_profile_travel_in_the_metadata() {
     let back: ModelMeta = serde_json::from_str(&json).unwrap();
     assert_eq!(back, meta);
 }
+
+#[test]
+fn every_methods_model_file_round_trips_and_hands_over_the_right_encoder() {
+    use cxr_msn::config::{DinoConfig, MaeConfig, Method};
+    use cxr_msn::pretrained::{Pretrained, load_pretrained};
+    let device = Device::flex();
+    let x: Tensor<4> = Tensor::random([2, 1, 32, 32], Distribution::Normal(0.0, 1.0), &device);
+    for method in Method::ALL {
+        let mut config = mini_config().with_method(method);
+        if let Some(d) = config.dino.as_mut() {
+            *d = DinoConfig {
+                hidden: 32,
+                bottleneck: 16,
+                out_dim: 24,
+                ..DinoConfig::default()
+            };
+        }
+        if let Some(m) = config.mae.as_mut() {
+            *m = MaeConfig {
+                decoder_dim: 16,
+                decoder_depth: 1,
+                decoder_heads: 2,
+                ..MaeConfig::default()
+            };
+        }
+        device.seed(5);
+        let model = Pretrained::init(&config, &device).unwrap();
+        assert_eq!(model.method(), method);
+        let meta = ModelMeta::pretraining(config.clone());
+        let bytes = model.to_model_file(&meta).unwrap();
+        let names = SafeTensors::deserialize(&bytes).unwrap().names().join(" ");
+        let prefix = match method {
+            Method::Msn => "target_vit.",
+            Method::Dino => "teacher_vit.",
+            Method::Mae => "encoder.",
+            Method::Random => "patch_embed.",
+        };
+        assert!(names.contains(prefix), "{method:?}: {names}");
+        assert!(
+            !names.contains("Msn.") && !names.contains("Dino."),
+            "{names}"
+        );
+        let (back, back_meta) = load_pretrained(&bytes, &device).unwrap();
+        assert_eq!(back_meta.config.method, method);
+        assert_eq!(back_meta.config, config);
+        let a = values(model.encoder().forward(x.clone(), None));
+        let b = values(back.encoder().forward(x.clone(), None));
+        assert_close(&format!("{method:?} encoder"), &b, &a, 1e-6);
+        // A classifier file refuses to load as a pretraining model.
+        if method == Method::Random {
+            let (_, _, clf) = classifier_file(&device);
+            assert!(load_pretrained(&clf, &device).is_err());
+        }
+    }
+}
