@@ -25,7 +25,7 @@ use burn::tensor::{DType, Device};
 use serde::{Deserialize, Serialize};
 
 use crate::classifier::Classifier;
-use crate::config::{MsnConfig, Normalization};
+use crate::config::{Method, MsnConfig, Normalization};
 use crate::error::CheckpointError;
 use crate::msn::MultimodalMsn;
 use crate::novelty::EmbeddingReference;
@@ -370,6 +370,13 @@ pub fn load_pretraining(
 ) -> Result<(MultimodalMsn, ModelMeta), CheckpointError> {
     let meta = read_meta(bytes)?;
     expect_kind(&meta, ModelKind::Pretraining)?;
+    if meta.config.method != Method::Msn {
+        return Err(CheckpointError::Metadata(format!(
+            "this is a {} pretraining model, not an MSN one (load it with \
+             pretrained::load_pretrained)",
+            meta.config.method.name()
+        )));
+    }
     let skeleton = meta.config.init(device)?;
     let mut model = load_weights(skeleton, bytes)?;
     // Loading replaces values but keeps the skeleton's gradient settings; restate them.

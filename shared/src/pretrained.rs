@@ -10,6 +10,7 @@ use crate::classifier::Classifier;
 use crate::config::{Method, MsnConfig};
 use crate::dino::Dino;
 use crate::error::{CheckpointError, ConfigError};
+use crate::heads::EhrFusion;
 use crate::mae::Mae;
 use crate::msn::MultimodalMsn;
 use crate::vit::VisionTransformer;
@@ -50,6 +51,16 @@ impl Pretrained {
         }
     }
 
+    /// Moves the EMA copy (MSN's target, DINO's teacher) toward the trained branch; MAE and
+    /// the random encoder have none.
+    pub fn ema_update(&mut self, momentum: f64) {
+        match self {
+            Self::Msn(m) => m.ema_update(momentum),
+            Self::Dino(d) => d.ema_update(momentum),
+            Self::Mae(_) | Self::Random(_) => {}
+        }
+    }
+
     /// The encoder kept for downstream use: MSN's EMA target, DINO's teacher, MAE's
     /// encoder, or the random one.
     pub fn encoder(&self) -> VisionTransformer {
@@ -58,6 +69,14 @@ impl Pretrained {
             Self::Dino(d) => d.encoder(),
             Self::Mae(m) => m.encoder.clone(),
             Self::Random(v) => v.clone(),
+        }
+    }
+
+    /// The pretrained EHR fusion (f_ehr and g) of a multimodal MSN.
+    pub fn ehr_fusion(&self) -> Option<&EhrFusion> {
+        match self {
+            Self::Msn(m) => m.ehr.as_ref(),
+            _ => None,
         }
     }
 

@@ -23,6 +23,7 @@ use crate::images::file_decoder;
 use crate::loader::{Loader, LoaderConfig, Views};
 use crate::pretrain::{StepSchedule, train_step};
 use crate::source::DataArgs;
+use cxr_msn::pretrained::Pretrained;
 
 /// What to measure.
 #[derive(Subcommand, Debug, Clone)]
@@ -178,7 +179,7 @@ pub fn run_step(args: &StepBench) -> Result<Timing> {
     let chosen = choose(args.run.device)?;
     let device = chosen.device.autodiff();
     device.seed(0);
-    let mut model = config.init(&device)?;
+    let mut model = Pretrained::Msn(config.init(&device)?);
     let mut optim = AdamWConfig::new()
         .with_epsilon(1e-8)
         .with_weight_decay(0.0)
@@ -200,6 +201,7 @@ pub fn run_step(args: &StepBench) -> Result<Timing> {
         lr: config.optim.peak_lr,
         weight_decay: config.optim.weight_decay_start,
         momentum: config.ema.base_momentum,
+        epoch: 0,
     };
     let mut rng = StdRng::seed_from_u64(0);
     let mut times = Vec::with_capacity(args.repeats);

@@ -96,6 +96,7 @@ impl MainJobArgs {
             source: self.source(),
             out: out.to_path_buf(),
             profile: self.profile.clone(),
+            method: "msn".into(),
             preset: self.preset.clone(),
             ehr: ehr.to_string(),
             channels: 3,

@@ -1,4 +1,6 @@
-//! `cxr-msn pretrain`: multimodal MSN pretraining, on a GPU through wgpu or on the CPU.
+//! `cxr-msn pretrain`: multimodal MSN pretraining, on a GPU through wgpu or on the CPU, and
+//! the baselines on the same encoder, views, schedules and run folder (`--method dino`,
+//! `mae`, or `random` for no pretraining).
 //!
 //! The run folder holds:
 //! - `config.json`: the full configuration, the command's settings, the seed, the device,
@@ -31,11 +33,13 @@ use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::store::ModuleRecord;
 use burn::tensor::{Device, Tensor, TensorData};
 use clap::Args;
-use cxr_msn::checkpoint::{ModelKind, ModelMeta, read_meta, write_model};
-use cxr_msn::config::{EmaTiming, MsnConfig, Normalization, Profile, VitPreset};
+use cxr_msn::checkpoint::{ModelKind, ModelMeta, read_meta};
+use cxr_msn::config::{EmaTiming, Method, MsnConfig, Normalization, Profile, VitPreset};
 use cxr_msn::decode::DecodeLimits;
 use cxr_msn::ehr::FeatureSet;
-use cxr_msn::msn::{AnchorGroup, MsnBatch, MultimodalMsn};
+use cxr_msn::masking::TokenMask;
+use cxr_msn::msn::{AnchorGroup, MsnBatch};
+use cxr_msn::pretrained::Pretrained;
 use cxr_msn::rand::SeedableRng;
 use cxr_msn::rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
@@ -51,7 +55,7 @@ use crate::model_files;
 use crate::progress::Progress as ProgressLine;
 use crate::run_files::{self, StepRecord};
 use crate::run_lock::RunLock;
-use crate::schedule::{Progress, clip_global_norm, decay, learning_rate, weight_decay};
+use crate::schedule::{Progress, clip_global_norm, decay_except, learning_rate, weight_decay};
 use crate::source::DataArgs;
 
 /// The settings of `cxr-msn pretrain`.
@@ -66,6 +70,11 @@ pub struct PretrainArgs {
     /// Recipe: the authors' code (`paper`) or the original MSN (`msn`).
     #[arg(long, default_value = "paper")]
     pub profile: String,
+    /// Pretraining method: `msn` (the project's), or a baseline trained with the same
+    /// encoder, views, optimiser and schedules: `dino`, `mae`, or `random` (no training: the
+    /// encoder at its seeded initialisation, written at once).
+    #[arg(long, default_value = "msn")]
+    pub method: String,
     /// ViT size: tiny, tiny-3h, small, base.
     #[arg(long, default_value = "tiny")]
     pub preset: String,
@@ -198,7 +207,24 @@ fn check_known(known: &serde_json::Value, overrides: &serde_json::Value, at: &st
 pub fn model_config(args: &PretrainArgs) -> Result<MsnConfig> {
     let profile = Profile::from_name(&args.profile)?;
     let preset = VitPreset::from_name(&args.preset)?;
-    let mut config = MsnConfig::for_profile(profile, preset).with_channels(args.channels);
+    let method = Method::from_name(&args.method)?;
+    let mut config = MsnConfig::for_profile(profile, preset)
+        .with_channels(args.channels)
+        .with_method(method);
+    if method != Method::Msn && args.ehr != "none" {
+        bail!(
+            "--ehr {}: the {} baseline is image-only (EHR enters MSN's anchor branch); use \
+             --method msn, or --ehr none",
+            args.ehr,
+            method.name()
+        );
+    }
+    if method != Method::Msn && args.init.is_some() {
+        bail!(
+            "--init continues MSN weights; it cannot start a {} run",
+            method.name()
+        );
+    }
     if args.ehr != "none" {
         config = config.with_ehr(FeatureSet::from_name(&args.ehr)?);
     }
@@ -233,10 +259,10 @@ pub fn model_config(args: &PretrainArgs) -> Result<MsnConfig> {
 fn take_architecture(config: &mut MsnConfig, init: &Path, ehr: &str) -> Result<()> {
     let bytes = std::fs::read(init).with_context(|| format!("cannot read {}", init.display()))?;
     let meta = read_meta(&bytes).with_context(|| format!("{}", init.display()))?;
-    if meta.kind != ModelKind::Pretraining {
+    if meta.kind != ModelKind::Pretraining || meta.config.method != Method::Msn {
         bail!(
-            "{}: --init takes a pretraining model file (from pretrain or import), not a \
-             classifier",
+            "{}: --init takes an MSN pretraining model file (from pretrain or import), not \
+             a classifier or a baseline's model",
             init.display()
         );
     }
@@ -303,15 +329,19 @@ pub struct StepSchedule {
     pub weight_decay: f64,
     /// EMA momentum of the target.
     pub momentum: f64,
+    /// Epoch of the step (DINO's teacher temperature and frozen last layer follow it).
+    pub epoch: usize,
 }
 
 /// What one pretraining step did.
 #[derive(Debug)]
 pub struct StepDone {
     /// The model after the update (and the EMA update).
-    pub model: MultimodalMsn,
-    /// Total loss, cross-entropy, me-max and entropy terms, before the update.
-    pub values: [f64; 4],
+    pub model: Pretrained,
+    /// The loss before the update.
+    pub loss: f64,
+    /// MSN's cross-entropy, me-max and entropy terms (the baselines' losses have one part).
+    pub parts: Option<[f64; 3]>,
     /// The global gradient norm before clipping, when the profile clips.
     pub grad_norm: Option<f64>,
 }
@@ -328,11 +358,13 @@ pub enum Diverged {
     },
 }
 
-/// One pretraining step as the profile defines it: EMA update (before the forward or after
-/// the optimiser step), masks, forward, loss (read back once), backward, the non-finite
-/// guards, clipping, decoupled weight decay, AdamW. `pretrain` and `bench step` share it.
+/// One pretraining step as the profile and the method define it: EMA update (before the
+/// forward or after the optimiser step), masks, forward, loss (read back once), backward,
+/// the non-finite guards, clipping, decoupled weight decay, AdamW; for DINO also the
+/// frozen last layer of the first epoch(s) and the centre update. `pretrain` and
+/// `bench step` share it.
 pub fn train_step(
-    mut model: MultimodalMsn,
+    mut model: Pretrained,
     optim: &mut ModuleOptimizer,
     batch: MsnBatch,
     config: &MsnConfig,
@@ -343,38 +375,77 @@ pub fn train_step(
     if config.ema.timing == EmaTiming::BeforeForward {
         model.ema_update(at.momentum);
     }
-    let masks = model.sample_masks(&batch, config, rng);
-    let forward = model.forward_pretrain(batch, &masks, config);
-    let loss = model.loss(&forward, config);
-    // One read back from the device for the four numbers.
-    let read = read_values(Tensor::cat(
-        vec![
-            loss.total.clone().detach(),
-            loss.ce.clone().detach(),
-            loss.me_max.clone().detach(),
-            loss.entropy.clone().detach(),
-        ],
-        0,
-    ))?;
-    let values = [read[0], read[1], read[2], read[3]];
-    if !values[0].is_finite() {
-        return Ok(Err(Diverged::Loss(values[0])));
+    // Parameters that sit out this step, and DINO's centre update.
+    let mut frozen = Vec::new();
+    let mut center = None;
+    let (total, parts) = match &model {
+        Pretrained::Msn(m) => {
+            let masks = m.sample_masks(&batch, config, rng);
+            let forward = m.forward_pretrain(batch, &masks, config);
+            let loss = m.loss(&forward, config);
+            (loss.total, Some([loss.ce, loss.me_max, loss.entropy]))
+        }
+        Pretrained::Dino(d) => {
+            let cfg = config
+                .dino
+                .as_ref()
+                .context("a DINO run needs [dino] settings")?;
+            let out = d.forward_loss(batch, cfg.teacher_temperature_at(at.epoch), cfg);
+            if at.epoch < cfg.freeze_last_layer_epochs {
+                frozen.push(d.student_head.last_layer.weight.id);
+            }
+            center = Some((out.batch_center, cfg.center_momentum));
+            (out.total, None)
+        }
+        Pretrained::Mae(m) => {
+            let cfg = config
+                .mae
+                .as_ref()
+                .context("an MAE run needs [mae] settings")?;
+            let [b, _, s, _] = batch.target.dims();
+            let mask = TokenMask::sample(b, m.encoder.patches_for(s), cfg.mask_ratio, rng);
+            let out = m.forward_loss(batch.target, &mask, cfg.norm_pix_loss);
+            (out.loss, None)
+        }
+        Pretrained::Random(_) => bail!("a randomly initialised encoder is not trained"),
+    };
+    // One read back from the device for every number.
+    let mut shown = vec![total.clone().detach()];
+    shown.extend(parts.iter().flatten().map(|p| p.clone().detach()));
+    let read = read_values(Tensor::cat(shown, 0))?;
+    let loss = read[0];
+    let parts = (read.len() == 4).then(|| [read[1], read[2], read[3]]);
+    if !loss.is_finite() {
+        return Ok(Err(Diverged::Loss(loss)));
     }
-    let mut grads = GradientsParams::from_grads(loss.total.backward(), &model);
+    let mut grads = GradientsParams::from_grads(total.backward(), &model);
+    for id in &frozen {
+        grads.remove::<2>(*id);
+    }
     if !finite::gradients_finite(&model, &grads) {
-        return Ok(Err(Diverged::Gradients { loss: values[0] }));
+        return Ok(Err(Diverged::Gradients { loss }));
     }
     let grad_norm = o
         .clip_grad_norm
         .map(|max| clip_global_norm(&model, &mut grads, max));
-    model = decay(model, at.lr, at.weight_decay, o.decay_all_parameters);
+    model = decay_except(
+        model,
+        at.lr,
+        at.weight_decay,
+        o.decay_all_parameters,
+        &frozen,
+    );
     model = optim.step(at.lr, model, grads);
+    if let (Pretrained::Dino(d), Some((batch_center, momentum))) = (&mut model, center) {
+        d.update_center(batch_center, momentum);
+    }
     if config.ema.timing == EmaTiming::AfterStep {
         model.ema_update(at.momentum);
     }
     Ok(Ok(StepDone {
         model,
-        values,
+        loss,
+        parts,
         grad_norm,
     }))
 }
@@ -414,6 +485,9 @@ pub fn run(args: &PretrainArgs, log: &mut dyn std::io::Write) -> Result<f64> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let _lock = RunLock::acquire(&args.out)?;
+    if config.method == Method::Random {
+        return write_random_encoder(args, &config, log);
+    }
     let data = args.source.load()?;
     let features = config.ehr.as_ref().map(|e| e.feature_set.clone());
     let split = if data.records_in(Split::Train).next().is_some() {
@@ -448,7 +522,7 @@ pub fn run(args: &PretrainArgs, log: &mut dyn std::io::Write) -> Result<f64> {
     device.seed(args.seed);
     let checkpoint = args.out.join("checkpoint.safetensors");
     let state = read_state(&args.out)?;
-    let (mut model, mut state): (MultimodalMsn, RunState) = match state {
+    let (mut model, mut state): (Pretrained, RunState) = match state {
         Some(s) if checkpoint.exists() => {
             if s.steps_per_epoch != 0 && s.steps_per_epoch != steps_per_epoch {
                 bail!(
@@ -483,15 +557,11 @@ pub fn run(args: &PretrainArgs, log: &mut dyn std::io::Write) -> Result<f64> {
         _ => (
             match &args.init {
                 Some(init) => {
-                    let (model, _) = model_files::pretraining(init, &device)?;
+                    let (model, _) = model_files::msn(init, &device)?;
                     writeln!(log, "starting from the weights of {}", init.display())?;
-                    let frozen = config.freeze_prototypes;
-                    MultimodalMsn {
-                        prototypes: model.prototypes.set_require_grad(!frozen),
-                        ..model
-                    }
+                    Pretrained::Msn(model).restate_gradients(&config)
                 }
-                None => config.init(&device)?,
+                None => Pretrained::init(&config, &device)?,
             },
             RunState {
                 epochs_done: 0,
@@ -575,7 +645,9 @@ pub fn run(args: &PretrainArgs, log: &mut dyn std::io::Write) -> Result<f64> {
             let lr = learning_rate(o, progress_at);
             let wd = weight_decay(o, progress_at);
             let batch = batch_tensors(batch?, ehr_in, &device)?;
-            model.check_batch(&batch)?;
+            if let Pretrained::Msn(m) = &model {
+                m.check_batch(&batch)?;
+            }
             let mut rng =
                 StdRng::seed_from_u64(args.seed ^ (step as u64).wrapping_mul(0x9E37_79B9));
             // A panic inside the backend (a GPU out of memory, above all) becomes an error
@@ -585,6 +657,7 @@ pub fn run(args: &PretrainArgs, log: &mut dyn std::io::Write) -> Result<f64> {
                     lr,
                     weight_decay: wd,
                     momentum,
+                    epoch,
                 };
                 train_step(model, &mut optim, batch, &config, schedule, &mut rng)
             }));
@@ -599,8 +672,8 @@ pub fn run(args: &PretrainArgs, log: &mut dyn std::io::Write) -> Result<f64> {
                     ));
                 }
             };
-            let (trained, values, norm) = match done {
-                Ok(d) => (d.model, d.values, d.grad_norm),
+            let (trained, loss, parts, norm) = match done {
+                Ok(d) => (d.model, d.loss, d.parts, d.grad_norm),
                 Err(Diverged::Loss(loss)) => bail!(
                     "the loss became {loss} at step {step}; nothing was saved from this step \
                      on and {}. {NON_FINITE_ADVICE}",
@@ -621,22 +694,22 @@ pub fn run(args: &PretrainArgs, log: &mut dyn std::io::Write) -> Result<f64> {
                 lr,
                 weight_decay: wd,
                 ema_momentum: momentum,
-                loss: values[0],
-                ce: values[1],
-                me_max: values[2],
-                entropy: values[3],
+                loss,
+                ce: parts.map(|p| p[0]),
+                me_max: parts.map(|p| p[1]),
+                entropy: parts.map(|p| p[2]),
                 grad_norm: norm,
                 seconds: started.elapsed().as_secs_f64(),
             };
             run_files::append_step(&mut metrics, &record)?;
             records.push(record);
             let status = format!(
-                "epoch {}/{} | loss {:.4} (ce {:.4}, me-max {:.4})",
+                "epoch {}/{} | loss {loss:.4}{}",
                 epoch + 1,
                 o.epochs,
-                values[0],
-                values[1],
-                values[2]
+                parts
+                    .map(|p| format!(" (ce {:.4}, me-max {:.4})", p[0], p[1]))
+                    .unwrap_or_default()
             );
             progress.show(state.steps_done, &status, log)?;
 
@@ -705,23 +778,96 @@ fn read_exact_model(
     steps_done: usize,
     config: &MsnConfig,
     device: &Device,
-) -> Result<Option<MultimodalMsn>> {
+) -> Result<Option<Pretrained>> {
     let record = resume_file(run, "model", steps_done);
     if !record.exists() {
         return Ok(None);
     }
     let bytes =
         std::fs::read(&record).with_context(|| format!("cannot read {}", record.display()))?;
-    let record_data = ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
-        .map_err(|e| anyhow::anyhow!("{}: {e:?}", record.display()))?;
-    let mut model = config
-        .init(device)?
-        .try_load_record(record_data)
-        .map_err(|e| anyhow::anyhow!("{}: {e:?}", record.display()))?;
-    model.target_vit = model.target_vit.no_grad();
-    model.target_head = model.target_head.no_grad();
-    model.prototypes = model.prototypes.set_require_grad(!config.freeze_prototypes);
-    Ok(Some(model))
+    let data = || ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes.clone()));
+    let bad = |e: burn::store::RecordError| anyhow::anyhow!("{}: {e:?}", record.display());
+    // Each method's record has its own layout (an MSN run of an earlier version resumes).
+    let model = match Pretrained::init(config, device)? {
+        Pretrained::Msn(m) => {
+            Pretrained::Msn(m.try_load_record(data().map_err(bad)?).map_err(bad)?)
+        }
+        Pretrained::Dino(d) => {
+            Pretrained::Dino(d.try_load_record(data().map_err(bad)?).map_err(bad)?)
+        }
+        Pretrained::Mae(m) => {
+            Pretrained::Mae(m.try_load_record(data().map_err(bad)?).map_err(bad)?)
+        }
+        Pretrained::Random(v) => {
+            Pretrained::Random(v.try_load_record(data().map_err(bad)?).map_err(bad)?)
+        }
+    };
+    Ok(Some(model.restate_gradients(config)))
+}
+
+/// The exact state of a model as bytes, in its variant's own layout.
+fn record_bytes(model: &Pretrained) -> Result<burn::tensor::Bytes> {
+    fn of<M: Module>(m: &M) -> Result<burn::tensor::Bytes> {
+        m.valid()
+            .into_record()
+            .into_bytes()
+            .map_err(|e| anyhow::anyhow!("cannot serialise the model: {e:?}"))
+    }
+    match model {
+        Pretrained::Msn(m) => of(m),
+        Pretrained::Dino(d) => of(d),
+        Pretrained::Mae(m) => of(m),
+        Pretrained::Random(v) => of(v),
+    }
+}
+
+/// `--method random`: the encoder at its seeded initialisation (on the CPU, so that the
+/// same seed gives the same weights on any machine), written as the run's checkpoint.
+fn write_random_encoder(
+    args: &PretrainArgs,
+    config: &MsnConfig,
+    log: &mut dyn std::io::Write,
+) -> Result<f64> {
+    let checkpoint = args.out.join("checkpoint.safetensors");
+    if checkpoint.exists() {
+        let (_, meta) = model_files::pretraining(&checkpoint, &Device::flex())?;
+        if meta.config != *config {
+            bail!(
+                "{} holds a run with another configuration; use another --out folder",
+                args.out.display()
+            );
+        }
+        writeln!(
+            log,
+            "{} already holds this random encoder",
+            checkpoint.display()
+        )?;
+        return Ok(f64::NAN);
+    }
+    let device = Device::flex();
+    device.seed(args.seed);
+    let model = Pretrained::init(config, &device)?;
+    let mut meta = ModelMeta::pretraining(config.clone());
+    meta.training.insert("seed".into(), args.seed.to_string());
+    meta.training.insert("method".into(), "random".into());
+    let settings = serde_json::json!({
+        "config": config,
+        "args": args,
+        "build": run_files::build_info(),
+        "command": std::env::args().collect::<Vec<_>>(),
+    });
+    write_atomic(
+        &args.out.join("config.json"),
+        serde_json::to_string_pretty(&settings)?.as_bytes(),
+    )?;
+    write_atomic(&checkpoint, &model.to_model_file(&meta)?)?;
+    writeln!(
+        log,
+        "wrote the randomly initialised encoder (seed {}) to {}; nothing is trained",
+        args.seed,
+        checkpoint.display()
+    )?;
+    Ok(f64::NAN)
 }
 
 /// Writes the checkpoints of a run folder.
@@ -737,15 +883,11 @@ impl Saver<'_> {
     /// Saves the exact state (model record and optimiser moments, named by step), then the
     /// model file, then `state.json`, the commit point; then removes older exact states.
     /// A kill at any moment leaves the previous commit point whole.
-    fn save(&self, model: &MultimodalMsn, optimizer: &[u8], state: &RunState) -> Result<()> {
+    fn save(&self, model: &Pretrained, optimizer: &[u8], state: &RunState) -> Result<()> {
         let resume = self.run.join("resume");
         std::fs::create_dir_all(&resume)
             .with_context(|| format!("cannot create {}", resume.display()))?;
-        let record = model
-            .valid()
-            .into_record()
-            .into_bytes()
-            .map_err(|e| anyhow::anyhow!("cannot serialise the model: {e:?}"))?;
+        let record = record_bytes(model)?;
         write_atomic(&resume_file(self.run, "model", state.steps_done), &record)?;
         write_atomic(
             &resume_file(self.run, "optimizer", state.steps_done),
@@ -760,9 +902,11 @@ impl Saver<'_> {
             .insert("steps_done".into(), state.steps_done.to_string());
         meta.training
             .insert("data".into(), self.data.display().to_string());
+        meta.training
+            .insert("method".into(), self.config.method.name().into());
         write_atomic(
             &self.run.join("checkpoint.safetensors"),
-            &write_model(model, &meta)?,
+            &model.to_model_file(&meta)?,
         )?;
         write_atomic(
             &self.run.join("state.json"),

@@ -250,7 +250,7 @@ pub fn run(args: &ProbeArgs) -> Result<ProbeOutcome> {
 
     let ad = Device::flex().autodiff();
     let mut heads = vec![("image", Head::Image(LinearClassifier::new(d, labels, &ad)))];
-    if let Some(fusion) = &msn.ehr {
+    if let Some(fusion) = msn.ehr_fusion() {
         let fused = FusedClassifier::from_fusion(fusion.clone().fork(&ad), d, labels, &ad);
         heads.push(("image+ehr", Head::Fused(fused)));
     }

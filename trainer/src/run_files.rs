@@ -35,12 +35,15 @@ pub struct StepRecord {
     pub ema_momentum: f64,
     /// Loss: total and its parts.
     pub loss: f64,
-    /// Cross-entropy part.
-    pub ce: f64,
-    /// Mean-entropy-maximisation part.
-    pub me_max: f64,
-    /// Entropy part.
-    pub entropy: f64,
+    /// MSN's cross-entropy part (absent for the baselines, whose loss has one part).
+    #[serde(default)]
+    pub ce: Option<f64>,
+    /// MSN's mean-entropy-maximisation part.
+    #[serde(default)]
+    pub me_max: Option<f64>,
+    /// MSN's entropy part.
+    #[serde(default)]
+    pub entropy: Option<f64>,
     /// Global gradient norm before clipping (null without clipping).
     pub grad_norm: Option<f64>,
     /// Seconds the step took.
@@ -90,8 +93,9 @@ pub fn append_step(file: &mut std::fs::File, record: &StepRecord) -> Result<()> 
     Ok(())
 }
 
-/// `epochs.csv` of the finished epochs (`epochs_done`): means of the loss parts, the
-/// learning rate at the epoch's end, seconds and images per second.
+/// `epochs.csv` of the finished epochs (`epochs_done`): means of the loss parts (empty
+/// cells for parts the method does not have), the learning rate at the epoch's end,
+/// seconds and images per second.
 pub fn epochs_csv(records: &[StepRecord], epochs_done: usize, batch_size: usize) -> String {
     let mut csv =
         String::from("epoch,steps,loss,ce,me_max,entropy,lr_end,seconds,images_per_second\n");
@@ -100,14 +104,18 @@ pub fn epochs_csv(records: &[StepRecord], epochs_done: usize, batch_size: usize)
         let Some(last) = rows.last() else { continue };
         let n = rows.len() as f64;
         let mean = |f: fn(&StepRecord) -> f64| rows.iter().map(|r| f(r)).sum::<f64>() / n;
+        let part = |f: fn(&StepRecord) -> Option<f64>| -> String {
+            let values: Option<Vec<f64>> = rows.iter().map(|r| f(r)).collect();
+            values.map_or(String::new(), |v| (v.iter().sum::<f64>() / n).to_string())
+        };
         let seconds: f64 = rows.iter().map(|r| r.seconds).sum();
         csv.push_str(&format!(
             "{epoch},{},{},{},{},{},{:e},{seconds:.3},{:.2}\n",
             rows.len(),
             mean(|r| r.loss),
-            mean(|r| r.ce),
-            mean(|r| r.me_max),
-            mean(|r| r.entropy),
+            part(|r| r.ce),
+            part(|r| r.me_max),
+            part(|r| r.entropy),
             last.lr,
             (rows.len() * batch_size) as f64 / seconds.max(1e-9)
         ));
@@ -117,10 +125,18 @@ pub fn epochs_csv(records: &[StepRecord], epochs_done: usize, batch_size: usize)
 
 /// The loss and its parts over the steps.
 pub fn loss_svg(records: &[StepRecord]) -> String {
-    let series = |name: &str, f: fn(&StepRecord) -> f64| Series {
+    let series = |name: &str, f: fn(&StepRecord) -> Option<f64>| Series {
         name: name.into(),
-        points: records.iter().map(|r| (r.step as f64, f(r))).collect(),
+        points: records
+            .iter()
+            .filter_map(|r| Some((r.step as f64, f(r)?)))
+            .collect(),
     };
+    let mut lines = vec![series("total", |r| Some(r.loss))];
+    if records.iter().any(|r| r.ce.is_some()) {
+        lines.push(series("cross-entropy", |r| r.ce));
+        lines.push(series("me-max", |r| r.me_max));
+    }
     line_chart(
         &Frame {
             title: "pretraining loss".into(),
@@ -128,11 +144,7 @@ pub fn loss_svg(records: &[StepRecord]) -> String {
             y_label: "loss".into(),
             ..Frame::default()
         },
-        &[
-            series("total", |r| r.loss),
-            series("cross-entropy", |r| r.ce),
-            series("me-max", |r| r.me_max),
-        ],
+        &lines,
     )
 }
 
@@ -162,9 +174,9 @@ mod tests {
             weight_decay: 1e-3,
             ema_momentum: 0.996,
             loss,
-            ce: loss - 0.5,
-            me_max: 0.5,
-            entropy: 0.0,
+            ce: Some(loss - 0.5),
+            me_max: Some(0.5),
+            entropy: Some(0.0),
             grad_norm: None,
             seconds: 2.0,
         }
@@ -201,5 +213,16 @@ mod tests {
         assert_eq!(lines.len(), 2, "only finished epochs");
         assert_eq!(lines[1], "0,2,2.5,2,0.5,0,1e-4,4.000,4.00");
         assert!(loss_svg(&records).contains("<path"));
+        // A baseline's records have no parts: empty cells, and old files still read.
+        let mut dino = record(0, 0, 3.0);
+        (dino.ce, dino.me_max, dino.entropy) = (None, None, None);
+        let csv = epochs_csv(&[dino], 1, 8);
+        assert!(
+            csv.lines().nth(1).unwrap().starts_with("0,1,3,,,,"),
+            "{csv}"
+        );
+        let old = r#"{"epoch":0,"step":0,"lr":1e-4,"weight_decay":0.001,"ema_momentum":0.996,"loss":3.0,"ce":2.5,"me_max":0.5,"entropy":0.0,"grad_norm":null,"seconds":2.0}"#;
+        let parsed: StepRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(parsed, record(0, 0, 3.0));
     }
 }

@@ -4,7 +4,7 @@
 
 use std::f64::consts::PI;
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 use cxr_msn::config::OptimConfig;
@@ -68,8 +68,15 @@ struct Path(Vec<String>);
 
 impl Path {
     fn decays(&self, all: bool) -> bool {
-        // The EMA target is never optimised; frozen parameters have no gradient anyway.
-        if self.0.first().is_some_and(|f| f.starts_with("target_")) {
+        // The EMA copies (MSN's target, DINO's teacher) are never optimised; a model can sit
+        // inside an enum variant, so look at every level.
+        if self
+            .0
+            .iter()
+            .any(|f| f.starts_with("target_") || f.starts_with("teacher_"))
+            // DINO's centre is a statistic of the teacher, not a parameter.
+            || self.0.last().is_some_and(|f| f == "center")
+        {
             return false;
         }
         // Weights of Linear and Conv layers are named `weight`; norms use gamma/beta,
@@ -78,13 +85,14 @@ impl Path {
     }
 }
 
-struct Decay {
+struct Decay<'a> {
     factor: f64,
     all: bool,
     path: Path,
+    frozen: &'a [ParamId],
 }
 
-impl ModuleMapper for Decay {
+impl ModuleMapper for Decay<'_> {
     fn enter_module(&mut self, name: &str, _container_type: &str) {
         self.path.0.push(name.to_string());
     }
@@ -95,7 +103,10 @@ impl ModuleMapper for Decay {
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let field = self.path.0.last().map(String::as_str);
-        if !self.path.decays(self.all) || matches!(field, Some("running_mean" | "running_var")) {
+        if !self.path.decays(self.all)
+            || matches!(field, Some("running_mean" | "running_var"))
+            || self.frozen.contains(&param.id)
+        {
             return param;
         }
         let factor = self.factor;
@@ -112,6 +123,13 @@ impl ModuleMapper for Decay {
 /// Decoupled weight decay, `p <- p * (1 - lr * wd)`, on the weights of Linear and Conv
 /// layers only (`all = false`, the `msn` profile) or on every trained parameter.
 pub fn decay<M: Module>(model: M, lr: f64, wd: f64, all: bool) -> M {
+    decay_except(model, lr, wd, all, &[])
+}
+
+/// [`decay`], leaving out the parameters in `frozen` (those that sit out this step, such as
+/// DINO's last layer in its first epoch: PyTorch's AdamW skips a parameter without a
+/// gradient, decay included).
+pub fn decay_except<M: Module>(model: M, lr: f64, wd: f64, all: bool, frozen: &[ParamId]) -> M {
     if wd == 0.0 {
         return model;
     }
@@ -119,6 +137,7 @@ pub fn decay<M: Module>(model: M, lr: f64, wd: f64, all: bool) -> M {
         factor: 1.0 - lr * wd,
         all,
         path: Path::default(),
+        frozen,
     })
 }
 
