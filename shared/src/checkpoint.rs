@@ -152,6 +152,7 @@ impl std::fmt::Display for ModelMeta {
         writeln!(f, "kind:            {}", self.kind.name())?;
         writeln!(f, "format version:  {}", self.format_version)?;
         writeln!(f, "profile:         {}", c.profile.name())?;
+        writeln!(f, "method:          {}", c.method.name())?;
         writeln!(
             f,
             "encoder:         ViT D={} depth={} heads={} patch={} input {}x{} px, {} channel(s)",

@@ -8,15 +8,16 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use cxr_msn::checkpoint::{ModelKind, load_classifier, load_pretraining, read_meta};
+use cxr_msn::checkpoint::{ModelKind, load_classifier, read_meta};
 use cxr_msn::config::ViewConfig;
-use cxr_msn::config::{MsnConfig, Profile, VitConfig, VitPreset};
+use cxr_msn::config::{Method, MsnConfig, Profile, VitConfig, VitPreset};
 use cxr_msn::decode::DecodeLimits;
 use cxr_msn::ehr::FeatureSet;
+use cxr_msn::pretrained::load_pretrained;
 use cxr_msn_trainer::source::{DataArgs, describe};
 use cxr_msn_trainer::{
-    bench, contact_sheet, ehr_command, embed, evaluate, export, finetune, interrupt, main_job,
-    pretrain, probe, synthetic, weights,
+    baselines, bench, contact_sheet, ehr_command, embed, evaluate, export, finetune, interrupt,
+    main_job, pretrain, probe, synthetic, weights,
 };
 
 #[derive(Parser, Debug)]
@@ -46,6 +47,15 @@ enum Command {
     ///
     /// Example: cxr-msn compare --ehr demographic --epochs 2
     Compare(main_job::MainJobArgs),
+    /// The paper's comparison, re-runnable: random init, MAE, DINO, vanilla MSN and MSN
+    /// with each EHR group, pretrained alike, then linear probe and fine-tune; one table of
+    /// macro AUROC with 95% CIs (CSV, Markdown) and a plot. Running it again continues.
+    ///
+    /// Example: cxr-msn baselines --epochs 2
+    ///
+    /// On a dataset: cxr-msn baselines --format nih --data Data_Entry_2017.csv --ehr-sets
+    /// demographic --out runs/nih-baselines
+    Baselines(baselines::BaselinesArgs),
     /// List the ViT presets, the two pretraining profiles and the 23 EHR feature sets.
     ///
     /// Example: cxr-msn info
@@ -218,7 +228,7 @@ fn run(command: Command) -> Result<()> {
             let device = burn::tensor::Device::flex();
             let weights = match meta.kind {
                 ModelKind::Classifier => load_classifier(&bytes, &device).map(drop),
-                ModelKind::Pretraining => load_pretraining(&bytes, &device).map(drop),
+                ModelKind::Pretraining => load_pretrained(&bytes, &device).map(drop),
             };
             weights.with_context(|| format!("{}", file.display()))?;
             println!("{}", file.display());
@@ -297,6 +307,10 @@ fn run(command: Command) -> Result<()> {
         }
         Command::Demo(args) => main_job::run_demo(&args, &mut std::io::stdout()),
         Command::Compare(args) => main_job::run_compare(&args, &mut std::io::stdout()),
+        Command::Baselines(args) => {
+            print!("{}", baselines::run(&args, &mut std::io::stdout())?);
+            Ok(())
+        }
         Command::Pretrain(args) => {
             pretrain::run(&args, &mut std::io::stdout())?;
             Ok(())
@@ -389,6 +403,28 @@ fn info() -> String {
             c.optim.epochs,
             c.optim.precision,
         );
+    }
+    out += "\nPretraining methods (--method NAME; the baselines are image-only and share the \
+            encoder, views, optimiser and schedules):\n";
+    for (method, what) in [
+        (
+            Method::Msn,
+            "Masked Siamese Networks, with EHR in the anchor branch when --ehr names a set",
+        ),
+        (
+            Method::Dino,
+            "DINO: head 512-256-1024, centring, teacher temperature 0.04->0.07, cosine momentum",
+        ),
+        (
+            Method::Mae,
+            "MAE: mask ratio 0.6, decoder 512 wide, 8 blocks, 16 heads, normalised pixels",
+        ),
+        (
+            Method::Random,
+            "no pretraining: the encoder at its seeded random initialisation",
+        ),
+    ] {
+        out += &format!("  {:8} {what}\n", method.name());
     }
     out += "\nEHR feature sets (--ehr NAME; fields may also be joined with '+'):\n";
     for name in FeatureSet::NAMED {

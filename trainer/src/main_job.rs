@@ -22,13 +22,9 @@ use crate::probe::{ProbeArgs, ProbeOutcome};
 use crate::source::DataArgs;
 use crate::{embed, evaluate, export, pretrain, probe, synthetic};
 
-/// The settings of `cxr-msn demo` and `cxr-msn compare`.
+/// The synthetic world: where it lives and, when it is generated, how big it is.
 #[derive(Args, Debug, Clone)]
-pub struct MainJobArgs {
-    /// Run folder (default: runs/demo for `demo`, runs/compare for `compare`). Running the
-    /// same command again continues its pretraining where it stopped.
-    #[arg(long)]
-    pub out: Option<PathBuf>,
+pub struct WorldArgs {
     /// Folder of the synthetic world; generated there when it holds no manifest.csv.
     #[arg(long, default_value = "data/synth")]
     pub synth: PathBuf,
@@ -36,10 +32,28 @@ pub struct MainJobArgs {
     /// and test).
     #[arg(long, default_value_t = 400)]
     pub count: usize,
-    /// EHR feature set of the multimodal model (see `cxr-msn info`); `none` for vanilla MSN
-    /// (`demo` only).
-    #[arg(long, default_value = "demographic")]
-    pub ehr: String,
+}
+
+impl WorldArgs {
+    /// The world's manifest.
+    pub fn manifest(&self) -> PathBuf {
+        self.synth.join("manifest.csv")
+    }
+
+    /// The world as a dataset.
+    pub fn source(&self) -> DataArgs {
+        DataArgs::manifest(self.manifest())
+    }
+
+    /// The decode cache beside the world.
+    pub fn cache(&self) -> PathBuf {
+        self.synth.with_extension("cache")
+    }
+}
+
+/// How every run is pretrained and probed (sized for two CPU cores by default).
+#[derive(Args, Debug, Clone)]
+pub struct RecipeArgs {
     /// Recipe: `paper` or `msn`.
     #[arg(long, default_value = "paper")]
     pub profile: String,
@@ -77,26 +91,23 @@ pub struct MainJobArgs {
     /// wgpu adapter whatever it is (gpu).
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceArg,
-    /// Also write the browser model with 16-bit weights (model-f16.safetensors).
-    #[arg(long)]
-    pub f16: bool,
 }
 
-impl MainJobArgs {
-    fn manifest(&self) -> PathBuf {
-        self.synth.join("manifest.csv")
-    }
-
-    fn source(&self) -> DataArgs {
-        DataArgs::manifest(self.manifest())
-    }
-
-    fn pretrain_args(&self, ehr: &str, out: &Path) -> PretrainArgs {
+impl RecipeArgs {
+    /// The settings of one pretraining run of `method` (with EHR set `ehr` or `none`).
+    pub fn pretrain_args(
+        &self,
+        source: DataArgs,
+        method: &str,
+        ehr: &str,
+        out: &Path,
+        cache: Option<PathBuf>,
+    ) -> PretrainArgs {
         PretrainArgs {
-            source: self.source(),
+            source,
             out: out.to_path_buf(),
             profile: self.profile.clone(),
-            method: "msn".into(),
+            method: method.into(),
             preset: self.preset.clone(),
             ehr: ehr.to_string(),
             channels: 3,
@@ -107,7 +118,7 @@ impl MainJobArgs {
             device: self.device,
             seed: self.seed,
             threads: self.threads,
-            cache: Some(self.synth.with_extension("cache")),
+            cache,
             config: None,
             print_config: false,
             init: None,
@@ -117,49 +128,76 @@ impl MainJobArgs {
         }
     }
 
-    fn probe_args(&self, run: &Path) -> ProbeArgs {
+    /// The downstream settings of a linear probe, `epochs` long at `lr` (the authors'
+    /// patience 5, batch 64 and seed 24).
+    pub fn downstream(&self, epochs: usize, lr: f64) -> DownstreamArgs {
+        DownstreamArgs {
+            epochs,
+            patience: 5,
+            lr,
+            batch_size: 64,
+            train_fraction: 1.0,
+            seed: 24,
+            bootstrap: self.bootstrap,
+            threads: self.threads,
+            device: self.device,
+        }
+    }
+
+    /// The settings of the linear probe of the run in `run` (into `run/probe`).
+    pub fn probe_args(&self, source: DataArgs, run: &Path) -> ProbeArgs {
         ProbeArgs {
-            source: self.source(),
+            source,
             checkpoint: run.join("checkpoint.safetensors"),
             out: run.join("probe"),
-            train: DownstreamArgs {
-                epochs: self.probe_epochs,
-                patience: 5,
-                lr: self.probe_lr,
-                batch_size: 64,
-                train_fraction: 1.0,
-                seed: 24,
-                bootstrap: self.bootstrap,
-                threads: self.threads,
-                device: self.device,
-            },
+            train: self.downstream(self.probe_epochs, self.probe_lr),
         }
     }
 }
 
+/// The settings of `cxr-msn demo` and `cxr-msn compare`.
+#[derive(Args, Debug, Clone)]
+pub struct MainJobArgs {
+    /// Run folder (default: runs/demo for `demo`, runs/compare for `compare`). Running the
+    /// same command again continues its pretraining where it stopped.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub world: WorldArgs,
+    /// EHR feature set of the multimodal model (see `cxr-msn info`); `none` for vanilla MSN
+    /// (`demo` only).
+    #[arg(long, default_value = "demographic")]
+    pub ehr: String,
+    #[command(flatten)]
+    pub recipe: RecipeArgs,
+    /// Also write the browser model with 16-bit weights (model-f16.safetensors).
+    #[arg(long)]
+    pub f16: bool,
+}
+
 /// Makes the synthetic world unless it is there.
-fn ensure_world(args: &MainJobArgs, log: &mut dyn Write) -> Result<()> {
-    if args.manifest().exists() {
+pub fn ensure_world(world: &WorldArgs, threads: usize, log: &mut dyn Write) -> Result<()> {
+    if world.manifest().exists() {
         writeln!(
             log,
             "== synthetic world: using {} (delete the folder to make a new one)",
-            args.manifest().display()
+            world.manifest().display()
         )?;
         return Ok(());
     }
     writeln!(
         log,
         "== synthetic world: generating {} images into {}",
-        args.count,
-        args.synth.display()
+        world.count,
+        world.synth.display()
     )?;
     let started = Instant::now();
     let cfg = synthetic::SynthConfig {
-        count: args.count,
-        threads: args.threads,
+        count: world.count,
+        threads,
         ..synthetic::SynthConfig::default()
     };
-    synthetic::generate(&args.synth, &cfg)?;
+    synthetic::generate(&world.synth, &cfg)?;
     writeln!(log, "   done in {:.1} s", started.elapsed().as_secs_f64())?;
     Ok(())
 }
@@ -174,22 +212,31 @@ fn pretrain_and_probe(
     writeln!(
         log,
         "== pretrain: {} MSN, ViT-{}, EHR {ehr}, {} epoch(s) -> {}",
-        args.profile,
-        args.preset,
-        args.epochs,
+        args.recipe.profile,
+        args.recipe.preset,
+        args.recipe.epochs,
         run.display()
     )?;
-    pretrain::run(&args.pretrain_args(ehr, run), log)
-        .with_context(|| format!("pretraining into {}", run.display()))?;
+    pretrain::run(
+        &args.recipe.pretrain_args(
+            args.world.source(),
+            "msn",
+            ehr,
+            run,
+            Some(args.world.cache()),
+        ),
+        log,
+    )
+    .with_context(|| format!("pretraining into {}", run.display()))?;
     stop_if_asked()?;
     writeln!(log, "== linear probe -> {}", run.join("probe").display())?;
-    let outcome = probe::run(&args.probe_args(run))?;
+    let outcome = probe::run(&args.recipe.probe_args(args.world.source(), run))?;
     write!(log, "{}", outcome.log)?;
     Ok(outcome)
 }
 
 /// Stops between stages after Ctrl-C (pretraining itself stops after its current step).
-fn stop_if_asked() -> Result<()> {
+pub fn stop_if_asked() -> Result<()> {
     if crate::interrupt::requested() {
         bail!("stopped on request; run the same command to continue");
     }
@@ -200,7 +247,7 @@ fn stop_if_asked() -> Result<()> {
 pub fn run_demo(args: &MainJobArgs, log: &mut dyn Write) -> Result<()> {
     let started = Instant::now();
     let run = args.out.clone().unwrap_or_else(|| "runs/demo".into());
-    ensure_world(args, log)?;
+    ensure_world(&args.world, args.recipe.threads, log)?;
     pretrain_and_probe(args, &args.ehr, &run, log)?;
     stop_if_asked()?;
     let classifier = run.join("probe/classifier.safetensors");
@@ -210,25 +257,25 @@ pub fn run_demo(args: &MainJobArgs, log: &mut dyn Write) -> Result<()> {
         run.join("eval").display()
     )?;
     let report = evaluate::run_eval(&evaluate::EvalArgs {
-        source: args.source(),
+        source: args.world.source(),
         model: classifier.clone(),
         split: "test".into(),
         out: Some(run.join("eval")),
-        bootstrap: args.bootstrap,
+        bootstrap: args.recipe.bootstrap,
         seed: 24,
-        threads: args.threads,
-        device: args.device,
+        threads: args.recipe.threads,
+        device: args.recipe.device,
     })?;
     write!(log, "{report}")?;
     stop_if_asked()?;
     writeln!(log, "== embedding map -> {}", run.join("embed").display())?;
     let report = embed::run(&embed::EmbedArgs {
-        source: args.source(),
+        source: args.world.source(),
         model: classifier.clone(),
         split: "test".into(),
         out: run.join("embed"),
-        threads: args.threads,
-        device: args.device,
+        threads: args.recipe.threads,
+        device: args.recipe.device,
     })?;
     write!(log, "{report}")?;
     let mut exports = vec![(run.join("model.safetensors"), false)];
@@ -238,13 +285,13 @@ pub fn run_demo(args: &MainJobArgs, log: &mut dyn Write) -> Result<()> {
     for (file, f16) in exports {
         writeln!(log, "== export for the browser -> {}", file.display())?;
         let report = export::run(&export::ExportArgs {
-            source: args.source(),
+            source: args.world.source(),
             model: classifier.clone(),
             out: file,
             split: "validate".into(),
-            threads: args.threads,
+            threads: args.recipe.threads,
             f16,
-            device: args.device,
+            device: args.recipe.device,
         })?;
         write!(log, "{report}")?;
     }
@@ -270,7 +317,7 @@ pub fn run_compare(args: &MainJobArgs, log: &mut dyn Write) -> Result<()> {
     }
     let started = Instant::now();
     let root = args.out.clone().unwrap_or_else(|| "runs/compare".into());
-    ensure_world(args, log)?;
+    ensure_world(&args.world, args.recipe.threads, log)?;
     let vanilla = pretrain_and_probe(args, "none", &root.join("vanilla"), log)?;
     let arm_name = format!("ehr-{}", args.ehr);
     let multimodal = pretrain_and_probe(args, &args.ehr, &root.join(&arm_name), log)?;
@@ -301,12 +348,12 @@ pub fn run_compare(args: &MainJobArgs, log: &mut dyn Write) -> Result<()> {
     let n = targets.len() / labels.max(1);
     let mut text = format!(
         "\nVanilla MSN vs MSN + EHR on {n} test images of {} ({} epoch(s) each):\n",
-        args.manifest().display(),
-        args.epochs
+        args.world.manifest().display(),
+        args.recipe.epochs
     );
     let mut json = serde_json::Map::new();
     for (name, scores) in &rows {
-        let (auc, ap) = bootstrap_macro(scores, targets, labels, args.bootstrap, 24);
+        let (auc, ap) = bootstrap_macro(scores, targets, labels, args.recipe.bootstrap, 24);
         let _ = writeln!(
             text,
             "  {name:44} macro AUROC {}  macro AUPRC {}",
@@ -321,7 +368,7 @@ pub fn run_compare(args: &MainJobArgs, log: &mut dyn Write) -> Result<()> {
             }),
         );
     }
-    let diff = paired_macro_auroc_difference(&a, &b, targets, labels, args.bootstrap, 24);
+    let diff = paired_macro_auroc_difference(&a, &b, targets, labels, args.recipe.bootstrap, 24);
     let _ = writeln!(
         text,
         "  image head, MSN + EHR minus vanilla: {} (paired bootstrap; an interval holding 0 \

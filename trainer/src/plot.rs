@@ -278,3 +278,105 @@ mod tests {
         assert_eq!(dots.matches("<circle").count(), 2);
     }
 }
+
+/// One row of an interval chart: a label and, per series, `(value, low, high)`.
+#[derive(Debug, Clone)]
+pub struct IntervalRow {
+    /// Text left of the row.
+    pub label: String,
+    /// One entry per series; `None` draws nothing.
+    pub values: Vec<Option<(f64, f64, f64)>>,
+}
+
+/// A forest plot: one row per label, a dot with its interval per series (horizontal), the
+/// x axis shared. A dashed line marks 0.5 (chance for AUROC) when it is in range.
+pub fn interval_chart(title: &str, x_label: &str, series: &[&str], rows: &[IntervalRow]) -> String {
+    const W: f64 = 760.0;
+    const L: f64 = 260.0;
+    const R: f64 = 24.0;
+    const T: f64 = 58.0;
+    const ROW: f64 = 28.0;
+    let h = T + ROW * rows.len().max(1) as f64 + 46.0;
+    let (lo, hi) = range(
+        rows.iter()
+            .flat_map(|r| r.values.iter().flatten())
+            .flat_map(|&(v, l, u)| [v, l, u]),
+    );
+    let pad = (hi - lo) * 0.05;
+    let (lo, hi) = (lo - pad, hi + pad);
+    let px = |x: f64| L + (x - lo) / (hi - lo) * (W - L - R);
+    let mut s = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{h}" viewBox="0 0 {W} {h}" font-family="sans-serif" font-size="11">
+<rect width="100%" height="100%" fill="white"/>
+<text x="{}" y="18" font-size="13" text-anchor="middle">{}</text>
+"#,
+        W / 2.0,
+        escape(title)
+    );
+    for (i, name) in series.iter().enumerate() {
+        let x = L + 150.0 * i as f64;
+        let _ = writeln!(
+            s,
+            r#"<circle cx="{x}" cy="38" r="4" fill="{}"/><text x="{}" y="42">{}</text>"#,
+            colour(i),
+            x + 8.0,
+            escape(name)
+        );
+    }
+    let bottom = h - 46.0;
+    let _ = writeln!(
+        s,
+        r##"<line x1="{L}" y1="{bottom}" x2="{}" y2="{bottom}" stroke="#444"/>"##,
+        W - R
+    );
+    for k in 0..=4 {
+        let x = lo + (hi - lo) * k as f64 / 4.0;
+        let _ = writeln!(
+            s,
+            r##"<line x1="{0:.1}" y1="{T}" x2="{0:.1}" y2="{1}" stroke="#ddd"/><text x="{0:.1}" y="{2}" text-anchor="middle">{3}</text>"##,
+            px(x),
+            bottom + 4.0,
+            bottom + 16.0,
+            tick(x)
+        );
+    }
+    if (lo..=hi).contains(&0.5) {
+        let _ = writeln!(
+            s,
+            r##"<line x1="{0:.1}" y1="{T}" x2="{0:.1}" y2="{bottom}" stroke="#888" stroke-dasharray="4 3"/>"##,
+            px(0.5)
+        );
+    }
+    let _ = writeln!(
+        s,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+        (L + W - R) / 2.0,
+        h - 10.0,
+        escape(x_label)
+    );
+    let n = series.len().max(1) as f64;
+    for (i, row) in rows.iter().enumerate() {
+        let y = T + ROW * (i as f64 + 0.5);
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+            L - 8.0,
+            y + 4.0,
+            escape(&row.label)
+        );
+        for (j, value) in row.values.iter().enumerate() {
+            let Some((v, l, u)) = value else { continue };
+            let yj = y + (j as f64 - (n - 1.0) / 2.0) * 7.0;
+            let c = colour(j);
+            let _ = writeln!(
+                s,
+                r#"<line x1="{:.1}" y1="{yj:.1}" x2="{:.1}" y2="{yj:.1}" stroke="{c}" stroke-width="2"/><circle cx="{:.1}" cy="{yj:.1}" r="4" fill="{c}"/>"#,
+                px(*l),
+                px(*u),
+                px(*v)
+            );
+        }
+    }
+    s.push_str("</svg>\n");
+    s
+}
