@@ -16,6 +16,9 @@ use crate::msn::MultimodalMsn;
 use crate::vit::VisionTransformer;
 
 /// The model a pretraining run trains.
+// The variants are handles to tensors (a few KB at most, moved once per step); boxing them
+// would need a `Module` implementation for `Box`.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Pretrained {
     /// (Multimodal) MSN.

@@ -71,3 +71,22 @@ pub fn synth(out: &Path, count: usize, size: usize, seed: u64) {
         out.as_os_str(),
     ]);
 }
+
+/// Every tensor of a model file as `(name, raw bytes)`, sorted by name: two files hold the
+/// same model exactly when these are equal (the header's key order is not fixed).
+///
+/// # Panics
+/// When the file cannot be read or is not safetensors.
+pub fn model_tensors(file: &Path) -> Vec<(String, Vec<u8>)> {
+    let bytes = std::fs::read(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("a safetensors file");
+    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|n| {
+            let data = st.tensor(&n).expect("listed tensor").data().to_vec();
+            (n, data)
+        })
+        .collect()
+}

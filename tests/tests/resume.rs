@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cxr_msn_e2e::{binary, run_ok, synth};
+use cxr_msn_e2e::{binary, model_tensors, run_ok, synth};
 
 const EPOCHS: &str = "3";
 /// Steps of a whole run: 16 training images in batches of 4, [`EPOCHS`] times.
@@ -65,20 +65,6 @@ fn records(run: &Path) -> Vec<serde_json::Value> {
             let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
             v.as_object_mut().unwrap().remove("seconds");
             v
-        })
-        .collect()
-}
-
-fn tensors(file: &Path) -> Vec<(String, Vec<u8>)> {
-    let bytes = std::fs::read(file).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
-    names.sort();
-    names
-        .into_iter()
-        .map(|n| {
-            let data = st.tensor(&n).unwrap().data().to_vec();
-            (n, data)
         })
         .collect()
 }
@@ -151,8 +137,8 @@ fn killed_and_interrupted_runs_resume_exactly() {
         "the same loss at every step"
     );
     assert_eq!(
-        tensors(&run.join("checkpoint.safetensors")),
-        tensors(&reference.join("checkpoint.safetensors")),
+        model_tensors(&run.join("checkpoint.safetensors")),
+        model_tensors(&reference.join("checkpoint.safetensors")),
         "the same weights, bit for bit"
     );
     for name in ["epochs.csv", "loss.svg", "config.json"] {
@@ -339,8 +325,8 @@ fn runs_killed_at_random_moments_lose_nothing_committed_and_end_like_an_uninterr
         "the same loss at every step"
     );
     assert_eq!(
-        tensors(&run.join("checkpoint.safetensors")),
-        tensors(&reference.join("checkpoint.safetensors")),
+        model_tensors(&run.join("checkpoint.safetensors")),
+        model_tensors(&reference.join("checkpoint.safetensors")),
         "the same weights, bit for bit"
     );
     assert_eq!(
@@ -381,7 +367,7 @@ fn diverging_runs_stop_before_a_non_finite_weight_is_saved() {
     );
     assert_eq!(committed(&run), Some(1), "the good step 0 was committed");
     check_consistent(&run, 1);
-    for (name, bytes) in tensors(&run.join("checkpoint.safetensors")) {
+    for (name, bytes) in model_tensors(&run.join("checkpoint.safetensors")) {
         let finite = match bytes.len() % 4 {
             0 => bytes
                 .chunks_exact(4)
@@ -512,8 +498,8 @@ fn a_full_disk_or_a_read_only_folder_is_a_clear_error_and_the_run_continues_with
     let last = dir.join("final");
     assert_eq!(records(&last), records(&reference));
     assert_eq!(
-        tensors(&last.join("checkpoint.safetensors")),
-        tensors(&reference.join("checkpoint.safetensors"))
+        model_tensors(&last.join("checkpoint.safetensors")),
+        model_tensors(&reference.join("checkpoint.safetensors"))
     );
 
     // A read-only file system, and an output "folder" under a plain file.
