@@ -8,24 +8,11 @@
 mod common;
 
 use burn::tensor::{Device, Tensor};
-use common::{Fixture, TOL, assert_close, load_pytorch, values};
-use cxr_msn::config::{DinoConfig, MaeConfig, VitConfig};
+use common::{Fixture, TOL, assert_close, load_pytorch, small_vit_config, values};
+use cxr_msn::config::{DinoConfig, MaeConfig};
 use cxr_msn::dino::{DinoHead, dino_loss};
 use cxr_msn::mae::{Mae, mae_loss, patchify, sincos_position_embedding};
 use cxr_msn::masking::TokenMask;
-
-fn small_vit_config() -> VitConfig {
-    VitConfig {
-        image_size: 224,
-        patch_size: 16,
-        channels: 3,
-        dim: 48,
-        depth: 2,
-        heads: 6,
-        mlp_ratio: 4,
-        layer_norm_eps: 1e-6,
-    }
-}
 
 fn dino_config(fx: &Fixture, key: &str) -> (DinoConfig, f64) {
     let c = fx.f64s(key);

@@ -8,26 +8,15 @@ mod common;
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
-use common::{Fixture, TOL, assert_close, int_tensor, load_pytorch, merge, values};
-use cxr_msn::config::{EhrConfig, HeadConfig, LossConfig, MsnConfig, VitConfig, VitPreset};
+use common::{
+    Fixture, TOL, assert_close, int_tensor, load_pytorch, merge, small_vit_config, values,
+};
+use cxr_msn::config::{EhrConfig, HeadConfig, LossConfig, MsnConfig, VitPreset};
 use cxr_msn::ehr::FeatureSet;
 use cxr_msn::loss::{msn_loss, sinkhorn};
 use cxr_msn::masking::TokenMask;
 use cxr_msn::msn::{AnchorGroup, MsnBatch};
 use cxr_msn::vit::{VisionTransformer, resize_position_grid};
-
-fn small_vit_config() -> VitConfig {
-    VitConfig {
-        image_size: 224,
-        patch_size: 16,
-        channels: 3,
-        dim: 48,
-        depth: 2,
-        heads: 6,
-        mlp_ratio: 4,
-        layer_norm_eps: 1e-6,
-    }
-}
 
 fn reference_vit(device: &Device) -> VisionTransformer {
     let weights = Fixture::open("vit_weights.safetensors");

@@ -90,3 +90,22 @@ pub fn model_tensors(file: &Path) -> Vec<(String, Vec<u8>)> {
         })
         .collect()
 }
+
+/// The records of a run's `metrics.jsonl` without their timings: two runs trained alike
+/// have equal ones.
+///
+/// # Panics
+/// When the file is missing or a line is not JSON.
+pub fn step_records(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .expect("metrics.jsonl")
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).expect("a JSON line");
+            if let Some(o) = v.as_object_mut() {
+                o.remove("seconds");
+            }
+            v
+        })
+        .collect()
+}

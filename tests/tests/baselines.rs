@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use cxr_msn_e2e::{model_tensors, run_ok, synth};
+use cxr_msn_e2e::{model_tensors, run_ok, step_records, synth};
 use safetensors::SafeTensors;
 
 fn floats(file: &[u8], name: &str) -> Vec<f32> {
@@ -89,20 +89,9 @@ fn dino_and_mae_runs_continue_exactly_where_they_stopped() {
                 == model_tensors(&parts.join("checkpoint.safetensors")),
             "{method}: the continued run differs from the uninterrupted one"
         );
-        let steps = |run: &Path| -> Vec<serde_json::Value> {
-            std::fs::read_to_string(run.join("metrics.jsonl"))
-                .unwrap()
-                .lines()
-                .map(|l| {
-                    let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-                    v.as_object_mut().unwrap().remove("seconds");
-                    v
-                })
-                .collect()
-        };
         assert_eq!(
-            steps(&whole),
-            steps(&parts),
+            step_records(&whole),
+            step_records(&parts),
             "{method}: the same losses step by step"
         );
         let a = std::fs::read(whole.join("checkpoint.safetensors")).unwrap();

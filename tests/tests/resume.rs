@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cxr_msn_e2e::{binary, model_tensors, run_ok, synth};
+use cxr_msn_e2e::{binary, model_tensors, run_ok, step_records, synth};
 
 const EPOCHS: &str = "3";
 /// Steps of a whole run: 16 training images in batches of 4, [`EPOCHS`] times.
@@ -57,18 +57,6 @@ fn wait_for_steps(child: &mut Child, run: &Path, n: usize) {
 }
 
 /// Step records without their timing.
-fn records(run: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v.as_object_mut().unwrap().remove("seconds");
-            v
-        })
-        .collect()
-}
-
 #[test]
 fn killed_and_interrupted_runs_resume_exactly() {
     let dir = tempfile_dir("resume");
@@ -132,8 +120,8 @@ fn killed_and_interrupted_runs_resume_exactly() {
     let text = run_ok(pretrain(&data, &run).get_args());
     assert!(text.contains("epoch 2: mean loss"), "{text}");
     assert_eq!(
-        records(&run),
-        records(&reference),
+        step_records(&run),
+        step_records(&reference),
         "the same loss at every step"
     );
     assert_eq!(
@@ -320,8 +308,8 @@ fn runs_killed_at_random_moments_lose_nothing_committed_and_end_like_an_uninterr
     // Finish, and compare with the uninterrupted run.
     run_ok(pretrain_saving_every(&data, &run, 1).get_args());
     assert_eq!(
-        records(&run),
-        records(&reference),
+        step_records(&run),
+        step_records(&reference),
         "the same loss at every step"
     );
     assert_eq!(
@@ -496,7 +484,7 @@ fn a_full_disk_or_a_read_only_folder_is_a_clear_error_and_the_run_continues_with
         "{more}"
     );
     let last = dir.join("final");
-    assert_eq!(records(&last), records(&reference));
+    assert_eq!(step_records(&last), step_records(&reference));
     assert_eq!(
         model_tensors(&last.join("checkpoint.safetensors")),
         model_tensors(&reference.join("checkpoint.safetensors"))

@@ -25,6 +25,7 @@ use serde::Serialize;
 use crate::files::write_atomic;
 use crate::finetune::{self, FinetuneArgs};
 use crate::main_job::{RecipeArgs, WorldArgs, ensure_world, stop_if_asked};
+use crate::metrics::paired_macro_auroc_difference;
 use crate::plot::{IntervalRow, interval_chart};
 use crate::source::DataArgs;
 use crate::{pretrain, probe};
@@ -159,6 +160,9 @@ pub struct ResultRow {
     pub macro_auroc: Option<Scored>,
     /// Macro AUPRC.
     pub macro_auprc: Option<Scored>,
+    /// Macro AUROC minus vanilla MSN's on the same test images, with a paired bootstrap
+    /// interval (linear probe, image head; `None` elsewhere or when not comparable).
+    pub minus_msn: Option<Scored>,
 }
 
 /// The macro scores of each head in a `metrics.json` of `probe` or `finetune`.
@@ -199,7 +203,7 @@ fn cell(s: Option<Scored>) -> String {
 pub fn comparison_csv(arms: &[Arm], rows: &[ResultRow]) -> String {
     let mut csv = String::from(
         "arm,method,ehr,evaluation,head,macro_auroc,auroc_low,auroc_high,macro_auprc,\
-         auprc_low,auprc_high\n",
+         auprc_low,auprc_high,auroc_minus_msn,minus_msn_low,minus_msn_high\n",
     );
     let num = |s: Option<Scored>| {
         s.map_or(",,".to_string(), |s| {
@@ -212,32 +216,36 @@ pub fn comparison_csv(arms: &[Arm], rows: &[ResultRow]) -> String {
         };
         let _ = writeln!(
             csv,
-            "{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{}",
             r.arm,
             arm.method.name(),
             arm.ehr.as_deref().unwrap_or(""),
             r.evaluation,
             r.head,
             num(r.macro_auroc),
-            num(r.macro_auprc)
+            num(r.macro_auprc),
+            num(r.minus_msn)
         );
     }
     csv
 }
 
 /// The comparison as a Markdown table: macro AUROC [95% CI] of the image head by linear
-/// probe and by fine-tuning, then the image + EHR head of the multimodal arms.
+/// probe (and its paired difference from vanilla MSN) and by fine-tuning, then the
+/// image + EHR head of the multimodal arms.
 pub fn comparison_markdown(arms: &[Arm], rows: &[ResultRow], finetuned: bool) -> String {
     let find = |arm: &str, evaluation: &str, head: &str| {
         rows.iter()
             .find(|r| r.arm == arm && r.evaluation == evaluation && r.head == head)
-            .and_then(|r| r.macro_auroc)
     };
-    let mut md = String::from("| pretraining | head | linear probe macro AUROC [95% CI] |");
+    let mut md = String::from(
+        "| pretraining | head | linear probe macro AUROC [95% CI] | probe minus vanilla MSN \
+         [paired 95% CI] |",
+    );
     md += if finetuned {
-        " fine-tune macro AUROC [95% CI] |\n|---|---|---|---|\n"
+        " fine-tune macro AUROC [95% CI] |\n|---|---|---|---|---|\n"
     } else {
-        "\n|---|---|---|\n"
+        "\n|---|---|---|---|\n"
     };
     for arm in arms {
         for head in ["image", "image+ehr"] {
@@ -245,19 +253,25 @@ pub fn comparison_markdown(arms: &[Arm], rows: &[ResultRow], finetuned: bool) ->
             if !has {
                 continue;
             }
+            let probe = find(&arm.name, "probe", head);
             let _ = write!(
                 md,
-                "| {} | {} | {} |",
+                "| {} | {} | {} | {} |",
                 arm.label(),
                 if head == "image" {
                     "image"
                 } else {
                     "image + EHR"
                 },
-                cell(find(&arm.name, "probe", head))
+                cell(probe.and_then(|r| r.macro_auroc)),
+                match probe.and_then(|r| r.minus_msn) {
+                    Some(d) => format!("{:+.3} [{:+.3}, {:+.3}]", d.value, d.low, d.high),
+                    None => "".into(),
+                }
             );
             if finetuned {
-                let _ = write!(md, " {} |", cell(find(&arm.name, "finetune", head)));
+                let finetune = find(&arm.name, "finetune", head);
+                let _ = write!(md, " {} |", cell(finetune.and_then(|r| r.macro_auroc)));
             }
             md.push('\n');
         }
@@ -326,7 +340,8 @@ pub fn run(args: &BaselinesArgs, log: &mut dyn Write) -> Result<String> {
         stop_if_asked()?;
 
         let probe_metrics = dir.join("probe/metrics.json");
-        if probe_metrics.exists() {
+        // The classifier is the last file a probe or a fine-tune writes.
+        if dir.join("probe/classifier.safetensors").exists() {
             writeln!(log, "== linear probe: kept {}", probe_metrics.display())?;
         } else {
             writeln!(log, "== linear probe -> {}", dir.join("probe").display())?;
@@ -339,7 +354,7 @@ pub fn run(args: &BaselinesArgs, log: &mut dyn Write) -> Result<String> {
         if args.finetune_epochs > 0 {
             let out = dir.join("finetune");
             let metrics = out.join("metrics.json");
-            if metrics.exists() {
+            if out.join("classifier.safetensors").exists() {
                 writeln!(log, "== fine-tune: kept {}", metrics.display())?;
             } else {
                 writeln!(log, "== fine-tune -> {}", out.display())?;
@@ -359,6 +374,7 @@ pub fn run(args: &BaselinesArgs, log: &mut dyn Write) -> Result<String> {
         }
     }
 
+    paired_differences(&mut rows, &args.out, args.recipe.bootstrap)?;
     let finetuned = args.finetune_epochs > 0;
     let markdown = comparison_markdown(&arms, &rows, finetuned);
     write_atomic(
@@ -423,7 +439,120 @@ fn collect(rows: &mut Vec<ResultRow>, arm: &Arm, evaluation: &str, metrics: &Pat
             head,
             macro_auroc: auroc,
             macro_auprc: auprc,
+            minus_msn: None,
         });
+    }
+    Ok(())
+}
+
+/// What a probe wrote about each test image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeScores {
+    /// Number of labels.
+    pub labels: usize,
+    /// Probabilities `[images x labels]` per head (`test_scores.csv`).
+    pub heads: BTreeMap<String, Vec<f32>>,
+    /// The targets `[images x labels]` (`test_targets.csv`; `None` for a left-out label).
+    pub targets: Vec<Option<f32>>,
+}
+
+/// Reads `test_scores.csv` and `test_targets.csv` of a probe folder.
+pub fn read_probe_scores(dir: &Path) -> Result<ProbeScores> {
+    let read = |name: &str| -> Result<(usize, Vec<Vec<String>>)> {
+        let path = dir.join(name);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let mut lines = text.lines();
+        let width = lines.next().map_or(0, |h| h.split(',').count());
+        let rows = lines
+            .map(|l| l.split(',').map(String::from).collect())
+            .collect();
+        Ok((width, rows))
+    };
+    let number = |cell: &str, file: &str| -> Result<f32> {
+        cell.parse()
+            .with_context(|| format!("{}: '{cell}' is not a number", dir.join(file).display()))
+    };
+    let (width, rows) = read("test_scores.csv")?;
+    let labels = width.saturating_sub(2);
+    let mut heads: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+    for row in rows {
+        if row.len() != labels + 2 {
+            bail!(
+                "{}: a row has {} fields, expected {}",
+                dir.join("test_scores.csv").display(),
+                row.len(),
+                labels + 2
+            );
+        }
+        let values = row[2..]
+            .iter()
+            .map(|c| number(c, "test_scores.csv"))
+            .collect::<Result<Vec<f32>>>()?;
+        heads.entry(row[1].clone()).or_default().extend(values);
+    }
+    let (_, rows) = read("test_targets.csv")?;
+    let mut targets = Vec::new();
+    for row in rows {
+        if row.len() != labels + 1 {
+            bail!(
+                "{}: a row has {} fields, expected {}",
+                dir.join("test_targets.csv").display(),
+                row.len(),
+                labels + 1
+            );
+        }
+        for c in &row[1..] {
+            targets.push(if c.is_empty() {
+                None
+            } else {
+                Some(number(c, "test_targets.csv")?)
+            });
+        }
+    }
+    Ok(ProbeScores {
+        labels,
+        heads,
+        targets,
+    })
+}
+
+/// Fills `minus_msn` of every arm's probe image row: its macro AUROC minus vanilla MSN's,
+/// with a paired bootstrap over the same test images (seed 24). Left empty when there is no
+/// vanilla MSN arm, or when an arm was tested on other images (an EHR set that drops
+/// images without its fields).
+fn paired_differences(rows: &mut [ResultRow], out: &Path, resamples: usize) -> Result<()> {
+    let msn_dir = out.join(Method::Msn.name()).join("probe");
+    if !rows.iter().any(|r| r.arm == Method::Msn.name()) || !msn_dir.exists() {
+        return Ok(());
+    }
+    let msn = read_probe_scores(&msn_dir)?;
+    let Some(reference) = msn.heads.get("image") else {
+        return Ok(());
+    };
+    for row in rows
+        .iter_mut()
+        .filter(|r| r.evaluation == "probe" && r.head == "image" && r.arm != Method::Msn.name())
+    {
+        let other = read_probe_scores(&out.join(&row.arm).join("probe"))?;
+        if other.targets != msn.targets || other.labels != msn.labels {
+            continue;
+        }
+        if let Some(own) = other.heads.get("image") {
+            row.minus_msn = paired_macro_auroc_difference(
+                reference,
+                own,
+                &msn.targets,
+                msn.labels,
+                resamples,
+                24,
+            )
+            .map(|i| Scored {
+                value: i.value,
+                low: i.low,
+                high: i.high,
+            });
+        }
     }
     Ok(())
 }
@@ -464,6 +593,7 @@ mod tests {
             head: head.into(),
             macro_auroc: s(v),
             macro_auprc: None,
+            minus_msn: None,
         };
         let rows = vec![
             row("dino", "probe", "image", 0.6),
@@ -476,18 +606,67 @@ mod tests {
         assert_eq!(lines.len(), 5, "{md}");
         assert_eq!(
             lines[2],
-            "| DINO | image | 0.600 [0.500, 0.700] | 0.650 [0.550, 0.750] |"
+            "| DINO | image | 0.600 [0.500, 0.700] |  | 0.650 [0.550, 0.750] |"
         );
         assert_eq!(
             lines[4],
-            "| MSN + EHR (sex) | image + EHR | 0.750 [0.650, 0.850] | n/a |"
+            "| MSN + EHR (sex) | image + EHR | 0.750 [0.650, 0.850] |  | n/a |"
         );
         let csv = comparison_csv(&a, &rows);
         assert!(
             csv.lines()
-                .any(|l| l == "msn-ehr-sex,msn,sex,probe,image+ehr,0.75,0.65,0.85,,,"),
+                .any(|l| l == "msn-ehr-sex,msn,sex,probe,image+ehr,0.75,0.65,0.85,,,,,,"),
             "{csv}"
         );
+    }
+
+    #[test]
+    fn the_paired_difference_from_vanilla_msn_uses_the_same_test_images() {
+        let dir = tempfile::tempdir().unwrap();
+        // One label, six images: DINO ranks them perfectly (AUROC 1); MSN orders 6 of the 9
+        // positive-negative pairs correctly (AUROC 2/3).
+        let targets = "row,Effusion\n0,1\n1,1\n2,1\n3,0\n4,0\n5,0\n";
+        for (arm, scores) in [
+            ("msn", [0.9, 0.2, 0.5, 0.6, 0.1, 0.4]),
+            ("dino", [0.9, 0.8, 0.7, 0.3, 0.2, 0.1]),
+        ] {
+            let probe = dir.path().join(arm).join("probe");
+            std::fs::create_dir_all(&probe).unwrap();
+            let mut csv = String::from("row,head,Effusion\n");
+            for (i, v) in scores.iter().enumerate() {
+                csv += &format!("{i},image,{v}\n");
+            }
+            std::fs::write(probe.join("test_scores.csv"), csv).unwrap();
+            std::fs::write(probe.join("test_targets.csv"), targets).unwrap();
+        }
+        let read = read_probe_scores(&dir.path().join("dino/probe")).unwrap();
+        assert_eq!((read.labels, read.targets.len()), (1, 6));
+        let row = |arm: &str| ResultRow {
+            arm: arm.into(),
+            evaluation: "probe".into(),
+            head: "image".into(),
+            macro_auroc: None,
+            macro_auprc: None,
+            minus_msn: None,
+        };
+        let mut rows = vec![row("msn"), row("dino")];
+        paired_differences(&mut rows, dir.path(), 200).unwrap();
+        assert!(
+            rows[0].minus_msn.is_none(),
+            "no difference of MSN from itself"
+        );
+        let d = rows[1].minus_msn.expect("a paired difference");
+        assert!((d.value - (1.0 - 6.0 / 9.0)).abs() < 1e-9, "{d:?}");
+        assert!(d.low <= d.value && d.value <= d.high, "{d:?}");
+        // Other test images (a different target column): no difference is claimed.
+        std::fs::write(
+            dir.path().join("dino/probe/test_targets.csv"),
+            "row,Effusion\n0,0\n1,1\n2,1\n3,0\n4,0\n5,1\n",
+        )
+        .unwrap();
+        let mut rows = vec![row("msn"), row("dino")];
+        paired_differences(&mut rows, dir.path(), 200).unwrap();
+        assert!(rows[1].minus_msn.is_none());
     }
 
     #[test]

@@ -30,6 +30,7 @@ use crate::loader::{Loader, LoaderConfig, Views};
 use crate::metrics::evaluate;
 use crate::model_files;
 use crate::probe::masked_bce;
+use crate::progress::Progress;
 use crate::source::DataArgs;
 
 /// The settings of `cxr-msn finetune`.
@@ -95,6 +96,9 @@ pub fn run(args: &FinetuneArgs) -> Result<String> {
     let mut log = format!("device: {}\n", chosen.description);
     let (mut best, mut best_auc, mut waited) = (model.valid(), f64::NEG_INFINITY, 0);
     let val_targets: Vec<Option<f32>> = val.iter().flat_map(|i| i.labels.clone()).collect();
+    let per_epoch = loader.batches_per_epoch();
+    let mut step = 0;
+    let mut progress = Progress::new(0, per_epoch * args.train.epochs, args.train.batch_size);
     for epoch in 0..args.train.epochs {
         let lr = args.train.lr_at(epoch);
         for batch in loader.epoch(epoch) {
@@ -114,7 +118,12 @@ pub fn run(args: &FinetuneArgs) -> Result<String> {
             }
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(lr, model, grads);
+            step += 1;
+            let status = format!("fine-tune epoch {}/{}", epoch + 1, args.train.epochs);
+            // The progress line goes to the terminal (or the log); the report is returned.
+            progress.show(step, &status, &mut std::io::stdout())?;
         }
+        progress.finish_line();
         if !crate::finite::weights_finite(&model) {
             bail!(
                 "fine-tuning diverged in epoch {epoch} (the weights became NaN or infinite); \

@@ -50,7 +50,7 @@ pub struct ProbeArgs {
     /// The pretraining checkpoint (`checkpoint.safetensors` of a pretrain run folder).
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// Output folder: metrics.json, test_scores.csv, classifier.safetensors.
+    /// Output folder: metrics.json, test_scores.csv, test_targets.csv, classifier.safetensors.
     #[arg(long)]
     pub out: PathBuf,
     #[command(flatten)]
@@ -286,6 +286,10 @@ pub fn run(args: &ProbeArgs) -> Result<ProbeOutcome> {
         &args.out.join("test_scores.csv"),
         scores_csv(&data.label_names, &scored).as_bytes(),
     )?;
+    write_atomic(
+        &args.out.join("test_targets.csv"),
+        targets_csv(&data.label_names, &test_f.targets).as_bytes(),
+    )?;
     log.push_str(&table);
 
     // The classifier model file: encoder plus the best heads.
@@ -315,7 +319,8 @@ pub fn run(args: &ProbeArgs) -> Result<ProbeOutcome> {
     write_atomic(&file, &write_model(&classifier, &meta)?)?;
     let _ = writeln!(
         log,
-        "wrote {} and, beside it, metrics.json, metrics.csv, roc.svg, test_scores.csv",
+        "wrote {} and, beside it, metrics.json, metrics.csv, roc.svg, test_scores.csv, \
+         test_targets.csv",
         file.display()
     );
     Ok(ProbeOutcome {
@@ -342,6 +347,30 @@ fn scores_csv(label_names: &[String], heads: &[HeadScores]) -> String {
             }
             csv.push('\n');
         }
+    }
+    csv
+}
+
+/// The test targets the scores are judged against: `row,<labels...>`, 1 or 0, empty where
+/// a label is left out (so that two runs can be compared image by image).
+fn targets_csv(label_names: &[String], targets: &[Option<f32>]) -> String {
+    let mut csv = String::from("row");
+    for name in label_names {
+        csv.push(',');
+        csv.push_str(&csv_field(name));
+    }
+    csv.push('\n');
+    for (r, row) in targets.chunks(label_names.len().max(1)).enumerate() {
+        let _ = write!(csv, "{r}");
+        for t in row {
+            match t {
+                Some(v) => {
+                    let _ = write!(csv, ",{v}");
+                }
+                None => csv.push(','),
+            }
+        }
+        csv.push('\n');
     }
     csv
 }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use burn::module::Module;
 use burn::store::{ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use cxr_msn::config::VitConfig;
 use safetensors::{Dtype, SafeTensors};
 
 /// The tolerance the issue asks for: 1e-5, relative for values above 1.
@@ -189,4 +190,19 @@ pub fn assert_close(what: &str, actual: &[f32], expected: &[f32], tol: f32) {
         actual[i],
         expected[i]
     );
+}
+
+/// The reference scripts' small ViT (vit_weights.safetensors): D=48, 2 blocks, 6 heads,
+/// 3 channels, the 224 px grid.
+pub fn small_vit_config() -> VitConfig {
+    VitConfig {
+        image_size: 224,
+        patch_size: 16,
+        channels: 3,
+        dim: 48,
+        depth: 2,
+        heads: 6,
+        mlp_ratio: 4,
+        layer_norm_eps: 1e-6,
+    }
 }
