@@ -219,5 +219,52 @@ fn the_comparison_grid_runs_every_method_and_keeps_finished_work() {
         std::fs::read_to_string(out.join("comparison.csv")).unwrap(),
         csv
     );
+
+    // The low-data regime beside it: the pretrained arms are reused, the probes are new.
+    let low = run_ok([
+        "baselines".as_ref(),
+        "--data".as_ref(),
+        dir.join("data/manifest.csv").as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+        "--methods".as_ref(),
+        "random,msn".as_ref(),
+        "--ehr-sets".as_ref(),
+        "none".as_ref(),
+        "--train-fraction".as_ref(),
+        "0.5".as_ref(),
+        "--finetune-epochs".as_ref(),
+        "0".as_ref(),
+        "--epochs".as_ref(),
+        "1".as_ref(),
+        "--batch-size".as_ref(),
+        "8".as_ref(),
+        "--focal-views".as_ref(),
+        "1".as_ref(),
+        "--depth".as_ref(),
+        "1".as_ref(),
+        "--probe-epochs".as_ref(),
+        "1".as_ref(),
+        "--bootstrap".as_ref(),
+        "20".as_ref(),
+        "--device".as_ref(),
+        "cpu".as_ref(),
+    ]);
+    assert!(
+        low.contains("nothing to do") && low.contains("probe-50%"),
+        "{low}"
+    );
+    let csv50 = std::fs::read_to_string(out.join("comparison-50%.csv")).unwrap();
+    assert_eq!(csv50.lines().count(), 1 + 2, "{csv50}");
+    let random = csv50.lines().find(|l| l.starts_with("random,")).unwrap();
+    assert!(
+        !random.ends_with(",,,"),
+        "a paired difference from MSN: {random}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("comparison.csv")).unwrap(),
+        csv,
+        "the full-data table is untouched"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }

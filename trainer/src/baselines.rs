@@ -22,6 +22,7 @@ use cxr_msn::config::Method;
 use cxr_msn::ehr::FeatureSet;
 use serde::Serialize;
 
+use crate::downstream::DownstreamArgs;
 use crate::files::write_atomic;
 use crate::finetune::{self, FinetuneArgs};
 use crate::main_job::{RecipeArgs, WorldArgs, ensure_world, stop_if_asked};
@@ -73,6 +74,11 @@ pub struct BaselinesArgs {
     /// Fine-tuning learning rate (the authors' 1e-4).
     #[arg(long, default_value_t = 1e-4)]
     pub finetune_lr: f64,
+    /// Fraction of the training images the probe and the fine-tune see (the low-data
+    /// regime: 0.05, 0.25, ...); each fraction has its own result folders, so several can
+    /// live in one comparison folder.
+    #[arg(long, default_value_t = 1.0)]
+    pub train_fraction: f64,
     /// Preprocessed-image cache folder (default: beside the synthetic world; none for a
     /// dataset).
     #[arg(long)]
@@ -283,6 +289,18 @@ pub fn comparison_markdown(arms: &[Arm], rows: &[ResultRow], finetuned: bool) ->
 pub fn run(args: &BaselinesArgs, log: &mut dyn Write) -> Result<String> {
     let started = Instant::now();
     let arms = arms(&args.methods, &args.ehr_sets)?;
+    if !(args.train_fraction > 0.0 && args.train_fraction <= 1.0) {
+        bail!(
+            "--train-fraction must be in (0, 1], got {}",
+            args.train_fraction
+        );
+    }
+    // `probe` and `finetune` for all the training images, `probe-25%` for a quarter.
+    let suffix = if args.train_fraction == 1.0 {
+        String::new()
+    } else {
+        format!("-{}%", percent(args.train_fraction))
+    };
     let given = args.data.data.as_os_str() != SYNTHETIC;
     let (source, cache) = match given {
         true => (args.data.clone(), args.cache.clone()),
@@ -305,11 +323,12 @@ pub fn run(args: &BaselinesArgs, log: &mut dyn Write) -> Result<String> {
         "batch_size": args.recipe.batch_size,
         "probe_epochs": args.recipe.probe_epochs,
         "finetune_epochs": args.finetune_epochs,
+        "train_fraction": args.train_fraction,
         "seed": args.recipe.seed,
         "build": crate::run_files::build_info(),
     });
     write_atomic(
-        &args.out.join("grid.json"),
+        &args.out.join(format!("grid{suffix}.json")),
         serde_json::to_string_pretty(&settings)?.as_bytes(),
     )?;
 
@@ -339,20 +358,24 @@ pub fn run(args: &BaselinesArgs, log: &mut dyn Write) -> Result<String> {
         }
         stop_if_asked()?;
 
-        let probe_metrics = dir.join("probe/metrics.json");
+        let probe_dir = dir.join(format!("probe{suffix}"));
+        let probe_metrics = probe_dir.join("metrics.json");
         // The classifier is the last file a probe or a fine-tune writes.
-        if dir.join("probe/classifier.safetensors").exists() {
+        if probe_dir.join("classifier.safetensors").exists() {
             writeln!(log, "== linear probe: kept {}", probe_metrics.display())?;
         } else {
-            writeln!(log, "== linear probe -> {}", dir.join("probe").display())?;
-            let outcome = probe::run(&args.recipe.probe_args(source.clone(), &dir))?;
+            writeln!(log, "== linear probe -> {}", probe_dir.display())?;
+            let mut probe_args = args.recipe.probe_args(source.clone(), &dir);
+            probe_args.out = probe_dir.clone();
+            probe_args.train.train_fraction = args.train_fraction;
+            let outcome = probe::run(&probe_args)?;
             write!(log, "{}", outcome.log)?;
         }
         collect(&mut rows, arm, "probe", &probe_metrics)?;
         stop_if_asked()?;
 
         if args.finetune_epochs > 0 {
-            let out = dir.join("finetune");
+            let out = dir.join(format!("finetune{suffix}"));
             let metrics = out.join("metrics.json");
             if out.join("classifier.safetensors").exists() {
                 writeln!(log, "== fine-tune: kept {}", metrics.display())?;
@@ -363,9 +386,12 @@ pub fn run(args: &BaselinesArgs, log: &mut dyn Write) -> Result<String> {
                     checkpoint: dir.join("checkpoint.safetensors"),
                     out,
                     cache: cache.clone(),
-                    train: args
-                        .recipe
-                        .downstream(args.finetune_epochs, args.finetune_lr),
+                    train: DownstreamArgs {
+                        train_fraction: args.train_fraction,
+                        ..args
+                            .recipe
+                            .downstream(args.finetune_epochs, args.finetune_lr)
+                    },
                 })?;
                 write!(log, "{report}")?;
             }
@@ -374,19 +400,32 @@ pub fn run(args: &BaselinesArgs, log: &mut dyn Write) -> Result<String> {
         }
     }
 
-    paired_differences(&mut rows, &args.out, args.recipe.bootstrap)?;
+    paired_differences(
+        &mut rows,
+        &args.out,
+        &format!("probe{suffix}"),
+        args.recipe.bootstrap,
+    )?;
     let finetuned = args.finetune_epochs > 0;
     let markdown = comparison_markdown(&arms, &rows, finetuned);
-    write_atomic(
-        &args.out.join("comparison.csv"),
-        comparison_csv(&arms, &rows).as_bytes(),
-    )?;
+    let file = |name: &str| args.out.join(format!("comparison{suffix}.{name}"));
+    write_atomic(&file("csv"), comparison_csv(&arms, &rows).as_bytes())?;
     let title = format!(
-        "{} pretraining epoch(s), ViT-{}, {} profile; test macro AUROC with 95% CIs",
-        args.recipe.epochs, args.recipe.preset, args.recipe.profile
+        "{} pretraining epoch(s), ViT-{}, {} profile{}; test macro AUROC with 95% CIs",
+        args.recipe.epochs,
+        args.recipe.preset,
+        args.recipe.profile,
+        if suffix.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", {}% of the training images downstream",
+                args.train_fraction * 100.0
+            )
+        }
     );
     write_atomic(
-        &args.out.join("comparison.md"),
+        &file("md"),
         format!("# Pretraining methods compared\n\n{title}.\n\n{markdown}").as_bytes(),
     )?;
     let plot_rows: Vec<IntervalRow> = arms
@@ -412,7 +451,7 @@ pub fn run(args: &BaselinesArgs, log: &mut dyn Write) -> Result<String> {
         })
         .collect();
     write_atomic(
-        &args.out.join("comparison.svg"),
+        &file("svg"),
         interval_chart(
             &title,
             "macro AUROC",
@@ -422,12 +461,16 @@ pub fn run(args: &BaselinesArgs, log: &mut dyn Write) -> Result<String> {
         .as_bytes(),
     )?;
     Ok(format!(
-        "\n{markdown}\nDone in {}; wrote {}, comparison.md and comparison.svg beside it (runs in \
-         {}/<arm>).\n",
+        "\n{markdown}\nDone in {}; wrote {} with .md and .svg beside it (runs in {}/<arm>).\n",
         crate::progress::duration(started.elapsed().as_secs_f64()),
-        args.out.join("comparison.csv").display(),
+        file("csv").display(),
         args.out.display()
     ))
+}
+
+/// A fraction as a percentage to 0.1 (0.07 -> "7", not 7.000000000000001).
+fn percent(fraction: f64) -> String {
+    ((fraction * 1000.0).round() / 10.0).to_string()
 }
 
 /// Adds the rows of one evaluation's `metrics.json`.
@@ -521,8 +564,13 @@ pub fn read_probe_scores(dir: &Path) -> Result<ProbeScores> {
 /// with a paired bootstrap over the same test images (seed 24). Left empty when there is no
 /// vanilla MSN arm, or when an arm was tested on other images (an EHR set that drops
 /// images without its fields).
-fn paired_differences(rows: &mut [ResultRow], out: &Path, resamples: usize) -> Result<()> {
-    let msn_dir = out.join(Method::Msn.name()).join("probe");
+fn paired_differences(
+    rows: &mut [ResultRow],
+    out: &Path,
+    probe: &str,
+    resamples: usize,
+) -> Result<()> {
+    let msn_dir = out.join(Method::Msn.name()).join(probe);
     if !rows.iter().any(|r| r.arm == Method::Msn.name()) || !msn_dir.exists() {
         return Ok(());
     }
@@ -534,7 +582,7 @@ fn paired_differences(rows: &mut [ResultRow], out: &Path, resamples: usize) -> R
         .iter_mut()
         .filter(|r| r.evaluation == "probe" && r.head == "image" && r.arm != Method::Msn.name())
     {
-        let other = read_probe_scores(&out.join(&row.arm).join("probe"))?;
+        let other = read_probe_scores(&out.join(&row.arm).join(probe))?;
         if other.targets != msn.targets || other.labels != msn.labels {
             continue;
         }
@@ -650,7 +698,7 @@ mod tests {
             minus_msn: None,
         };
         let mut rows = vec![row("msn"), row("dino")];
-        paired_differences(&mut rows, dir.path(), 200).unwrap();
+        paired_differences(&mut rows, dir.path(), "probe", 200).unwrap();
         assert!(
             rows[0].minus_msn.is_none(),
             "no difference of MSN from itself"
@@ -665,7 +713,7 @@ mod tests {
         )
         .unwrap();
         let mut rows = vec![row("msn"), row("dino")];
-        paired_differences(&mut rows, dir.path(), 200).unwrap();
+        paired_differences(&mut rows, dir.path(), "probe", 200).unwrap();
         assert!(rows[1].minus_msn.is_none());
     }
 

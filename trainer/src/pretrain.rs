@@ -90,7 +90,7 @@ pub struct PretrainArgs {
     /// Images per batch (default: the profile's).
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Focal views per image (default: 10).
+    /// Focal views per image (default: 10; DINO's local views; MAE takes none).
     #[arg(long)]
     pub focal_views: Option<usize>,
     /// Transformer blocks (default: 12); fewer only for quick smoke runs.
@@ -237,7 +237,10 @@ pub fn model_config(args: &PretrainArgs) -> Result<MsnConfig> {
     if let Some(b) = args.batch_size {
         config.optim.batch_size = b;
     }
-    if let Some(f) = args.focal_views {
+    // MAE sees one view per image: focal views would only cost loading time.
+    if let Some(f) = args.focal_views
+        && method != Method::Mae
+    {
         config.views.focal_views = f;
     }
     if let Some(d) = args.depth {
