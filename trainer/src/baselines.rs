@@ -571,7 +571,9 @@ fn paired_differences(
     resamples: usize,
 ) -> Result<()> {
     let msn_dir = out.join(Method::Msn.name()).join(probe);
-    if !rows.iter().any(|r| r.arm == Method::Msn.name()) || !msn_dir.exists() {
+    if !rows.iter().any(|r| r.arm == Method::Msn.name())
+        || !msn_dir.join("test_targets.csv").exists()
+    {
         return Ok(());
     }
     let msn = read_probe_scores(&msn_dir)?;
@@ -582,7 +584,12 @@ fn paired_differences(
         .iter_mut()
         .filter(|r| r.evaluation == "probe" && r.head == "image" && r.arm != Method::Msn.name())
     {
-        let other = read_probe_scores(&out.join(&row.arm).join(probe))?;
+        let dir = out.join(&row.arm).join(probe);
+        if !dir.join("test_targets.csv").exists() {
+            // A probe of an older version wrote no targets: nothing to pair with.
+            continue;
+        }
+        let other = read_probe_scores(&dir)?;
         if other.targets != msn.targets || other.labels != msn.labels {
             continue;
         }
