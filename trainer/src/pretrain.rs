@@ -788,22 +788,14 @@ fn read_exact_model(
     }
     let bytes =
         std::fs::read(&record).with_context(|| format!("cannot read {}", record.display()))?;
-    let data = || ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes.clone()));
     let bad = |e: burn::store::RecordError| anyhow::anyhow!("{}: {e:?}", record.display());
+    let data = ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes)).map_err(bad)?;
     // Each method's record has its own layout (an MSN run of an earlier version resumes).
     let model = match Pretrained::init(config, device)? {
-        Pretrained::Msn(m) => {
-            Pretrained::Msn(m.try_load_record(data().map_err(bad)?).map_err(bad)?)
-        }
-        Pretrained::Dino(d) => {
-            Pretrained::Dino(d.try_load_record(data().map_err(bad)?).map_err(bad)?)
-        }
-        Pretrained::Mae(m) => {
-            Pretrained::Mae(m.try_load_record(data().map_err(bad)?).map_err(bad)?)
-        }
-        Pretrained::Random(v) => {
-            Pretrained::Random(v.try_load_record(data().map_err(bad)?).map_err(bad)?)
-        }
+        Pretrained::Msn(m) => Pretrained::Msn(m.try_load_record(data).map_err(bad)?),
+        Pretrained::Dino(d) => Pretrained::Dino(d.try_load_record(data).map_err(bad)?),
+        Pretrained::Mae(m) => Pretrained::Mae(m.try_load_record(data).map_err(bad)?),
+        Pretrained::Random(v) => Pretrained::Random(v.try_load_record(data).map_err(bad)?),
     };
     Ok(Some(model.restate_gradients(config)))
 }
