@@ -60,7 +60,8 @@ pub struct BaselinesArgs {
     /// Methods, in table order: any of random, mae, dino, msn.
     #[arg(long, value_delimiter = ',', default_value = "random,mae,dino,msn")]
     pub methods: Vec<String>,
-    /// EHR feature sets, each an extra MSN arm (see `cxr-msn info`); `none` for no EHR arm.
+    /// EHR feature sets, each an extra MSN arm (see `cxr-msn info`); `every` for all 23 of
+    /// the paper's sets; `none` for no EHR arm.
     #[arg(
         long,
         value_delimiter = ',',
@@ -107,11 +108,16 @@ pub fn arms(methods: &[String], ehr_sets: &[String]) -> Result<Vec<Arm>> {
             ehr: None,
         });
     }
-    for set in ehr_sets
+    let sets: Vec<&str> = ehr_sets
         .iter()
         .map(|s| s.trim())
+        .flat_map(|s| match s {
+            "every" => FeatureSet::NAMED.to_vec(),
+            other => vec![other],
+        })
         .filter(|s| !s.is_empty() && *s != "none")
-    {
+        .collect();
+    for set in sets {
         FeatureSet::from_name(set).with_context(|| format!("--ehr-sets {set}"))?;
         out.push(Arm {
             name: format!("msn-ehr-{set}"),
@@ -630,6 +636,11 @@ mod tests {
         assert!(arms(&[], &["demografic".into()]).is_err());
         assert!(arms(&["msn".into(), "msn".into()], &[]).is_err());
         assert!(arms(&[], &["none".into()]).is_err());
+        assert_eq!(
+            arms(&[], &["every".into()]).unwrap().len(),
+            23,
+            "the paper's 23 sets"
+        );
     }
 
     #[test]
