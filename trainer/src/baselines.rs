@@ -320,21 +320,33 @@ pub fn run(args: &BaselinesArgs, log: &mut dyn Write) -> Result<String> {
     };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
-    let settings = serde_json::json!({
+    // What the kept results depend on: a second run must not mix in other settings.
+    let recipe = serde_json::json!({
         "data": source.data,
-        "arms": arms,
+        "format": format!("{:?}", source.format),
         "profile": args.recipe.profile,
         "preset": args.recipe.preset,
+        "depth": args.recipe.depth,
         "epochs": args.recipe.epochs,
         "batch_size": args.recipe.batch_size,
-        "probe_epochs": args.recipe.probe_epochs,
-        "finetune_epochs": args.finetune_epochs,
-        "train_fraction": args.train_fraction,
+        "focal_views": args.recipe.focal_views,
         "seed": args.recipe.seed,
+        "probe_epochs": args.recipe.probe_epochs,
+        "probe_lr": args.recipe.probe_lr,
+        "finetune_epochs": args.finetune_epochs,
+        "finetune_lr": args.finetune_lr,
+        "train_fraction": args.train_fraction,
+        "bootstrap": args.recipe.bootstrap,
+    });
+    let grid_file = args.out.join(format!("grid{suffix}.json"));
+    check_same_recipe(&grid_file, &recipe)?;
+    let settings = serde_json::json!({
+        "recipe": recipe,
+        "arms": arms,
         "build": crate::run_files::build_info(),
     });
     write_atomic(
-        &args.out.join(format!("grid{suffix}.json")),
+        &grid_file,
         serde_json::to_string_pretty(&settings)?.as_bytes(),
     )?;
 
@@ -426,7 +438,7 @@ pub fn run(args: &BaselinesArgs, log: &mut dyn Write) -> Result<String> {
         } else {
             format!(
                 ", {}% of the training images downstream",
-                args.train_fraction * 100.0
+                percent(args.train_fraction)
             )
         }
     );
@@ -472,6 +484,31 @@ pub fn run(args: &BaselinesArgs, log: &mut dyn Write) -> Result<String> {
         file("csv").display(),
         args.out.display()
     ))
+}
+
+/// Refuses to continue a comparison folder whose earlier run used other settings (arms may
+/// be added; everything the results depend on must stay).
+fn check_same_recipe(grid_file: &Path, recipe: &serde_json::Value) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(grid_file) else {
+        return Ok(());
+    };
+    let before: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is malformed", grid_file.display()))?;
+    let Some(old) = before.get("recipe").and_then(|r| r.as_object()) else {
+        return Ok(());
+    };
+    for (key, value) in recipe.as_object().into_iter().flatten() {
+        if let Some(was) = old.get(key)
+            && was != value
+        {
+            bail!(
+                "{} was run with {key} = {was}, this command asks for {value}; use another \
+                 --out folder (or the same settings) so that results are not mixed",
+                grid_file.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A fraction as a percentage to 0.1 (0.07 -> "7", not 7.000000000000001).
@@ -733,6 +770,26 @@ mod tests {
         let mut rows = vec![row("msn"), row("dino")];
         paired_differences(&mut rows, dir.path(), "probe", 200).unwrap();
         assert!(rows[1].minus_msn.is_none());
+    }
+
+    #[test]
+    fn a_comparison_folder_refuses_other_settings_but_takes_new_arms() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("grid.json");
+        let recipe = serde_json::json!({"epochs": 1, "probe_epochs": 30});
+        check_same_recipe(&file, &recipe).unwrap();
+        std::fs::write(
+            &file,
+            serde_json::json!({"recipe": recipe, "arms": []}).to_string(),
+        )
+        .unwrap();
+        check_same_recipe(&file, &recipe).unwrap();
+        let other = serde_json::json!({"epochs": 1, "probe_epochs": 5});
+        let err = check_same_recipe(&file, &other).unwrap_err().to_string();
+        assert!(
+            err.contains("probe_epochs = 30") && err.contains("another --out"),
+            "{err}"
+        );
     }
 
     #[test]
