@@ -379,12 +379,6 @@ pub fn load_pretraining(
         )));
     }
     let skeleton = meta.config.init(device)?;
-    let mut model = load_weights(skeleton, bytes)?;
-    // Loading replaces values but keeps the skeleton's gradient settings; restate them.
-    model.target_vit = model.target_vit.no_grad();
-    model.target_head = model.target_head.no_grad();
-    model.prototypes = model
-        .prototypes
-        .set_require_grad(!meta.config.freeze_prototypes);
+    let model = load_weights(skeleton, bytes)?.restate_gradients(meta.config.freeze_prototypes);
     Ok((model, meta))
 }

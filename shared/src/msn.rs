@@ -276,6 +276,17 @@ impl MultimodalMsn {
         ema::blend(&mut self.target_head, &self.anchor_head, momentum);
     }
 
+    /// Restates which parameters train after values were loaded into a skeleton (loading
+    /// keeps the skeleton's settings): the target branch never, the prototypes unless frozen.
+    pub fn restate_gradients(self, freeze_prototypes: bool) -> Self {
+        Self {
+            target_vit: self.target_vit.no_grad(),
+            target_head: self.target_head.no_grad(),
+            prototypes: self.prototypes.set_require_grad(!freeze_prototypes),
+            ..self
+        }
+    }
+
     /// The encoder kept for downstream use: the EMA target ViT.
     pub fn encoder(&self) -> VisionTransformer {
         self.target_vit.clone()

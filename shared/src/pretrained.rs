@@ -97,12 +97,7 @@ impl Pretrained {
     /// keeps the skeleton's settings; EMA copies and buffers must stay without gradient).
     pub fn restate_gradients(self, config: &MsnConfig) -> Self {
         match self {
-            Self::Msn(mut m) => {
-                m.target_vit = m.target_vit.no_grad();
-                m.target_head = m.target_head.no_grad();
-                m.prototypes = m.prototypes.set_require_grad(!config.freeze_prototypes);
-                Self::Msn(m)
-            }
+            Self::Msn(m) => Self::Msn(m.restate_gradients(config.freeze_prototypes)),
             Self::Dino(d) => Self::Dino(d.restate_gradients()),
             other => other,
         }

@@ -141,38 +141,42 @@ fn the_comparison_grid_runs_every_method_and_keeps_finished_work() {
     let dir = std::env::temp_dir().join(format!("cxr-msn-baselines-{}", std::process::id()));
     synth(&dir.join("data"), 40, 96, 9);
     let out = dir.join("grid");
-    let grid = || {
-        run_ok([
-            "baselines".as_ref(),
-            "--data".as_ref(),
-            dir.join("data/manifest.csv").as_os_str(),
-            "--out".as_ref(),
-            out.as_os_str(),
-            "--methods".as_ref(),
-            "random,mae,dino,msn".as_ref(),
-            "--ehr-sets".as_ref(),
-            "sex".as_ref(),
-            "--epochs".as_ref(),
-            "1".as_ref(),
-            "--batch-size".as_ref(),
-            "8".as_ref(),
-            "--focal-views".as_ref(),
-            "1".as_ref(),
-            "--depth".as_ref(),
-            "1".as_ref(),
-            "--probe-epochs".as_ref(),
-            "1".as_ref(),
-            "--finetune-epochs".as_ref(),
-            "1".as_ref(),
-            "--bootstrap".as_ref(),
-            "20".as_ref(),
-            "--threads".as_ref(),
-            "2".as_ref(),
-            "--device".as_ref(),
-            "cpu".as_ref(),
-        ])
+    // The small recipe both runs share, then each run's own flags.
+    let grid = |own: &[&str]| {
+        let mut args: Vec<std::ffi::OsString> = vec!["baselines".into(), "--data".into()];
+        args.push(dir.join("data/manifest.csv").into());
+        args.push("--out".into());
+        args.push(out.clone().into());
+        let shared = [
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--focal-views",
+            "1",
+            "--depth",
+            "1",
+            "--probe-epochs",
+            "1",
+            "--bootstrap",
+            "20",
+            "--threads",
+            "2",
+            "--device",
+            "cpu",
+        ];
+        args.extend(shared.iter().chain(own).map(Into::into));
+        run_ok(args)
     };
-    let first = grid();
+    let full = [
+        "--methods",
+        "random,mae,dino,msn",
+        "--ehr-sets",
+        "sex",
+        "--finetune-epochs",
+        "1",
+    ];
+    let first = grid(&full);
     for label in [
         "random init",
         "MAE",
@@ -212,7 +216,7 @@ fn the_comparison_grid_runs_every_method_and_keeps_finished_work() {
     assert!(md.contains("| DINO | image |"), "{md}");
 
     // A second run keeps every stage and gives the same table.
-    let second = grid();
+    let second = grid(&full);
     assert_eq!(second.matches("linear probe: kept").count(), 5, "{second}");
     assert_eq!(second.matches("fine-tune: kept").count(), 5, "{second}");
     assert_eq!(
@@ -221,34 +225,15 @@ fn the_comparison_grid_runs_every_method_and_keeps_finished_work() {
     );
 
     // The low-data regime beside it: the pretrained arms are reused, the probes are new.
-    let low = run_ok([
-        "baselines".as_ref(),
-        "--data".as_ref(),
-        dir.join("data/manifest.csv").as_os_str(),
-        "--out".as_ref(),
-        out.as_os_str(),
-        "--methods".as_ref(),
-        "random,msn".as_ref(),
-        "--ehr-sets".as_ref(),
-        "none".as_ref(),
-        "--train-fraction".as_ref(),
-        "0.5".as_ref(),
-        "--finetune-epochs".as_ref(),
-        "0".as_ref(),
-        "--epochs".as_ref(),
-        "1".as_ref(),
-        "--batch-size".as_ref(),
-        "8".as_ref(),
-        "--focal-views".as_ref(),
-        "1".as_ref(),
-        "--depth".as_ref(),
-        "1".as_ref(),
-        "--probe-epochs".as_ref(),
-        "1".as_ref(),
-        "--bootstrap".as_ref(),
-        "20".as_ref(),
-        "--device".as_ref(),
-        "cpu".as_ref(),
+    let low = grid(&[
+        "--methods",
+        "random,msn",
+        "--ehr-sets",
+        "none",
+        "--train-fraction",
+        "0.5",
+        "--finetune-epochs",
+        "0",
     ]);
     assert!(
         low.contains("nothing to do") && low.contains("probe-50%"),

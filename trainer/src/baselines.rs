@@ -307,16 +307,14 @@ pub fn run(args: &BaselinesArgs, log: &mut dyn Write) -> Result<String> {
     } else {
         format!("-{}%", percent(args.train_fraction))
     };
-    let given = args.data.data.as_os_str() != SYNTHETIC;
-    let (source, cache) = match given {
-        true => (args.data.clone(), args.cache.clone()),
-        false => {
-            ensure_world(&args.world, args.recipe.threads, log)?;
-            (
-                args.world.source(),
-                Some(args.cache.clone().unwrap_or_else(|| args.world.cache())),
-            )
-        }
+    let (source, cache) = if args.data.data.as_os_str() == SYNTHETIC {
+        ensure_world(&args.world, args.recipe.threads, log)?;
+        (
+            args.world.source(),
+            Some(args.cache.clone().unwrap_or_else(|| args.world.cache())),
+        )
+    } else {
+        (args.data.clone(), args.cache.clone())
     };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
@@ -544,50 +542,53 @@ pub struct ProbeScores {
 
 /// Reads `test_scores.csv` and `test_targets.csv` of a probe folder.
 pub fn read_probe_scores(dir: &Path) -> Result<ProbeScores> {
+    // The rows of a CSV file, each checked to have as many fields as its header.
     let read = |name: &str| -> Result<(usize, Vec<Vec<String>>)> {
         let path = dir.join(name);
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         let mut lines = text.lines();
         let width = lines.next().map_or(0, |h| h.split(',').count());
-        let rows = lines
-            .map(|l| l.split(',').map(String::from).collect())
-            .collect();
+        let mut rows = Vec::new();
+        for (i, line) in lines.enumerate() {
+            let row: Vec<String> = line.split(',').map(String::from).collect();
+            if row.len() != width {
+                bail!(
+                    "{} row {}: {} fields, the header has {width}",
+                    path.display(),
+                    i + 1,
+                    row.len()
+                );
+            }
+            rows.push(row);
+        }
         Ok((width, rows))
     };
     let number = |cell: &str, file: &str| -> Result<f32> {
         cell.parse()
             .with_context(|| format!("{}: '{cell}' is not a number", dir.join(file).display()))
     };
+    // `row,head,<labels...>` and `row,<labels...>`.
     let (width, rows) = read("test_scores.csv")?;
     let labels = width.saturating_sub(2);
     let mut heads: BTreeMap<String, Vec<f32>> = BTreeMap::new();
     for row in rows {
-        if row.len() != labels + 2 {
-            bail!(
-                "{}: a row has {} fields, expected {}",
-                dir.join("test_scores.csv").display(),
-                row.len(),
-                labels + 2
-            );
-        }
         let values = row[2..]
             .iter()
             .map(|c| number(c, "test_scores.csv"))
             .collect::<Result<Vec<f32>>>()?;
         heads.entry(row[1].clone()).or_default().extend(values);
     }
-    let (_, rows) = read("test_targets.csv")?;
+    let (width, rows) = read("test_targets.csv")?;
+    if width != labels + 1 {
+        bail!(
+            "{} has {} labels, test_scores.csv beside it {labels}",
+            dir.join("test_targets.csv").display(),
+            width.saturating_sub(1)
+        );
+    }
     let mut targets = Vec::new();
     for row in rows {
-        if row.len() != labels + 1 {
-            bail!(
-                "{}: a row has {} fields, expected {}",
-                dir.join("test_targets.csv").display(),
-                row.len(),
-                labels + 1
-            );
-        }
         for c in &row[1..] {
             targets.push(if c.is_empty() {
                 None

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use cxr_msn::checkpoint::{ModelKind, load_classifier, read_meta};
 use cxr_msn::config::ViewConfig;
-use cxr_msn::config::{Method, MsnConfig, Profile, VitConfig, VitPreset};
+use cxr_msn::config::{DinoConfig, MaeConfig, Method, MsnConfig, Profile, VitConfig, VitPreset};
 use cxr_msn::decode::DecodeLimits;
 use cxr_msn::ehr::FeatureSet;
 use cxr_msn::pretrained::load_pretrained;
@@ -406,22 +406,38 @@ fn info() -> String {
     }
     out += "\nPretraining methods (--method NAME; the baselines are image-only and share the \
             encoder, views, optimiser and schedules):\n";
+    let (d, m) = (DinoConfig::default(), MaeConfig::default());
     for (method, what) in [
         (
             Method::Msn,
-            "Masked Siamese Networks, with EHR in the anchor branch when --ehr names a set",
+            "Masked Siamese Networks, with EHR in the anchor branch when --ehr names a set"
+                .to_string(),
         ),
         (
             Method::Dino,
-            "DINO: head 512-256-1024, centring, teacher temperature 0.04->0.07, cosine momentum",
+            format!(
+                "DINO: head {}-{}-{}, centring, teacher temperature {}->{}, cosine momentum",
+                d.hidden,
+                d.bottleneck,
+                d.out_dim,
+                d.warmup_teacher_temperature,
+                d.teacher_temperature
+            ),
         ),
         (
             Method::Mae,
-            "MAE: mask ratio 0.6, decoder 512 wide, 8 blocks, 16 heads, normalised pixels",
+            format!(
+                "MAE: mask ratio {}, decoder {} wide, {} blocks, {} heads, {} pixels",
+                m.mask_ratio,
+                m.decoder_dim,
+                m.decoder_depth,
+                m.decoder_heads,
+                if m.norm_pix_loss { "normalised" } else { "raw" }
+            ),
         ),
         (
             Method::Random,
-            "no pretraining: the encoder at its seeded random initialisation",
+            "no pretraining: the encoder at its seeded random initialisation".to_string(),
         ),
     ] {
         out += &format!("  {:8} {what}\n", method.name());

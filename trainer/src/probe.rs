@@ -333,12 +333,7 @@ pub fn run(args: &ProbeArgs) -> Result<ProbeOutcome> {
 
 /// The per-image test probabilities of every head: `row,head,<labels...>`.
 fn scores_csv(label_names: &[String], heads: &[HeadScores]) -> String {
-    let mut csv = String::from("row,head");
-    for name in label_names {
-        csv.push(',');
-        csv.push_str(&csv_field(name));
-    }
-    csv.push('\n');
+    let mut csv = csv_header("row,head", label_names);
     for head in heads {
         for (r, row) in head.scores.chunks(label_names.len()).enumerate() {
             let _ = write!(csv, "{r},{}", head.name);
@@ -351,15 +346,21 @@ fn scores_csv(label_names: &[String], heads: &[HeadScores]) -> String {
     csv
 }
 
-/// The test targets the scores are judged against: `row,<labels...>`, 1 or 0, empty where
-/// a label is left out (so that two runs can be compared image by image).
-fn targets_csv(label_names: &[String], targets: &[Option<f32>]) -> String {
-    let mut csv = String::from("row");
+/// A header line: the leading columns, then the label names.
+fn csv_header(leading: &str, label_names: &[String]) -> String {
+    let mut csv = String::from(leading);
     for name in label_names {
         csv.push(',');
         csv.push_str(&csv_field(name));
     }
     csv.push('\n');
+    csv
+}
+
+/// The test targets the scores are judged against: `row,<labels...>`, 1 or 0, empty where
+/// a label is left out (so that two runs can be compared image by image).
+fn targets_csv(label_names: &[String], targets: &[Option<f32>]) -> String {
+    let mut csv = csv_header("row", label_names);
     for (r, row) in targets.chunks(label_names.len().max(1)).enumerate() {
         let _ = write!(csv, "{r}");
         for t in row {
