@@ -3,9 +3,11 @@
 //
 // URL parameters: model=URL (a model file from `cxr-msn export`), sample=FILE (a bundled
 // sample to run at once), notice=0 (hide the notice, for a class that has seen it),
-// backend=auto|webgpu|cpu.
+// backend=auto|webgpu|cpu, mode=learn (learn.js's tab alone; the sample is then learn
+// mode's image, not scored here).
 //
-// A small JavaScript API for pages that embed this one: `window.cxrMsn` (see README).
+// A small JavaScript API for pages that embed this one: `window.cxrMsn` (see README);
+// learn.js reaches the loaded model through it too.
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -413,7 +415,7 @@ async function start() {
   await loadModelFrom(params.get("model") || "model.safetensors");
   const wanted = params.get("sample");
   const sample = samples.find((s) => s.file === wanted);
-  if (sample) await scoreFiles([await sampleFile(sample)]);
+  if (sample && params.get("mode") !== "learn") await scoreFiles([await sampleFile(sample)]);
 }
 
 // The JavaScript API for embedding pages (same origin, or through the iframe's window).
@@ -426,4 +428,8 @@ window.cxrMsn = {
     return JSON.parse(await state.model.predict(bytes, JSON.stringify(ehr)));
   },
   backend: () => state.model && state.model.backend(),
+  // The loaded CxrModel and its summary (for learn.js); a `cxr-msn-model` event fires on
+  // the document each time a model is loaded.
+  model: () => state.model,
+  summary: () => state.summary,
 };

@@ -29,6 +29,7 @@ use crate::config::{Method, MsnConfig, Normalization};
 use crate::error::CheckpointError;
 use crate::msn::MultimodalMsn;
 use crate::novelty::EmbeddingReference;
+use crate::prototype_head::PrototypeHead;
 
 /// Version of the layout and metadata written by this build.
 pub const FORMAT_VERSION: u32 = 1;
@@ -79,6 +80,11 @@ pub struct ModelMeta {
     /// warning (set by `cxr-msn export`; absent in older files).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embedding_reference: Option<EmbeddingReference>,
+    /// Whether a classifier file also carries MSN's projection head and prototypes
+    /// ([`Classifier::prototype_head`], for the browser's learn mode; set by `cxr-msn
+    /// export --prototypes-from`; false in older files).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prototype_head: bool,
 }
 
 impl ModelMeta {
@@ -93,6 +99,7 @@ impl ModelMeta {
             operating_points: Vec::new(),
             training: BTreeMap::new(),
             embedding_reference: None,
+            prototype_head: false,
         }
     }
 
@@ -107,6 +114,7 @@ impl ModelMeta {
             operating_points: Vec::new(),
             training: BTreeMap::new(),
             embedding_reference: None,
+            prototype_head: false,
         }
     }
 
@@ -129,6 +137,9 @@ impl ModelMeta {
             .any(|s| !s.is_finite() || *s <= 0.0)
         {
             return bad("normalization std values must be positive".into());
+        }
+        if self.kind == ModelKind::Pretraining && self.prototype_head {
+            return bad("a pretraining model keeps its prototypes in the model itself".into());
         }
         if self.kind == ModelKind::Classifier && self.labels.is_empty() {
             return bad("a classifier needs at least one label".into());
@@ -172,6 +183,13 @@ impl std::fmt::Display for ModelMeta {
                 e.feature_set.columns().join(", ")
             )?,
             None => writeln!(f, "EHR:             none (image only)")?,
+        }
+        if self.kind == ModelKind::Classifier && self.prototype_head {
+            writeln!(
+                f,
+                "prototypes:      {} with MSN's projection head (for the browser's learn mode)",
+                c.num_prototypes
+            )?;
         }
         if self.kind == ModelKind::Pretraining {
             writeln!(
@@ -355,12 +373,15 @@ pub fn load_classifier(
 ) -> Result<(Classifier, ModelMeta), CheckpointError> {
     let meta = read_meta(bytes)?;
     expect_kind(&meta, ModelKind::Classifier)?;
-    let skeleton = Classifier::init(
+    let mut skeleton = Classifier::init(
         &meta.config.vit,
         meta.labels.len(),
         meta.config.ehr.as_ref(),
         device,
     );
+    if meta.prototype_head {
+        skeleton.prototype_head = Some(PrototypeHead::init(&meta.config, device));
+    }
     Ok((load_weights(skeleton, bytes)?, meta))
 }
 

@@ -9,6 +9,7 @@ use burn::tensor::{Device, Tensor};
 use crate::config::{EhrConfig, VitConfig};
 use crate::error::ShapeError;
 use crate::heads::{EhrFusion, FusedClassifier, LinearClassifier};
+use crate::prototype_head::PrototypeHead;
 use crate::vit::VisionTransformer;
 
 /// Encoder plus an image-only head and, optionally, an image + EHR head.
@@ -20,6 +21,11 @@ pub struct Classifier {
     pub image_head: LinearClassifier,
     /// Image + EHR head, when the model has an EHR feature set.
     pub fused_head: Option<FusedClassifier>,
+    /// The MSN projection head and prototypes, for the browser's learn mode; only in files
+    /// written by `cxr-msn export --prototypes-from` ([`ModelMeta::prototype_head`]).
+    ///
+    /// [`ModelMeta::prototype_head`]: crate::checkpoint::ModelMeta::prototype_head
+    pub prototype_head: Option<PrototypeHead>,
 }
 
 /// Scores of one batch.
@@ -53,6 +59,7 @@ impl Classifier {
             image_head: LinearClassifier::new(dim, labels, device),
             encoder,
             fused_head,
+            prototype_head: None,
         }
     }
 

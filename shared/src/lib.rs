@@ -25,6 +25,8 @@
 //! - [`preprocess`]: grey views to normalised `[B, C, S, S]` batches;
 //! - [`labels`]: the MIMIC, CheXpert and NIH label sets and their orders;
 //! - [`classifier`]: the downstream model (encoder + image and image + EHR heads);
+//! - [`prototype_head`]: MSN's projection head and prototypes in a classifier file, and the
+//!   prototype arithmetic on single images (the browser's learn mode);
 //! - [`checkpoint`]: the self-describing model file, from and to bytes.
 //!
 //! Tensor shapes are written in each function's docs as `[B, C, H, W]` and the like:
@@ -49,6 +51,7 @@ pub mod msn;
 pub mod novelty;
 pub mod preprocess;
 pub mod pretrained;
+pub mod prototype_head;
 pub mod views;
 pub mod vit;
 

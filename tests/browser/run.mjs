@@ -8,10 +8,15 @@
 // model file refused, the CPU path forced, WebGPU on Chromium's software adapter (chosen
 // only when asked for; `auto` keeps the CPU), the custom element in another page, the
 // browser's scores equal to `cxr-msn predict` on the same files, and that no request
-// leaves the page's origin. Then the hardening checks: the bad-input corpus
+// leaves the page's origin. Learn mode: every panel computed for a bundled sample, the
+// mask slider, a new draw of views and its seed, the record's effect, the learn tab
+// embedded with <cxr-msn-demo mode="learn"> (and at phone width). Then the hardening checks: the bad-input corpus
 // (../bad-inputs), no image data in URLs, storage, cookies or the console, a strict
 // Content-Security-Policy that nothing on any page violated, and no request for anything but
-// the site's own files. Screenshots go to SCREENSHOTS (default ./screenshots).
+// the site's own files. Learn mode: every panel for a bundled sample, the mask slider, a
+// new draw of views and the same seed again, the EHR moving only the fused side, WebGPU
+// agreeing with the CPU, and the custom element with mode="learn". Screenshots go to
+// SCREENSHOTS (default ./screenshots).
 
 import { createServer } from "node:http";
 import { execFileSync } from "node:child_process";
@@ -38,13 +43,19 @@ const EMBED_PAGE = `<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><
 <script src="embed.js"></script></head><body><h1>Week 3: chest X-rays</h1>
 <cxr-msn-demo sample="rg1-adult-pa.dcm" hide-notice backend="cpu"></cxr-msn-demo></body></html>`;
 
+// The same, with the learn tab alone for a lesson.
+const EMBED_LEARN_PAGE = `<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Course page</title>
+<script src="embed.js"></script></head><body><h1>Week 4: how the model learns</h1>
+<cxr-msn-demo mode="learn" sample="rg1-adult-pa.dcm" hide-notice backend="cpu" height="3000px"></cxr-msn-demo></body></html>`;
+const COURSE_PAGES = { "/course.html": EMBED_PAGE, "/course-learn.html": EMBED_LEARN_PAGE };
+
 const requests = [];
 const server = createServer((req, res) => {
   requests.push(req.url);
   const path = decodeURIComponent(new URL(req.url, "http://x").pathname);
-  if (path === "/course.html") {
+  if (COURSE_PAGES[path]) {
     res.writeHead(200, { "Content-Type": "text/html" });
-    return res.end(EMBED_PAGE);
+    return res.end(COURSE_PAGES[path]);
   }
   const file = join(dist, path.endsWith("/") ? path + "index.html" : path);
   if (!file.startsWith(dist) || !existsSync(file) || !statSync(file).isFile()) {
@@ -334,6 +345,187 @@ await check("privacy: no image data in URLs, storage, cookies or the console; on
   await page.close();
 });
 
+// Learn mode: waits until every panel has been computed (data-state="ready" on each
+// [data-panel]); a panel in error fails at once, with its message.
+async function learnReady(target, timeout = 300000) {
+  await target.waitForFunction(() => {
+    const panels = [...document.querySelectorAll("[data-panel]")];
+    return panels.length === 6 && panels.every((p) => p.dataset.state === "ready" || p.dataset.state === "error");
+  }, null, { timeout });
+  const errors = await target.$$eval("[data-panel][data-state=error]", (ps) => ps.map((p) => `${p.dataset.panel}: ${p.querySelector(".learn-status").textContent}`));
+  assert(errors.length === 0, `panels in error: ${errors.join(" | ")}`);
+}
+// A range input set as a person would drag it: its value, then input and change events.
+async function setRange(page, selector, value) {
+  await page.$eval(selector, (el, v) => {
+    el.value = String(v);
+    el.dispatchEvent(new Event("input", { bubbles: true }));
+    el.dispatchEvent(new Event("change", { bubbles: true }));
+  }, value);
+}
+const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
+
+let learnPage = null; // shared by the learn checks: computing every panel takes a while on the CPU
+let learnInfo = null;
+let cpuLearn = null; // the first learn page's numbers, for the WebGPU check
+// Numbers every learn panel computes at its defaults: the masked view's cosine and
+// cross-entropy, each view's cross-entropy, and the Sinkhorn masses after balancing.
+const learnNumbers = (page) => page.evaluate(() => ({
+  kept: Number(document.getElementById("kept-count").textContent),
+  cosine: Number(document.getElementById("mask-result").dataset.cosine),
+  maskCe: Number(document.getElementById("mask-assignment").dataset.ce),
+  viewsCe: [...document.querySelectorAll("#views [data-ce]")].map((f) => Number(f.dataset.ce)),
+  massAfter: [Number(document.getElementById("sinkhorn").dataset.massAfterMin),
+    Number(document.getElementById("sinkhorn").dataset.massAfterMax)],
+}));
+await check("learn mode: every panel renders for a bundled sample", async () => {
+  const page = await browser.newPage({ viewport: { width: 1100, height: 1400 } });
+  watchRequests(page, allUrls);
+  await page.goto(`${origin}/index.html?notice=0&backend=cpu&mode=learn`);
+  await learnReady(page);
+  learnPage = page;
+  learnInfo = await page.evaluate(() => JSON.parse(window.cxrMsn.model().learn_info()));
+  cpuLearn = await learnNumbers(page);
+  assert(await page.isHidden("#findings") && await page.isHidden("#tabs"), "mode=learn shows the learn tab alone");
+  assert(await page.isVisible("#learn") && await page.isVisible("#mask-canvas"), "the learn tab and the mask canvas are shown");
+  const chosen = await page.$$eval(".learn-sample[aria-pressed=true]", (bs) => bs.map((b) => b.dataset.file));
+  assert(chosen.length === 1, `the first sample is chosen: ${chosen}`);
+  const views = await page.$$eval("#views canvas", (cs) => cs.length);
+  assert(views === 2 + learnInfo.focal_views, `${views} view canvases for ${learnInfo.focal_views} focal views`);
+  const bars = await page.$$eval("#prototype-chart rect.bar", (rs) => rs.length);
+  assert(learnInfo.available && bars > 0, `the prototype chart has bars (${bars}; prototypes available: ${learnInfo.available})`);
+  // Sinkhorn-Knopp stopped after a few iterations ends on the images' side: each image's
+  // row sums to 1 exactly, and the prototypes' masses are near B/K, far nearer than before.
+  const sinkhorn = await page.$eval("#sinkhorn", (el) => ({
+    rows: Number(el.dataset.rows), k: Number(el.dataset.prototypes),
+    before: [Number(el.dataset.massBeforeMin), Number(el.dataset.massBeforeMax)],
+    after: [Number(el.dataset.massAfterMin), Number(el.dataset.massAfterMax)],
+    shown: [...el.querySelectorAll("[data-mass-after]")].map((r) => Number(r.dataset.massAfter)),
+    rowSums: JSON.parse(el.dataset.rowSumsAfter || "[]"),
+  }));
+  const fair = sinkhorn.rows / sinkhorn.k;
+  const off = (masses) => Math.max(...masses.map((m) => Math.abs(m - fair) / fair));
+  const [before, after] = [off(sinkhorn.before), off([...sinkhorn.after, ...sinkhorn.shown])];
+  assert(sinkhorn.rows >= 4 && sinkhorn.shown.length > 0 && sinkhorn.rowSums.length === sinkhorn.rows,
+    `a batch of the samples in the Sinkhorn panel: ${JSON.stringify(sinkhorn).slice(0, 300)}`);
+  assert(sinkhorn.rowSums.every((s) => Math.abs(s - 1) < 1e-4), `each image's row sums to 1: ${sinkhorn.rowSums}`);
+  assert(after < 0.5 && after < before / 4, `after Sinkhorn the prototypes' masses are near B/K = ${fair}: ` +
+    `largest relative difference ${after.toFixed(4)} after, ${before.toFixed(4)} before`);
+  console.log(`     Sinkhorn: largest relative difference from B/K ${before.toFixed(3)} before, ${after.toFixed(4)} after`);
+  const map = await page.$eval("#embedding-map", (el) => ({
+    points: el.querySelectorAll(".map-point").length,
+    markers: [...el.querySelectorAll(".map-marker")].map((m) => m.dataset.name),
+  }));
+  const samples = JSON.parse(readFileSync(join(dist, "samples/samples.json"), "utf8"));
+  assert(map.points > 0 && map.markers.length === samples.length, `the map has points and the samples: ${JSON.stringify(map)}`);
+  await page.screenshot({ path: join(shots, "9-learn.png"), fullPage: true });
+  await page.setViewportSize({ width: 375, height: 800 });
+  const wide = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert(wide <= 1, `learn mode is ${wide} px wider than a phone`);
+  await page.setViewportSize({ width: 1100, height: 1400 });
+});
+
+await check("learn mode: the mask slider changes the kept patches and the assignment", async () => {
+  const page = learnPage;
+  assert(page, "the learn page did not open");
+  const read = () => page.evaluate(() => ({
+    kept: Number(document.getElementById("kept-count").textContent),
+    top: document.querySelector("#mask-assignment ol.protos").dataset.top,
+    ce: document.getElementById("mask-assignment").dataset.ce,
+    cosine: document.getElementById("mask-result").dataset.cosine,
+  }));
+  const first = await read();
+  assert(first.kept > 0 && first.kept < 196, `some patches are hidden at ratio ${learnInfo.mask_ratio}: ${first.kept} kept`);
+  await setRange(page, "#mask-ratio", 0.5);
+  await learnReady(page);
+  const half = await read();
+  assert(half.kept === 196 - Math.round(0.5 * 196), `half hidden: ${half.kept} kept`);
+  assert(half.top !== first.top && half.ce !== first.ce, `the masked view's assignment moved: ${first.top} -> ${half.top}`);
+  await page.screenshot({ path: join(shots, "10-learn-mask.png") });
+  await setRange(page, "#mask-ratio", 0);
+  await learnReady(page);
+  const none = await read();
+  assert(none.kept === 196 && Math.abs(Number(none.cosine) - 1) < 1e-4, `nothing hidden: ${none.kept} kept, cosine ${none.cosine}`);
+});
+
+await check("learn mode: a new draw gives new views with the seed shown; the same seed gives the same views", async () => {
+  const page = learnPage;
+  assert(page, "the learn page did not open");
+  const read = () => page.evaluate(() => ({
+    seed: document.getElementById("views-seed").value,
+    ce: [...document.querySelectorAll("#views [data-ce]")].map((f) => f.dataset.ce),
+  }));
+  const first = await read();
+  assert(first.ce.length === 1 + learnInfo.focal_views, `a CE for the anchor and each focal view: ${first.ce.length}`);
+  await page.click("#new-draw");
+  await learnReady(page);
+  const second = await read();
+  assert(second.seed !== first.seed, `a new seed: ${first.seed} -> ${second.seed}`);
+  assert(!same(second.ce, first.ce), "new views, new cross-entropies");
+  await page.fill("#views-seed", first.seed);
+  await learnReady(page);
+  const again = await read();
+  assert(again.seed === first.seed && same(again.ce, first.ce), `seed ${first.seed} again gives ${again.ce}, not ${first.ce}`);
+});
+
+await check("learn mode: changing age moves the image + EHR scores and the fused embedding, not the image-only ones", async () => {
+  const page = learnPage;
+  assert(page, "the learn page did not open");
+  assert(await page.isVisible("#learn-age") && await page.isVisible("#learn-sex"), "the default model takes age and sex");
+  await page.selectOption("#learn-sex", "F"); // its image + EHR head needs both
+  await learnReady(page);
+  const read = () => page.$eval("#learn-ehr", (el) => ({
+    image: [...el.querySelectorAll("[data-head=image]")].map((c) => c.dataset.score),
+    fused: [...el.querySelectorAll("[data-head=image-ehr]")].map((c) => c.dataset.score),
+    cosine: el.dataset.cosine,
+    embedding: (el.querySelector("[data-series=b]") || { dataset: {} }).dataset.values,
+  }));
+  await page.fill("#learn-age", "30");
+  await learnReady(page);
+  const young = await read();
+  await page.fill("#learn-age", "85");
+  await learnReady(page);
+  const old = await read();
+  assert(young.image.length === 14 && same(young.image, old.image), "the image-only scores stay");
+  assert(young.fused.length === 14 && !same(young.fused, old.fused), "the image + EHR scores move");
+  assert(young.cosine && young.embedding && young.cosine !== old.cosine && young.embedding !== old.embedding,
+    `the fused embedding moves: cosine ${young.cosine} -> ${old.cosine}`);
+  await page.close();
+  learnPage = null;
+});
+
+await check("learn mode on WebGPU (Chromium's software adapter): every panel, the CPU's numbers (1e-3)", async () => {
+  assert(cpuLearn, "the CPU learn page gave no numbers");
+  const page = await gpuBrowser.newPage({ viewport: { width: 1100, height: 1400 } });
+  watchRequests(page, allUrls);
+  await page.goto(`${origin}/index.html?notice=0&backend=webgpu&mode=learn`);
+  await learnReady(page);
+  const status = await page.textContent("#model-status");
+  assert(/on WebGPU/.test(status), `learn mode runs on WebGPU: ${status}`);
+  const gpu = await learnNumbers(page);
+  assert(gpu.kept === cpuLearn.kept && gpu.viewsCe.length === cpuLearn.viewsCe.length, `same masks and views: ${JSON.stringify(gpu)}`);
+  const pairs = [[gpu.cosine, cpuLearn.cosine], [gpu.maskCe, cpuLearn.maskCe], ...gpu.viewsCe.map((v, i) => [v, cpuLearn.viewsCe[i]]),
+    ...gpu.massAfter.map((v, i) => [v, cpuLearn.massAfter[i]])];
+  const worst = Math.max(...pairs.map(([a, b]) => Math.abs(a - b) / Math.max(1, Math.abs(b))));
+  assert(worst < 1e-3, `WebGPU vs CPU largest relative difference ${worst}: ${JSON.stringify({ gpu, cpu: cpuLearn })}`);
+  console.log(`     learn mode, WebGPU (SwiftShader) vs CPU: largest relative difference ${worst.toExponential(2)}`);
+  await page.screenshot({ path: join(shots, "11-learn-webgpu.png") });
+  await page.close();
+});
+
+await check("learn mode embedded with <cxr-msn-demo mode=learn>: the sample's DICOM header fills the record", async () => {
+  const page = await browser.newPage({ viewport: { width: 900, height: 1200 } });
+  watchRequests(page, allUrls);
+  await page.goto(`${origin}/course-learn.html`);
+  const frame = await (await page.waitForSelector("cxr-msn-demo iframe")).contentFrame();
+  await learnReady(frame);
+  assert(await frame.isHidden("#notice") && await frame.isHidden("#findings"), "hide-notice and mode=learn");
+  const chosen = await frame.$$eval(".learn-sample[aria-pressed=true]", (bs) => bs.map((b) => b.dataset.file));
+  assert(same(chosen, ["rg1-adult-pa.dcm"]), `the sample attribute picks learn mode's image: ${chosen}`);
+  assert(await frame.inputValue("#learn-age") === "64", "the DICOM header filled the age");
+  await page.close();
+});
+
 await check("Content-Security-Policy: strict, and nothing on any page broke it", async () => {
   const html = readFileSync(join(dist, "index.html"), "utf8");
   const policy = (html.match(/<meta http-equiv="Content-Security-Policy" content="([^"]+)"/) || [])[1];
@@ -347,7 +539,7 @@ await check("no request left the page's origin, and each was one of the site's o
   const away = offOrigin(allUrls);
   assert(allUrls.length > 10 && away.length === 0, `requests elsewhere: ${away.join(", ")}`);
   const local = allUrls.filter((u) => u.startsWith(origin)).map((u) => new URL(u));
-  const unknown = local.filter((u) => u.pathname !== "/course.html" &&
+  const unknown = local.filter((u) => !COURSE_PAGES[u.pathname] &&
     !existsSync(join(dist, decodeURIComponent(u.pathname.endsWith("/") ? u.pathname + "index.html" : u.pathname))));
   assert(unknown.length === 0, `requests for files the site does not have: ${unknown.map((u) => u.pathname).join(", ")}`);
   const long = local.filter((u) => u.href.length > 300);

@@ -142,6 +142,7 @@ fn demo_and_compare_run_the_whole_pipeline_on_a_fresh_synthetic_world() {
         "eval/metrics.csv",
         "eval/roc.svg",
         "embed/embedding_map.svg",
+        "embed/embedding_map.json",
         "model.safetensors",
     ] {
         assert!(run.join(file).exists(), "{file} missing; output:\n{text}");
@@ -156,6 +157,10 @@ fn demo_and_compare_run_the_whole_pipeline_on_a_fresh_synthetic_world() {
         meta.operating_points.len(),
         14,
         "operating points were chosen"
+    );
+    assert!(
+        meta.prototype_head,
+        "the demo's export carries learn mode's prototypes"
     );
 
     // The comparison reuses the world and reports both runs and their difference.

@@ -2,6 +2,7 @@
 //! dataset, the manifest adapter reads it, the loader decodes the PNGs and draws MSN views
 //! on worker threads, and one multimodal pretraining step runs on the flex CPU backend.
 
+use std::path::Path;
 use std::process::Command;
 
 use cxr_msn_e2e::{binary, run_ok, synth};
@@ -16,6 +17,7 @@ use cxr_msn::rand::rngs::StdRng;
 use cxr_msn_trainer::data::{LabelPolicy, OnBadRow, manifest};
 use cxr_msn_trainer::images::file_decoder;
 use cxr_msn_trainer::loader::{Loader, LoaderConfig, Views};
+use cxr_msn_web::engine::{Engine, prepare};
 
 #[test]
 fn synthetic_data_flows_through_the_loader_into_a_pretraining_step() {
@@ -420,6 +422,8 @@ fn pretraining_runs_saves_each_epoch_and_continues_where_it_stopped() {
     let sex = clusters["ehr:sex"].as_f64();
     assert!(sex.is_none_or(|s| (-1.0..=1.0).contains(&s)));
 
+    learn_mode_files_agree_with_the_pretraining(&dir, &run);
+
     // A different configuration in the same folder is refused.
     let out = Command::new(binary())
         .args([
@@ -440,4 +444,167 @@ fn pretraining_runs_saves_each_epoch_and_continues_where_it_stopped() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("another configuration"));
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Runs a future that never waits (the CPU backend's reads are ready at once).
+fn ready<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let waker = std::task::Waker::noop();
+    match f.as_mut().poll(&mut std::task::Context::from_waker(waker)) {
+        std::task::Poll::Ready(v) => v,
+        std::task::Poll::Pending => panic!("the CPU backend's futures complete at once"),
+    }
+}
+
+/// The files of the page's learn mode: an export with the pretraining's projection head and
+/// prototypes (refused for a fine-tuned encoder), whose projections and assignments the
+/// page's engine computes as the pretraining model does, and an embedding map whose
+/// signature and coordinates the engine reproduces.
+fn learn_mode_files_agree_with_the_pretraining(dir: &Path, run: &Path) {
+    let manifest = dir.join("data/manifest.csv");
+    let checkpoint = run.join("checkpoint.safetensors");
+    let learn = run.join("web-learn.safetensors");
+    let arg = |p: &Path| p.as_os_str().to_os_string();
+    run_ok([
+        "export".into(),
+        "--data".into(),
+        arg(&manifest),
+        "--model".into(),
+        arg(&run.join("probe/classifier.safetensors")),
+        "--prototypes-from".into(),
+        arg(&checkpoint),
+        "--out".into(),
+        arg(&learn),
+    ]);
+    let bytes = std::fs::read(&learn).unwrap();
+    assert!(
+        cxr_msn::checkpoint::read_meta(&bytes)
+            .unwrap()
+            .prototype_head
+    );
+    let device = Device::flex();
+    let engine = Engine::load(&bytes, device.clone()).unwrap();
+    let info = engine.learn_info();
+    assert!(info.available && info.reason.is_none(), "{info:?}");
+
+    // The engine's projection is the pretraining's target branch, recomputed here.
+    let (msn, pre_meta) =
+        cxr_msn::checkpoint::load_pretraining(&std::fs::read(&checkpoint).unwrap(), &device)
+            .unwrap();
+    let xray = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("data/xray/person1951_bacteria_4882.jpeg"),
+    )
+    .unwrap();
+    let prepared = prepare(&xray).unwrap();
+    let m = ready(engine.masked(&prepared, 0.0, 1)).unwrap();
+    assert_eq!(m.kept.len(), 196);
+    assert!(m.cosine > 0.99999, "no mask, same [CLS]: {}", m.cosine);
+    let images = cxr_msn::preprocess::BatchData::pack(&[&prepared.view], &pre_meta.normalization)
+        .unwrap()
+        .to_tensor(&device);
+    let z: Vec<f32> = msn
+        .target_head
+        .forward(msn.target_vit.forward(images, None))
+        .into_data()
+        .try_to_vec()
+        .unwrap();
+    let page_z = &m.z.as_ref().expect("projections")[0];
+    let gap = z
+        .iter()
+        .zip(page_z)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(gap < 1e-4, "projection differs by {gap}");
+
+    // Its assignment is a softmax over cosines with the pretraining's prototypes, by hand.
+    let protos: Vec<f32> = msn.prototypes.val().into_data().try_to_vec().unwrap();
+    let d = z.len();
+    let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let tau = info.temperature;
+    let logits: Vec<f64> = protos
+        .chunks(d)
+        .map(|q| {
+            let dot: f64 = q.iter().zip(&z).map(|(a, b)| *a as f64 * *b as f64).sum();
+            dot / (norm(q) * norm(&z)) / tau
+        })
+        .collect();
+    let top = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let sum: f64 = logits.iter().map(|l| (l - top).exp()).sum();
+    let assigned = engine
+        .assign(std::slice::from_ref(page_z), tau, info.sharpen_temperature)
+        .unwrap();
+    for (k, l) in logits.iter().enumerate() {
+        let p = (l - top).exp() / sum;
+        assert!(
+            (assigned.probs[0][k] as f64 - p).abs() < 1e-5,
+            "prototype {k}"
+        );
+    }
+    let half = ready(engine.masked(&prepared, 0.5, 7)).unwrap();
+    assert_eq!(half.kept.len(), 98, "floor(196 x 0.5) patches kept");
+
+    // A fine-tuned encoder is not the pretraining's: its export with prototypes is refused.
+    let out = Command::new(binary())
+        .arg("export")
+        .arg("--data")
+        .arg(&manifest)
+        .arg("--model")
+        .arg(run.join("finetune/classifier.safetensors"))
+        .arg("--prototypes-from")
+        .arg(&checkpoint)
+        .arg("--out")
+        .arg(run.join("refused.safetensors"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("not this pretraining's"),
+        "{err}"
+    );
+    assert!(!run.join("refused.safetensors").exists());
+
+    // The page's map: the engine's signature matches it, and the engine's [CLS] of a mapped
+    // image lands where `embed` put it.
+    let map: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("embed/embedding_map.json")).unwrap(),
+    )
+    .unwrap();
+    let floats = |v: &serde_json::Value| -> Vec<f32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect()
+    };
+    let signature = ready(engine.signature()).unwrap();
+    let gap = floats(&map["signature"])
+        .iter()
+        .zip(&signature)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(gap < 1e-4, "signature differs by {gap}");
+    assert_eq!(map["points"].as_array().unwrap().len(), 20);
+    let csv = std::fs::read_to_string(run.join("embed/embedding_map.csv")).unwrap();
+    let first = csv.lines().nth(1).unwrap();
+    let path = Path::new(first.split(',').next().unwrap());
+    let path = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        manifest.parent().unwrap().join(path)
+    };
+    let cls = ready(engine.masked(&prepare(&std::fs::read(&path).unwrap()).unwrap(), 0.0, 0))
+        .unwrap()
+        .cls_full;
+    let mean = floats(&map["mean"]);
+    for (axis, key) in ["x", "y"].iter().enumerate() {
+        let component = floats(&map["components"][axis]);
+        let at: f64 = cls
+            .iter()
+            .zip(&mean)
+            .zip(&component)
+            .map(|((v, m), c)| (*v as f64 - *m as f64) * *c as f64)
+            .sum();
+        let want = map["points"][0][key].as_f64().unwrap();
+        assert!((at - want).abs() < 1e-3, "{key}: page {at} vs embed {want}");
+    }
 }

@@ -14,6 +14,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
+use cxr_msn::ehr::Sex;
+use cxr_msn::prototype_head::encoder_signature;
+use serde::Serialize;
+
 use crate::data::{Record, Split};
 use crate::device::{DeviceArg, choose};
 use crate::features::cls_features;
@@ -66,9 +70,37 @@ pub fn silhouette(points: &[f32], d: usize, groups: &[usize]) -> Option<f64> {
     Some(total / n as f64)
 }
 
-/// Projections of the centred rows on the first two principal components (power iteration
-/// with deflation, from a fixed start), `[n, 2]`.
-pub fn pca_2d(points: &[f32], d: usize) -> Vec<[f64; 2]> {
+/// The first two principal components of a set of embeddings and the map they give.
+#[derive(Debug, Clone)]
+pub struct Pca2 {
+    /// Mean of the rows, `[d]`.
+    pub mean: Vec<f64>,
+    /// The two unit directions of largest spread, `[2][d]`.
+    pub components: [Vec<f64>; 2],
+    /// Share of the total variance along each direction.
+    pub explained: [f64; 2],
+    /// Each row's map position: its centred projection on the two directions, `[n][2]`.
+    pub coords: Vec<[f64; 2]>,
+}
+
+impl Pca2 {
+    /// The map position of a new embedding `[d]`.
+    pub fn project(&self, row: &[f32]) -> [f64; 2] {
+        let centred: Vec<f64> = row
+            .iter()
+            .zip(&self.mean)
+            .map(|(v, m)| *v as f64 - m)
+            .collect();
+        [
+            dot(&centred, &self.components[0]),
+            dot(&centred, &self.components[1]),
+        ]
+    }
+}
+
+/// The first two principal components of `points` (`n` rows of `d` values) by power
+/// iteration with deflation from a fixed start, and the rows' map positions.
+pub fn pca_2d(points: &[f32], d: usize) -> Pca2 {
     let n = points.len() / d;
     let mean: Vec<f64> = (0..d)
         .map(|c| (0..n).map(|r| points[r * d + c] as f64).sum::<f64>() / n.max(1) as f64)
@@ -100,9 +132,27 @@ pub fn pca_2d(points: &[f32], d: usize) -> Vec<[f64; 2]> {
         }
         components.push(v);
     }
-    x.iter()
+    let coords: Vec<[f64; 2]> = x
+        .iter()
         .map(|row| [dot(row, &components[0]), dot(row, &components[1])])
-        .collect()
+        .collect();
+    let total: f64 = x.iter().map(|row| dot(row, row)).sum();
+    let share = |k: usize| {
+        if total > 0.0 {
+            coords.iter().map(|c| c[k] * c[k]).sum::<f64>() / total
+        } else {
+            0.0
+        }
+    };
+    let explained = [share(0), share(1)];
+    let second = components.pop().unwrap_or_default();
+    let first = components.pop().unwrap_or_default();
+    Pca2 {
+        mean,
+        components: [first, second],
+        explained,
+        coords,
+    }
 }
 
 fn dot(a: &[f64], b: &[f64]) -> f64 {
@@ -120,7 +170,9 @@ pub struct EmbedArgs {
     /// Split to embed: train, validate, test, or all.
     #[arg(long, default_value = "test")]
     pub split: String,
-    /// Output folder: embedding_map.csv and clusters.json.
+    /// Output folder: embedding_map.csv, embedding_map.svg, clusters.json and
+    /// embedding_map.json (the map the page's learn mode draws; copy it beside the page's
+    /// model file as embedding-map.json).
     #[arg(long)]
     pub out: PathBuf,
     /// Loader threads (0 = all cores).
@@ -152,7 +204,8 @@ pub fn run(args: &EmbedArgs) -> Result<String> {
     let items = data.items(split, None, &args.source.policy())?;
     let points = cls_features(&vit, items, &meta.normalization, args.threads, &device)?;
     let d = vit.dim();
-    let map = pca_2d(&points, d);
+    let pca = pca_2d(&points, d);
+    let map = &pca.coords;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
 
@@ -206,7 +259,7 @@ pub fn run(args: &EmbedArgs) -> Result<String> {
         let _ = write!(csv, ",{name}");
     }
     csv.push_str(",sex,age,view\n");
-    for (r, xy) in records.iter().zip(&map) {
+    for (r, xy) in records.iter().zip(map) {
         let _ = write!(csv, "{},{},{}", r.image.display(), xy[0], xy[1]);
         for l in &r.labels {
             let _ = write!(
@@ -218,11 +271,7 @@ pub fn run(args: &EmbedArgs) -> Result<String> {
         let _ = writeln!(
             csv,
             ",{},{},{}",
-            r.ehr.sex.map_or("", |s| if s == cxr_msn::ehr::Sex::Male {
-                "M"
-            } else {
-                "F"
-            }),
+            r.ehr.sex.map_or("", sex_code),
             r.ehr.age.map_or(String::new(), |a| a.to_string()),
             r.ehr
                 .view
@@ -234,16 +283,100 @@ pub fn run(args: &EmbedArgs) -> Result<String> {
         &args.out.join("clusters.json"),
         serde_json::to_string_pretty(&clusters)?.as_bytes(),
     )?;
+    let signature = encoder_signature(
+        &vit,
+        meta.config.vit.image_size,
+        &meta.normalization,
+        &device,
+    )
+    .map_err(anyhow::Error::msg)?
+    .into_data()
+    .convert::<f32>()
+    .try_to_vec::<f32>()
+    .map_err(|e| anyhow::anyhow!("reading the signature back: {e:?}"))?;
+    let page = PageMap {
+        version: 1,
+        dim: d,
+        signature,
+        mean: pca.mean.iter().map(|&v| v as f32).collect(),
+        components: pca
+            .components
+            .iter()
+            .map(|c| c.iter().map(|&v| v as f32).collect())
+            .collect(),
+        explained: pca.explained,
+        label_names: data.label_names.clone(),
+        source: format!(
+            "{} images of the {} split of {}",
+            records.len(),
+            args.split,
+            args.source.data.display()
+        ),
+        points: records
+            .iter()
+            .zip(map)
+            .map(|(r, xy)| PagePoint {
+                x: xy[0] as f32,
+                y: xy[1] as f32,
+                labels: r
+                    .labels
+                    .iter()
+                    .map(|l| l.value(&policy).map(|v| (v > 0.5) as u8))
+                    .collect(),
+                sex: r.ehr.sex.map(|s| sex_code(s).to_string()),
+                age: r.ehr.age,
+                view: r.ehr.view.map(|v| format!("{v:?}").to_uppercase()),
+            })
+            .collect(),
+    };
+    write_atomic(
+        &args.out.join("embedding_map.json"),
+        serde_json::to_string(&page)?.as_bytes(),
+    )?;
     write_atomic(
         &args.out.join("embedding_map.svg"),
-        map_svg(&map, &groupings, &data.label_names).as_bytes(),
+        map_svg(map, &groupings, &data.label_names).as_bytes(),
     )?;
     let _ = writeln!(
         report,
-        "wrote {} (embedding_map.csv, embedding_map.svg, clusters.json)",
+        "wrote {} (embedding_map.csv, embedding_map.svg, clusters.json, and embedding_map.json \
+         for the page's learn mode)",
         args.out.display()
     );
     Ok(report)
+}
+
+/// `M` or `F`, as the page and the CSV write sex.
+fn sex_code(sex: Sex) -> &'static str {
+    if sex == Sex::Male { "M" } else { "F" }
+}
+
+/// The embedding map as the page's learn mode reads it (`embedding_map.json`): the PCA
+/// basis, so the page can place new images, and the mapped images with their labels and
+/// EHR. `signature` is the encoder's [CLS] of `cxr_msn::prototype_head::reference_image`,
+/// which the page compares with its own model's before drawing.
+#[derive(Debug, Serialize)]
+struct PageMap {
+    version: u32,
+    dim: usize,
+    signature: Vec<f32>,
+    mean: Vec<f32>,
+    components: Vec<Vec<f32>>,
+    explained: [f64; 2],
+    label_names: Vec<String>,
+    source: String,
+    points: Vec<PagePoint>,
+}
+
+/// One mapped image: position, labels (1, 0 or unknown, in `label_names` order) and EHR.
+#[derive(Debug, Serialize)]
+struct PagePoint {
+    x: f32,
+    y: f32,
+    labels: Vec<Option<u8>>,
+    sex: Option<String>,
+    age: Option<f32>,
+    view: Option<String>,
 }
 
 /// The map drawn three times: coloured by the first label with both classes ("No Finding"
@@ -334,7 +467,8 @@ mod tests {
             let e = if i % 2 == 0 { 0.1 } else { -0.1 };
             pts.extend([t + e, t - e, 0.0]);
         }
-        let map = pca_2d(&pts, 3);
+        let pca = pca_2d(&pts, 3);
+        let map = &pca.coords;
         let spread = |k: usize| map.iter().map(|p| p[k] * p[k]).sum::<f64>();
         assert!(spread(0) > 100.0 * spread(1));
         // Point 0 sits 9.5 below the mean along (1, 1)/sqrt(2).
@@ -343,5 +477,16 @@ mod tests {
             "{}",
             map[0][0]
         );
+        // Variance shares by hand: 2 t'^2 along (1, 1) with t' = t + 0.5, and 2 * 0.1^2
+        // per point along (1, -1).
+        let along: f64 = (0..20).map(|i| 2.0 * (i as f64 - 9.5).powi(2)).sum();
+        let across = 20.0 * 2.0 * 0.01;
+        let want = [along / (along + across), across / (along + across)];
+        for (got, want) in pca.explained.iter().zip(want) {
+            assert!((got - want).abs() < 1e-4, "{:?}", pca.explained);
+        }
+        // A new embedding lands where the map put the same values.
+        let again = pca.project(&pts[3..6]);
+        assert!((again[0] - map[1][0]).abs() < 1e-6 && (again[1] - map[1][1]).abs() < 1e-6);
     }
 }

@@ -290,6 +290,9 @@ pub fn run_demo(args: &MainJobArgs, log: &mut dyn Write) -> Result<()> {
             out: file,
             split: "validate".into(),
             threads: args.recipe.threads,
+            // The probe's encoder is this pretraining's: the page's learn mode shows its
+            // prototypes.
+            prototypes_from: Some(run.join("checkpoint.safetensors")),
             f16,
             device: args.recipe.device,
         })?;
@@ -301,7 +304,7 @@ pub fn run_demo(args: &MainJobArgs, log: &mut dyn Write) -> Result<()> {
          \x20 pretraining   config.json, metrics.jsonl, epochs.csv, loss.svg, checkpoint.safetensors\n\
          \x20 linear probe  probe/metrics.json, probe/metrics.csv, probe/roc.svg, probe/classifier.safetensors\n\
          \x20 test scores   eval/metrics.json, eval/metrics.csv, eval/roc.svg\n\
-         \x20 embedding     embed/embedding_map.svg, embed/clusters.json\n\
+         \x20 embedding     embed/embedding_map.svg, embed/clusters.json, embed/embedding_map.json (the page's map)\n\
          \x20 browser model {}",
         crate::progress::duration(started.elapsed().as_secs_f64()),
         run.display(),

@@ -305,6 +305,7 @@ pub fn run(args: &ProbeArgs) -> Result<ProbeOutcome> {
         encoder,
         image_head: image_head.context("the image head was trained")?,
         fused_head,
+        prototype_head: None,
     };
     let mut meta = ModelMeta::classifier(config, data.label_names.clone());
     meta.normalization = pre_meta.normalization.clone();

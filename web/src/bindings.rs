@@ -1,5 +1,7 @@
 //! The JavaScript API of the page (and of pages that embed it): `CxrModel.load(bytes,
-//! backend)`, `model.summary()`, `model.read_image(bytes)`, `model.predict(bytes, ehr)`.
+//! backend)`, `model.summary()`, `model.read_image(bytes)`, `model.predict(bytes, ehr)`,
+//! and learn mode's `learn_info`, `masked`, `views`, `assign`, `sinkhorn`, `explain` and
+//! `signature`.
 //! Values cross as JSON strings; errors as `Error` objects with a message for people.
 
 use std::cell::RefCell;
@@ -160,18 +162,131 @@ impl CxrModel {
         let engine = Rc::clone(&self.engine);
         let last = Rc::clone(&self.last);
         future_to_promise(async move {
-            let ehr: EhrInput = if ehr_json.trim().is_empty() {
-                EhrInput::default()
-            } else {
-                serde_json::from_str(&ehr_json)
-                    .map_err(|e| js_error(format!("the EHR values are malformed: {e}")))?
-            };
+            let ehr = parse_ehr(&ehr_json)?;
             let prepared = prepared(&last, &bytes)?;
             let prediction = engine.predict(&prepared, &ehr).await.map_err(js_error)?;
-            let json = serde_json::to_string(&prediction).map_err(js_error)?;
-            Ok(JsValue::from_str(&json))
+            json(&prediction)
         })
     }
+}
+
+/// Learn mode (see `crate::learn`): the same model, explained.
+#[wasm_bindgen]
+impl CxrModel {
+    /// What learn mode can show and the model's pretraining settings (JSON).
+    pub fn learn_info(&self) -> Result<String, JsError> {
+        serde_json::to_string(&self.engine.learn_info()).map_err(js_error)
+    }
+
+    /// The evaluation view of an image file without and with a random token mask of
+    /// `ratio` drawn from `seed`: kept patches, both [CLS] embeddings, their cosine and
+    /// projections (JSON).
+    pub fn masked(&self, bytes: Vec<u8>, ratio: f64, seed: f64) -> Promise {
+        let (engine, last) = (Rc::clone(&self.engine), Rc::clone(&self.last));
+        future_to_promise(async move {
+            let prepared = prepared(&last, &bytes)?;
+            let seed = js_seed(seed)?;
+            let out = engine
+                .masked(&prepared, ratio, seed)
+                .await
+                .map_err(js_error)?;
+            json(&out)
+        })
+    }
+
+    /// The pretraining views of an image file drawn with `seed` (target, random anchor,
+    /// focal views; anchors masked at `ratio`), with their pixels and projections (JSON).
+    pub fn views(&self, bytes: Vec<u8>, seed: f64, ratio: f64) -> Promise {
+        let (engine, last) = (Rc::clone(&self.engine), Rc::clone(&self.last));
+        future_to_promise(async move {
+            let prepared = prepared(&last, &bytes)?;
+            let seed = js_seed(seed)?;
+            let out = engine
+                .views(&prepared, seed, ratio)
+                .await
+                .map_err(js_error)?;
+            json(&out)
+        })
+    }
+
+    /// Prototype assignments of projections given as JSON rows (row 0 the target) at
+    /// `temperature`, the target sharpened by `sharpen` (JSON).
+    pub fn assign(&self, z_json: &str, temperature: f64, sharpen: f64) -> Result<String, JsError> {
+        let z = rows(z_json)?;
+        let out = self
+            .engine
+            .assign(&z, temperature, sharpen)
+            .map_err(js_error)?;
+        serde_json::to_string(&out).map_err(js_error)
+    }
+
+    /// The Sinkhorn-Knopp step on a batch of projections given as JSON rows (JSON).
+    pub fn sinkhorn(
+        &self,
+        z_json: &str,
+        temperature: f64,
+        sharpen: f64,
+        iterations: u32,
+    ) -> Result<String, JsError> {
+        let z = rows(z_json)?;
+        let out = self
+            .engine
+            .balance(&z, temperature, sharpen, iterations as usize)
+            .map_err(js_error)?;
+        serde_json::to_string(&out).map_err(js_error)
+    }
+
+    /// An image file's image-only and EHR-fused embeddings with both heads' scores (JSON).
+    pub fn explain(&self, bytes: Vec<u8>, ehr_json: String) -> Promise {
+        let (engine, last) = (Rc::clone(&self.engine), Rc::clone(&self.last));
+        future_to_promise(async move {
+            let ehr = parse_ehr(&ehr_json)?;
+            let prepared = prepared(&last, &bytes)?;
+            let out = engine.explain(&prepared, &ehr).await.map_err(js_error)?;
+            json(&out)
+        })
+    }
+
+    /// The encoder's [CLS] of a fixed test card, to match embedding maps (JSON array).
+    pub fn signature(&self) -> Promise {
+        let engine = Rc::clone(&self.engine);
+        future_to_promise(async move {
+            let out = engine.signature().await.map_err(js_error)?;
+            json(&out)
+        })
+    }
+}
+
+/// A value as a JSON string for JavaScript.
+fn json<T: serde::Serialize>(value: &T) -> Result<JsValue, JsValue> {
+    let text = serde_json::to_string(value).map_err(js_error)?;
+    Ok(JsValue::from_str(&text))
+}
+
+/// Projection rows from JSON (`[[...], ...]`).
+fn rows(z_json: &str) -> Result<Vec<Vec<f32>>, JsError> {
+    serde_json::from_str(z_json)
+        .map_err(|e| js_error(format!("the projections are not rows of numbers: {e}")))
+}
+
+/// A seed from JavaScript: a whole number from 0 to 2^53.
+fn js_seed(seed: f64) -> Result<u64, JsError> {
+    if seed.is_finite() && seed >= 0.0 && seed.fract() == 0.0 && seed <= 9_007_199_254_740_992.0 {
+        Ok(seed as u64)
+    } else {
+        Err(js_error(format!(
+            "the seed must be a whole number from 0, not {seed}"
+        )))
+    }
+}
+
+/// EHR values from JSON; empty text is no EHR.
+fn parse_ehr(ehr_json: &str) -> Result<EhrInput, JsError> {
+    if ehr_json.trim().is_empty() {
+        return Ok(EhrInput::default());
+    }
+    serde_json::from_str(ehr_json)
+        .map_err(|e| js_error(format!("the EHR values are malformed: {e}")))
 }
 
 /// Checks model-file bytes without loading them: the summary, or an error saying why the

@@ -11,15 +11,18 @@ use cxr_msn::decode::{DecodeLimits, decode};
 use cxr_msn::ehr::{EhrField, EhrRecord, Orientation, Sex, ViewPosition};
 use cxr_msn::image::GreyImage;
 use cxr_msn::preprocess::BatchData;
+use cxr_msn::prototype_head::PrototypeHead;
 use cxr_msn::views::eval_view;
 use cxr_msn::vit::cls_attention_map;
 use serde::{Deserialize, Serialize};
 
 /// A loaded model, on its device.
 pub struct Engine {
-    model: Classifier,
-    meta: ModelMeta,
-    device: Device,
+    pub(crate) model: Classifier,
+    pub(crate) meta: ModelMeta,
+    pub(crate) device: Device,
+    /// The prototype head on the CPU, for learn mode's synchronous arithmetic.
+    pub(crate) cpu_head: Option<PrototypeHead>,
 }
 
 /// The EHR a user entered (or a DICOM header gave); absent fields stay `None`.
@@ -72,6 +75,8 @@ impl EhrInput {
 pub struct Prepared {
     /// The evaluation view (224 x 224 grey), what the model sees.
     pub view: GreyImage,
+    /// The whole decoded image (learn mode draws pretraining views from it).
+    pub image: GreyImage,
     /// What the file holds, for the page.
     pub info: ImageInfo,
 }
@@ -191,6 +196,7 @@ pub fn prepare(bytes: &[u8]) -> Result<Prepared, String> {
     };
     Ok(Prepared {
         view: eval_view(&decoded.image),
+        image: decoded.image,
         info,
     })
 }
@@ -208,7 +214,20 @@ impl Engine {
     pub fn load(bytes: &[u8], device: Device) -> Result<Self, String> {
         check_model(bytes)?;
         let (model, meta) = load_classifier(bytes, &device).map_err(|e| e.to_string())?;
+        // Learn mode's prototype arithmetic reads back synchronously, so it runs on the CPU.
+        // Moving the head off a GPU would need a synchronous read (refused by WebGPU): on
+        // another device, the head is read from the file again, onto the CPU.
+        let cpu = Device::flex();
+        let cpu_head = if device == cpu || model.prototype_head.is_none() {
+            model.prototype_head.clone()
+        } else {
+            load_classifier(bytes, &cpu)
+                .map_err(|e| e.to_string())?
+                .0
+                .prototype_head
+        };
         Ok(Self {
+            cpu_head,
             model,
             meta,
             device,
@@ -251,27 +270,39 @@ impl Engine {
         }
     }
 
+    /// The EHR as the image + EHR head's input `[1, ehr_in]`; `None` for a model without
+    /// an EHR feature set; an error (for people) when a value it needs is missing or bad.
+    pub(crate) fn encode_ehr(&self, ehr: &EhrInput) -> Result<Option<Tensor<2>>, String> {
+        let Some(config) = &self.meta.config.ehr else {
+            return Ok(None);
+        };
+        let v = config
+            .feature_set
+            .encode(&ehr.record()?)
+            .map_err(|e| e.to_string())?;
+        let n = v.len();
+        Ok(Some(Tensor::from_data(
+            TensorData::new(v, [1, n]),
+            &self.device,
+        )))
+    }
+
     /// Scores a prepared image with the EHR given. Reads results back asynchronously, as
     /// WebGPU requires.
     pub async fn predict(&self, image: &Prepared, ehr: &EhrInput) -> Result<Prediction, String> {
         let images = BatchData::pack(&[&image.view], &self.meta.normalization)
             .map_err(|e| e.to_string())?
             .to_tensor(&self.device);
-        let (ehr_tensor, missing) = match (&self.model.fused_head, &self.meta.config.ehr) {
-            (Some(_), Some(config)) => match config.feature_set.encode(&ehr.record()?) {
-                Ok(v) => {
-                    let n = v.len();
-                    (
-                        Some(Tensor::<2>::from_data(
-                            TensorData::new(v, [1, n]),
-                            &self.device,
-                        )),
-                        None,
-                    )
-                }
-                Err(e) => (None, Some(e.to_string())),
-            },
-            _ => (None, Some("this model has no image + EHR head".to_string())),
+        // A malformed value is an error, whether or not the model reads that field.
+        ehr.record()?;
+        let (ehr_tensor, missing) = if self.model.fused_head.is_none() {
+            (None, Some("this model has no image + EHR head".to_string()))
+        } else {
+            match self.encode_ehr(ehr) {
+                Ok(Some(t)) => (Some(t), None),
+                Ok(None) => (None, Some("this model has no image + EHR head".to_string())),
+                Err(e) => (None, Some(e)),
+            }
         };
         let out = self
             .model
@@ -322,7 +353,7 @@ impl Engine {
 }
 
 /// Reads a tensor back (asynchronously: synchronous reads fail on WebGPU).
-async fn read<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, String> {
+pub(crate) async fn read<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, String> {
     t.into_data_async()
         .await
         .map_err(|e| format!("reading the result back failed: {e:?}"))?

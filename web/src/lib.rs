@@ -1,12 +1,13 @@
 //! The browser demo of cxr-msn: a student drops a chest X-ray, enters demographics, and
 //! sees the model's findings computed on their own machine (WebGPU, else the CPU).
 //!
-//! `engine` is what the page computes, through the `cxr-msn` model crate and with no
+//! `engine` is what the page computes (and `learn`, what its learn mode shows), through the `cxr-msn` model crate and with no
 //! browser in it (tested natively); `bindings` is its JavaScript API (wasm32 only), which
 //! the page in `index.html` + `../static/` calls. `trunk build --release` in this folder
 //! makes the static site.
 
 pub mod engine;
+pub mod learn;
 
 #[cfg(target_arch = "wasm32")]
 pub mod bindings;
