@@ -779,11 +779,15 @@ function renderMap() {
     counts.set(category, (counts.get(category) || 0) + 1);
     svg("circle", { cx: sx(p.x), cy: sy(p.y), r: 3, class: "map-point", fill: colours.get(category) || UNKNOWN }, g);
   }
+  const labelsAt = []; // label positions so far: a label that would overlap one moves down
   for (const p of placed) {
     const x = sx(p.x), y = sy(p.y), r = p.chosen ? 9 : 7;
     const marker = svg("g", { class: `map-marker${p.chosen ? " chosen" : ""}`, "data-name": p.name }, root);
     svg("path", { d: `M${x} ${y - r}L${x + r} ${y}L${x} ${y + r}L${x - r} ${y}Z` }, marker);
-    svgText(marker, x + r + 3, y + 4, p.name, { class: "label" });
+    let ly = y + 4;
+    while (labelsAt.some(([ax, ay]) => Math.abs(ax - x) < 40 && Math.abs(ay - ly) < 13)) ly += 13;
+    labelsAt.push([x, ly]);
+    svgText(marker, x + r + 3, ly, p.name, { class: "label" });
     svg("title", {}, marker).textContent = `${p.name}: ${p.title}`;
   }
   const legend = el("ul", { className: "legend" });

@@ -290,6 +290,12 @@ impl Engine {
     /// Scores a prepared image with the EHR given. Reads results back asynchronously, as
     /// WebGPU requires.
     pub async fn predict(&self, image: &Prepared, ehr: &EhrInput) -> Result<Prediction, String> {
+        Ok(self.score(image, ehr).await?.prediction)
+    }
+
+    /// [`Self::predict`], keeping the [CLS] embedding and the encoded EHR it used (learn
+    /// mode's EHR panel builds on them without running the encoder again).
+    pub(crate) async fn score(&self, image: &Prepared, ehr: &EhrInput) -> Result<Scored, String> {
         let images = BatchData::pack(&[&image.view], &self.meta.normalization)
             .map_err(|e| e.to_string())?
             .to_tensor(&self.device);
@@ -306,8 +312,9 @@ impl Engine {
         };
         let out = self
             .model
-            .forward(images, ehr_tensor, true)
+            .forward(images, ehr_tensor.clone(), true)
             .map_err(|e| e.to_string())?;
+        let cls = out.embedding.clone();
         let image_probs = read(out.image_probs).await?;
         let novelty = match &self.meta.embedding_reference {
             Some(reference) => {
@@ -339,7 +346,7 @@ impl Engine {
             }
             None => (Vec::new(), 0),
         };
-        Ok(Prediction {
+        let prediction = Prediction {
             labels: self.meta.labels.clone(),
             image: image_probs,
             image_ehr,
@@ -348,8 +355,22 @@ impl Engine {
             attention,
             grid,
             novelty,
+        };
+        Ok(Scored {
+            prediction,
+            cls,
+            ehr: ehr_tensor,
         })
     }
+}
+
+/// A prediction with the tensors it was computed from.
+pub(crate) struct Scored {
+    pub(crate) prediction: Prediction,
+    /// [CLS] `[1, D]`.
+    pub(crate) cls: Tensor<2>,
+    /// The encoded EHR `[1, ehr_in]` the image + EHR head read, when it had all it needs.
+    pub(crate) ehr: Option<Tensor<2>>,
 }
 
 /// Reads a tensor back (asynchronously: synchronous reads fail on WebGPU).

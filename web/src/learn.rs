@@ -25,7 +25,7 @@ use cxr_msn::rand::rngs::StdRng;
 use cxr_msn::views::msn_views;
 use serde::Serialize;
 
-use crate::engine::{EhrInput, Engine, Prepared, read, view_pixels};
+use crate::engine::{EhrInput, Engine, Prepared, Scored, read, view_pixels};
 
 /// The largest mask ratio the page accepts (at least a few patches stay).
 pub const MAX_MASK_RATIO: f64 = 0.95;
@@ -408,13 +408,14 @@ impl Engine {
 
     /// The image's embedding and scores without and with the EHR given.
     pub async fn explain(&self, image: &Prepared, ehr: &EhrInput) -> Result<Explained, String> {
-        let prediction = self.predict(image, ehr).await?;
-        let cls = self
-            .model
-            .encoder
-            .forward(self.batch(&[&image.view])?, None);
-        // Incomplete EHR: no fused embedding (the prediction says why).
-        let fusion = match (&self.model.fused_head, self.encode_ehr(ehr).ok().flatten()) {
+        let Scored {
+            prediction,
+            cls,
+            ehr,
+        } = self.score(image, ehr).await?;
+        // Without the EHR the head needs there is no fused embedding (the prediction says
+        // why).
+        let fusion = match (&self.model.fused_head, ehr) {
             (Some(head), Some(e)) => Some(head.fusion.forward(cls.clone(), e)),
             _ => None,
         };
