@@ -50,7 +50,8 @@ pub struct Assignments {
 pub struct Balanced {
     /// Sharpened assignments `[B][K]` (rows sum to 1).
     pub before: Vec<Vec<f32>>,
-    /// After Sinkhorn-Knopp `[B][K]` (rows sum to 1, every column to B / K).
+    /// After Sinkhorn-Knopp `[B][K]`: rows sum to 1; columns approach B / K as the
+    /// iterations grow (the loss stops after a few, so they are only near it).
     pub after: Vec<Vec<f32>>,
 }
 

@@ -146,7 +146,7 @@ pub struct Sinkhorn {
     pub after: Vec<Vec<f32>>,
     /// Column sums before, `[K]`.
     pub mass_before: Vec<f32>,
-    /// Column sums after, `[K]` (B / K each).
+    /// Column sums after, `[K]` (near B / K each; equal at convergence).
     pub mass_after: Vec<f32>,
     /// B.
     pub rows: usize,
