@@ -159,13 +159,24 @@ impl CxrModel {
     /// any field may be missing). Resolves to JSON with `labels`, `image`, `image_ehr`,
     /// `operating_points`, `attention`, `grid` and `novelty`.
     pub fn predict(&self, bytes: Vec<u8>, ehr_json: String) -> Promise {
-        let engine = Rc::clone(&self.engine);
-        let last = Rc::clone(&self.last);
+        self.on_image(bytes, async move |engine, image| {
+            engine.predict(image, &parse_ehr(&ehr_json)?).await
+        })
+    }
+
+    /// Runs `work` on the image read from `bytes` (decoded once for consecutive calls on
+    /// the same file); the promise resolves to its result as JSON, or rejects with its
+    /// error.
+    fn on_image<T, W>(&self, bytes: Vec<u8>, work: W) -> Promise
+    where
+        T: serde::Serialize,
+        W: AsyncFnOnce(&Engine, &Prepared) -> Result<T, String> + 'static,
+    {
+        let (engine, last) = (Rc::clone(&self.engine), Rc::clone(&self.last));
         future_to_promise(async move {
-            let ehr = parse_ehr(&ehr_json)?;
-            let prepared = prepared(&last, &bytes)?;
-            let prediction = engine.predict(&prepared, &ehr).await.map_err(js_error)?;
-            json(&prediction)
+            let image = prepared(&last, &bytes)?;
+            let out = work(&engine, &image).await.map_err(js_error)?;
+            json(&out)
         })
     }
 }
@@ -182,30 +193,16 @@ impl CxrModel {
     /// `ratio` drawn from `seed`: kept patches, both [CLS] embeddings, their cosine and
     /// projections (JSON).
     pub fn masked(&self, bytes: Vec<u8>, ratio: f64, seed: f64) -> Promise {
-        let (engine, last) = (Rc::clone(&self.engine), Rc::clone(&self.last));
-        future_to_promise(async move {
-            let prepared = prepared(&last, &bytes)?;
-            let seed = js_seed(seed)?;
-            let out = engine
-                .masked(&prepared, ratio, seed)
-                .await
-                .map_err(js_error)?;
-            json(&out)
+        self.on_image(bytes, async move |engine, image| {
+            engine.masked(image, ratio, js_seed(seed)?).await
         })
     }
 
     /// The pretraining views of an image file drawn with `seed` (target, random anchor,
     /// focal views; anchors masked at `ratio`), with their pixels and projections (JSON).
     pub fn views(&self, bytes: Vec<u8>, seed: f64, ratio: f64) -> Promise {
-        let (engine, last) = (Rc::clone(&self.engine), Rc::clone(&self.last));
-        future_to_promise(async move {
-            let prepared = prepared(&last, &bytes)?;
-            let seed = js_seed(seed)?;
-            let out = engine
-                .views(&prepared, seed, ratio)
-                .await
-                .map_err(js_error)?;
-            json(&out)
+        self.on_image(bytes, async move |engine, image| {
+            engine.views(image, js_seed(seed)?, ratio).await
         })
     }
 
@@ -238,12 +235,8 @@ impl CxrModel {
 
     /// An image file's image-only and EHR-fused embeddings with both heads' scores (JSON).
     pub fn explain(&self, bytes: Vec<u8>, ehr_json: String) -> Promise {
-        let (engine, last) = (Rc::clone(&self.engine), Rc::clone(&self.last));
-        future_to_promise(async move {
-            let ehr = parse_ehr(&ehr_json)?;
-            let prepared = prepared(&last, &bytes)?;
-            let out = engine.explain(&prepared, &ehr).await.map_err(js_error)?;
-            json(&out)
+        self.on_image(bytes, async move |engine, image| {
+            engine.explain(image, &parse_ehr(&ehr_json)?).await
         })
     }
 
@@ -270,23 +263,22 @@ fn rows(z_json: &str) -> Result<Vec<Vec<f32>>, JsError> {
 }
 
 /// A seed from JavaScript: a whole number from 0 to 2^53.
-fn js_seed(seed: f64) -> Result<u64, JsError> {
+fn js_seed(seed: f64) -> Result<u64, String> {
     if seed.is_finite() && seed >= 0.0 && seed.fract() == 0.0 && seed <= 9_007_199_254_740_992.0 {
         Ok(seed as u64)
     } else {
-        Err(js_error(format!(
+        Err(format!(
             "the seed must be a whole number from 0, not {seed}"
-        )))
+        ))
     }
 }
 
 /// EHR values from JSON; empty text is no EHR.
-fn parse_ehr(ehr_json: &str) -> Result<EhrInput, JsError> {
+fn parse_ehr(ehr_json: &str) -> Result<EhrInput, String> {
     if ehr_json.trim().is_empty() {
         return Ok(EhrInput::default());
     }
-    serde_json::from_str(ehr_json)
-        .map_err(|e| js_error(format!("the EHR values are malformed: {e}")))
+    serde_json::from_str(ehr_json).map_err(|e| format!("the EHR values are malformed: {e}"))
 }
 
 /// Checks model-file bytes without loading them: the summary, or an error saying why the

@@ -2,11 +2,10 @@
 //! by both heads with an attention map and the unusual-image check, and the scores are the
 //! model crate's own (the same path as `cxr-msn predict`).
 
-use std::future::Future;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
+mod common;
 
 use burn::tensor::{Device, Tensor, TensorData};
+use common::{ready, xray_file};
 use cxr_msn::checkpoint::{ModelMeta, write_model};
 use cxr_msn::classifier::Classifier;
 use cxr_msn::config::{MsnConfig, VitConfig, VitPreset};
@@ -15,15 +14,6 @@ use cxr_msn::labels::MIMIC_LABELS;
 use cxr_msn::novelty::EmbeddingReference;
 use cxr_msn::preprocess::BatchData;
 use cxr_msn_web::engine::{EhrInput, Engine, prepare};
-
-/// Runs a future that never waits (the CPU backend's reads are ready at once).
-fn ready<F: Future>(f: F) -> F::Output {
-    let mut f = pin!(f);
-    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(v) => v,
-        Poll::Pending => panic!("the CPU backend's futures complete at once"),
-    }
-}
 
 fn model_file(device: &Device) -> (Classifier, Vec<u8>) {
     let mut config =
@@ -59,12 +49,7 @@ fn a_real_xray_is_scored_like_the_model_crate_scores_it() {
     let engine = Engine::load(&bytes, device.clone()).unwrap();
     let summary = engine.summary();
     assert_eq!(summary.ehr_inputs, ["sex", "age"]);
-    let file = std::fs::read(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/data/xray/person1951_bacteria_4882.jpeg"),
-    )
-    .unwrap();
-    let prepared = prepare(&file).unwrap();
+    let prepared = prepare(&xray_file()).unwrap();
     assert_eq!((prepared.view.width, prepared.view.height), (224, 224));
     assert_eq!(prepared.info.format, "JPEG");
     let ehr = EhrInput {

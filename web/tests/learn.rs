@@ -2,11 +2,10 @@
 //! the EHR panel's embeddings, checked against what they must be (counts, seeds, sums,
 //! hand recomputations from the returned numbers), on a real X-ray.
 
-use std::future::Future;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
+mod common;
 
 use burn::tensor::Device;
+use common::{ready, xray_file};
 use cxr_msn::checkpoint::{ModelMeta, write_model};
 use cxr_msn::classifier::Classifier;
 use cxr_msn::config::{MsnConfig, VitConfig, VitPreset};
@@ -17,19 +16,11 @@ use cxr_msn::rand::SeedableRng;
 use cxr_msn::rand::rngs::StdRng;
 use cxr_msn_web::engine::{EhrInput, Engine, Prepared, prepare};
 
-/// Runs a future that never waits (the CPU backend's reads are ready at once).
-fn ready<F: Future>(f: F) -> F::Output {
-    let mut f = pin!(f);
-    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(v) => v,
-        Poll::Pending => panic!("the CPU backend's futures complete at once"),
-    }
-}
-
-/// A small multimodal classifier file, with or without the prototype head.
-fn model_file(with_prototypes: bool) -> Vec<u8> {
+/// A small multimodal classifier file, with or without the prototype head, its weights
+/// drawn from `seed`.
+fn model_file(with_prototypes: bool, seed: u64) -> Vec<u8> {
     let device = Device::flex();
-    device.seed(5);
+    device.seed(seed);
     let mut config =
         MsnConfig::paper(VitPreset::Tiny).with_ehr(FeatureSet::from_name("demographic").unwrap());
     config.vit = VitConfig {
@@ -56,17 +47,12 @@ fn model_file(with_prototypes: bool) -> Vec<u8> {
 }
 
 fn xray() -> Prepared {
-    let file = std::fs::read(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/data/xray/person1951_bacteria_4882.jpeg"),
-    )
-    .unwrap();
-    prepare(&file).unwrap()
+    prepare(&xray_file()).unwrap()
 }
 
 #[test]
 fn masks_keep_the_stated_patches_and_a_seed_repeats_them() {
-    let engine = Engine::load(&model_file(true), Device::flex()).unwrap();
+    let engine = Engine::load(&model_file(true, 5), Device::flex()).unwrap();
     let image = xray();
     let none = ready(engine.masked(&image, 0.0, 3)).unwrap();
     assert_eq!((none.grid, none.total, none.kept.len()), (14, 196, 196));
@@ -94,7 +80,7 @@ fn masks_keep_the_stated_patches_and_a_seed_repeats_them() {
 
 #[test]
 fn views_are_the_pretraining_draw_of_their_seed() {
-    let engine = Engine::load(&model_file(true), Device::flex()).unwrap();
+    let engine = Engine::load(&model_file(true, 5), Device::flex()).unwrap();
     let image = xray();
     let v = ready(engine.views(&image, 42, 0.15)).unwrap();
     let names: Vec<&str> = v.views.iter().map(|v| v.name.as_str()).collect();
@@ -123,7 +109,7 @@ fn views_are_the_pretraining_draw_of_their_seed() {
 
 #[test]
 fn assignments_and_sinkhorn_obey_their_definitions() {
-    let engine = Engine::load(&model_file(true), Device::flex()).unwrap();
+    let engine = Engine::load(&model_file(true, 5), Device::flex()).unwrap();
     let image = xray();
     let z = ready(engine.views(&image, 1, 0.15)).unwrap().z.unwrap();
     let a = engine.assign(&z, 0.1, 0.25).unwrap();
@@ -201,7 +187,7 @@ fn assignments_and_sinkhorn_obey_their_definitions() {
 
 #[test]
 fn the_ehr_moves_the_fused_embedding_and_its_scores_not_the_image_ones() {
-    let engine = Engine::load(&model_file(true), Device::flex()).unwrap();
+    let engine = Engine::load(&model_file(true, 5), Device::flex()).unwrap();
     let image = xray();
     let ehr = |age: f32| EhrInput {
         sex: Some("F".into()),
@@ -226,7 +212,7 @@ fn the_ehr_moves_the_fused_embedding_and_its_scores_not_the_image_ones() {
 
 #[test]
 fn a_file_without_prototypes_says_why_and_still_masks() {
-    let bytes = model_file(false);
+    let bytes = model_file(false, 5);
     let engine = Engine::load(&bytes, Device::flex()).unwrap();
     let info = engine.learn_info();
     assert!(!info.available);
@@ -239,12 +225,12 @@ fn a_file_without_prototypes_says_why_and_still_masks() {
             .unwrap_err()
             .contains("no prototypes")
     );
-    // The signature identifies the encoder: the same file gives the same one.
+    // The signature identifies the encoder: the same file gives the same one, another
+    // encoder another one.
+    let signature = ready(engine.signature()).unwrap();
+    assert_eq!(signature.len(), 48);
     let again = Engine::load(&bytes, Device::flex()).unwrap();
-    assert_eq!(
-        ready(engine.signature()).unwrap(),
-        ready(again.signature()).unwrap()
-    );
-    let other = Engine::load(&model_file(true), Device::flex()).unwrap();
-    assert_eq!(ready(other.signature()).unwrap().len(), 48);
+    assert_eq!(ready(again.signature()).unwrap(), signature);
+    let other = Engine::load(&model_file(false, 6), Device::flex()).unwrap();
+    assert_ne!(ready(other.signature()).unwrap(), signature);
 }
