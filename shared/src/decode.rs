@@ -240,6 +240,31 @@ pub struct Decoded {
 /// [module docs](self) for the rules). Never panics; any malformed, truncated, unsupported or
 /// too large input is an `Err` that says what was wrong.
 pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<Decoded, DecodeError> {
+    decode_with(bytes, limits, None)
+}
+
+/// [`decode`], then downscaled so that the shorter side is at most `shorter_side` pixels
+/// ([`resize_shorter_side`](crate::views::resize_shorter_side); smaller images are returned
+/// as they are). An 8-bit grey JPEG (most radiographs) is resampled straight from the
+/// decoder's bytes, skipping the full-size float image that [`decode`] builds; the result
+/// equals `resize_shorter_side(&decode(..)?.image, ..)` up to float rounding.
+pub fn decode_downscaled(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+    shorter_side: usize,
+) -> Result<Decoded, DecodeError> {
+    let mut decoded = decode_with(bytes, limits, Some(shorter_side.max(1)))?;
+    if decoded.image.width.min(decoded.image.height) > shorter_side {
+        decoded.image = crate::views::resize_shorter_side(&decoded.image, shorter_side.max(1));
+    }
+    Ok(decoded)
+}
+
+fn decode_with(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+    shorter_side: Option<usize>,
+) -> Result<Decoded, DecodeError> {
     if bytes.is_empty() {
         return Err(DecodeError::Empty);
     }
@@ -256,7 +281,7 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<Decoded, DecodeErro
             })
         }
         ImageFormat::Jpeg => {
-            let (image, bit_depth) = codecs::decode_jpeg_file(bytes, limits)?;
+            let (image, bit_depth) = codecs::decode_jpeg_file(bytes, limits, shorter_side)?;
             Ok(Decoded {
                 image,
                 format,

@@ -16,6 +16,8 @@ use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::config::VitConfig;
@@ -55,9 +57,21 @@ impl Attention {
         };
         let (q, k, v) = (split(0), split(1), split(2));
         let scale = (hd as f64).powf(-0.5);
-        let weights = softmax(q.mul_scalar(scale).matmul(k.swap_dims(2, 3)), 3);
-        let out = weights.clone().matmul(v).swap_dims(1, 2).reshape([b, n, d]);
-        (self.proj.forward(out), keep_weights.then_some(weights))
+        let (out, weights) = if keep_weights {
+            let weights = softmax(q.mul_scalar(scale).matmul(k.swap_dims(2, 3)), 3);
+            (weights.clone().matmul(v), Some(weights))
+        } else {
+            // The backend's fused kernel (on the CPU backend one pass per head without the
+            // [N, N] score tensor's separate scale and softmax passes; on autodiff backends
+            // the same composed ops as above).
+            let options = AttentionModuleOptions {
+                scale: Some(scale),
+                ..Default::default()
+            };
+            (attention(q, k, v, None, None, options), None)
+        };
+        let out = out.swap_dims(1, 2).reshape([b, n, d]);
+        (self.proj.forward(out), weights)
     }
 }
 

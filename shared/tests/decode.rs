@@ -5,9 +5,10 @@
 
 use std::path::{Path, PathBuf};
 
-use cxr_msn::decode::{DecodeLimits, Decoded, ImageFormat, decode};
+use cxr_msn::decode::{DecodeLimits, Decoded, ImageFormat, decode, decode_downscaled};
 use cxr_msn::ehr::{Sex, ViewPosition};
 use cxr_msn::error::DecodeError;
+use cxr_msn::views::resize_shorter_side;
 use serde_json::Value;
 
 fn data_dir() -> PathBuf {
@@ -850,6 +851,53 @@ fn random_byte_corruption_never_panics() {
                 assert_eq!(image.pixels.len(), image.width * image.height);
                 assert!(image.pixels.iter().all(|p| (0.0..=1.0).contains(p)));
             }
+        }
+    }
+}
+
+/// `decode_downscaled` resamples 8-bit grey JPEGs straight from the decoder's bytes and
+/// resizes the decoded image otherwise (colour, progressive, PNG): either way it must be the
+/// full decode resized, up to float rounding.
+#[test]
+fn downscaled_decoding_matches_the_full_decode_resized() {
+    let limits = DecodeLimits::default();
+    for path in [
+        data_dir().join("samples/person1946_bacteria_4875.jpeg"),
+        data_dir().join("samples/person1951_bacteria_4882.jpeg"),
+        data_dir().join("derived/RG1_chest_PA_colour_progressive.jpeg"),
+        data_dir().join("samples/RG1_chest_PA_display_8bit_1024.png"),
+    ] {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let bytes = read(&path);
+        let full = decode(&bytes, &limits).unwrap();
+        let shorter = full.image.width.min(full.image.height);
+        for side in [2000, shorter, 512, 300, 150, 64] {
+            let got = decode_downscaled(&bytes, &limits, side)
+                .unwrap_or_else(|e| panic!("{name} at {side}: {e}"));
+            assert_eq!((got.format, got.bit_depth), (full.format, full.bit_depth));
+            let want = if shorter > side {
+                resize_shorter_side(&full.image, side)
+            } else {
+                full.image.clone()
+            };
+            let (got, want) = (&got.image, &want);
+            assert_eq!(
+                (got.width, got.height),
+                (want.width, want.height),
+                "{name} at {side}"
+            );
+            let n = got.pixels.len() as f64;
+            let diffs = got
+                .pixels
+                .iter()
+                .zip(&want.pixels)
+                .map(|(a, b)| (a - b).abs());
+            let mean = diffs.clone().map(f64::from).sum::<f64>() / n;
+            let worst = diffs.fold(0.0f32, f32::max);
+            assert!(
+                mean < 1e-7 && worst < 1e-6,
+                "{name} at {side}: mean {mean:.2e}, worst {worst:.2e}"
+            );
         }
     }
 }

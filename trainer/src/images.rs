@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, Result};
-use cxr_msn::decode::{DecodeLimits, decode};
+use cxr_msn::decode::{DecodeLimits, decode, decode_downscaled};
 use cxr_msn::image::GreyImage;
 
 use crate::loader::DecodeFn;
@@ -18,9 +18,16 @@ pub fn decode_file(path: &Path, limits: &DecodeLimits) -> Result<GreyImage> {
     Ok(decoded.image)
 }
 
-/// [`decode_file`] as the loader's decode function.
+/// The loader's decode function: [`decode_file`], downscaled to the loader's shorter side
+/// (see [`decode_downscaled`](cxr_msn::decode::decode_downscaled)).
 pub fn file_decoder(limits: DecodeLimits) -> Arc<DecodeFn> {
-    Arc::new(move |path: &Path| decode_file(path, &limits))
+    Arc::new(move |path: &Path, shorter_side: usize| {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let decoded = decode_downscaled(&bytes, &limits, shorter_side)
+            .with_context(|| format!("{}", path.display()))?;
+        Ok(decoded.image)
+    })
 }
 
 /// Decodes every file on `threads` threads (0 = all cores) and returns the failures, in

@@ -5,10 +5,14 @@
 //! from a generator seeded by (seed, epoch, image index); batch contents therefore do not
 //! depend on the number of threads or on timing.
 //!
-//! Cache: with a cache folder, each image is decoded once, downscaled so that its shorter
-//! side is at most `cache_side` pixels, and kept as a small raw 16-bit file keyed by the
-//! source path, size and modification time; later epochs read that instead of decoding a
-//! full-size JPEG again.
+//! Resolution: every image is loaded downscaled so that its shorter side is at most
+//! `shorter_side` pixels (512 by default), which is as much detail as the views use (see
+//! [`decode_downscaled`](cxr_msn::decode::decode_downscaled)).
+//!
+//! Cache: with a cache folder, each image is decoded once and kept, so downscaled, as a small
+//! raw 16-bit file keyed by the source path, size and modification time; later epochs read
+//! that instead of decoding a full-size JPEG again. With or without the cache the views are
+//! drawn from the same picture (up to the cache's 16-bit rounding).
 
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -68,8 +72,10 @@ pub struct LoaderConfig {
     pub prefetch: usize,
     /// Folder of the preprocessed-image cache; `None` decodes every time. Default none.
     pub cache_dir: Option<PathBuf>,
-    /// Shorter side of cached images. Default 512.
-    pub cache_side: usize,
+    /// Images are loaded (and cached) downscaled to this shorter side when theirs is longer.
+    /// Default 512: the smallest crops of the default views (focal: 5 % of the area at
+    /// 96 px; large: 30 % at 224 px) then still take about one source pixel per output pixel.
+    pub shorter_side: usize,
     /// Pixel normalisation of the model.
     pub normalization: Normalization,
 }
@@ -85,7 +91,7 @@ impl LoaderConfig {
             drop_last: true,
             prefetch: 4,
             cache_dir: None,
-            cache_side: 512,
+            shorter_side: 512,
             normalization,
         }
     }
@@ -122,8 +128,10 @@ pub struct Batch {
     pub labels: Vec<Option<f32>>,
 }
 
-/// Reads an image file into a grey image.
-pub type DecodeFn = dyn Fn(&Path) -> Result<GreyImage> + Send + Sync;
+/// Reads an image file into a grey image. The second argument is the loader's
+/// [`LoaderConfig::shorter_side`]: the decoder may skip detail beyond it (the loader
+/// downscales whatever is still larger).
+pub type DecodeFn = dyn Fn(&Path, usize) -> Result<GreyImage> + Send + Sync;
 
 /// Batches of one epoch, in order, prepared by worker threads.
 pub struct EpochBatches {
@@ -315,10 +323,20 @@ impl Drop for EpochBatches {
     }
 }
 
-/// Loads one image, through the cache when there is one.
+/// Loads one image, downscaled to the configured shorter side, through the cache when there
+/// is one.
 fn load_image(item: &Item, config: &LoaderConfig, decode: &DecodeFn) -> Result<GreyImage> {
+    let side = config.shorter_side;
+    let decode = || -> Result<GreyImage> {
+        let img = decode(&item.path, side)?;
+        Ok(if img.width.min(img.height) > side {
+            resize_shorter_side(&img, side)
+        } else {
+            img
+        })
+    };
     let Some(dir) = &config.cache_dir else {
-        return decode(&item.path);
+        return decode();
     };
     let meta = std::fs::metadata(&item.path)
         .with_context(|| format!("cannot read {}", item.path.display()))?;
@@ -327,7 +345,7 @@ fn load_image(item: &Item, config: &LoaderConfig, decode: &DecodeFn) -> Result<G
         item.path.as_os_str(),
         meta.len(),
         meta.modified().ok(),
-        config.cache_side,
+        side,
     )
         .hash(&mut h);
     let cached = dir.join(format!("{:016x}.grey16", h.finish()));
@@ -336,12 +354,7 @@ fn load_image(item: &Item, config: &LoaderConfig, decode: &DecodeFn) -> Result<G
     {
         return Ok(img);
     }
-    let img = decode(&item.path)?;
-    let img = if img.width.min(img.height) > config.cache_side {
-        resize_shorter_side(&img, config.cache_side)
-    } else {
-        img
-    };
+    let img = decode()?;
     write_atomic(&cached, &grey16_encode(&img))?;
     Ok(img)
 }
@@ -441,7 +454,7 @@ mod tests {
 
     /// A decoder that makes a distinct gradient image per file name, without files.
     fn fake_decode() -> Arc<DecodeFn> {
-        Arc::new(|path: &Path| {
+        Arc::new(|path: &Path, _side: usize| {
             let k: usize = path
                 .file_stem()
                 .and_then(|s| s.to_str())
@@ -530,7 +543,7 @@ mod tests {
 
     #[test]
     fn a_decode_error_reaches_the_consumer_and_stopping_early_is_clean() {
-        let failing: Arc<DecodeFn> = Arc::new(|p: &Path| bail!("{}: corrupt JPEG", p.display()));
+        let failing: Arc<DecodeFn> = Arc::new(|p: &Path, _| bail!("{}: corrupt JPEG", p.display()));
         let loader = Loader::new(items(12), Views::Eval, config(2), failing).unwrap();
         let first = loader.epoch(0).next().unwrap();
         assert!(format!("{:#}", first.unwrap_err()).contains("corrupt JPEG"));
@@ -549,7 +562,7 @@ mod tests {
         std::fs::write(&path, b"stand-in").unwrap();
         let mut c = config(1);
         c.cache_dir = Some(dir.join("cache"));
-        c.cache_side = 128;
+        c.shorter_side = 128;
         std::fs::create_dir_all(dir.join("cache")).unwrap();
         let decode = fake_decode();
         let item = Item {
@@ -561,7 +574,7 @@ mod tests {
         assert_eq!(first.height, 128, "shorter side downscaled");
         let cached: Vec<_> = std::fs::read_dir(dir.join("cache")).unwrap().collect();
         assert_eq!(cached.len(), 1);
-        let failing: Arc<DecodeFn> = Arc::new(|_: &Path| bail!("must not decode again"));
+        let failing: Arc<DecodeFn> = Arc::new(|_: &Path, _| bail!("must not decode again"));
         let second = load_image(&item, &c, &*failing).unwrap();
         assert_eq!((second.width, second.height), (first.width, first.height));
         let worst = first
@@ -573,6 +586,10 @@ mod tests {
             worst <= 0.5 / 65535.0 + 1e-7,
             "16-bit cache rounding only: {worst}"
         );
+        // Without the cache the views start from the same downscaled picture.
+        let mut uncached = c.clone();
+        uncached.cache_dir = None;
+        assert_eq!(load_image(&item, &uncached, &*decode).unwrap(), first);
         // A damaged entry is rebuilt, not trusted.
         let entry = cached[0].as_ref().unwrap().path();
         std::fs::write(&entry, b"CXRGREY1junk").unwrap();

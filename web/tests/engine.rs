@@ -89,7 +89,9 @@ fn a_real_xray_is_scored_like_the_model_crate_scores_it() {
         .unwrap();
     let n = e.len();
     let ehr_tensor = Tensor::<2>::from_data(TensorData::new(e, [1, n]), &device);
-    let out = clf.forward(images, Some(ehr_tensor), false).unwrap();
+    // With the attention maps, as the page asks for them (the explicit softmax path; the
+    // fused attention kernel used without maps differs in the last bits).
+    let out = clf.forward(images, Some(ehr_tensor), true).unwrap();
     let direct: Vec<f32> = out.fused_probs.unwrap().into_data().try_to_vec().unwrap();
     assert_eq!(p.image_ehr.unwrap(), direct);
 

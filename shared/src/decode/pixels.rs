@@ -460,6 +460,7 @@ fn jpeg_frame(data: &[u8], m: &PixelModule, limits: &DecodeLimits) -> Result<Fra
     }
     let values = frame
         .samples
+        .into_u16()
         .iter()
         .map(|&s| m.stored_value(u32::from(s), false))
         .collect();

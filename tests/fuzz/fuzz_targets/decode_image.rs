@@ -3,7 +3,7 @@
 #![no_main]
 
 use cxr_msn::config::{Normalization, ViewConfig};
-use cxr_msn::decode::{DecodeLimits, decode};
+use cxr_msn::decode::{DecodeLimits, decode, decode_downscaled};
 use cxr_msn::preprocess::BatchData;
 use cxr_msn::views::{eval_view, msn_views, resize_shorter_side};
 use libfuzzer_sys::fuzz_target;
@@ -28,7 +28,24 @@ fuzz_target!(|data: &[u8]| {
         image.pixels.iter().all(|v| (0.0..=1.0).contains(v)),
         "intensities in [0, 1]"
     );
-    let small = resize_shorter_side(&image, 40);
+    // The loader's path: downscaled while decoding, equal to the full decode resized.
+    let small = if image.width.min(image.height) > 40 {
+        resize_shorter_side(&image, 40)
+    } else {
+        image.clone()
+    };
+    let loaded = decode_downscaled(data, &limits, 40).expect("decodes when decode does");
+    assert_eq!(
+        (loaded.image.width, loaded.image.height),
+        (small.width, small.height)
+    );
+    let worst = loaded
+        .image
+        .pixels
+        .iter()
+        .zip(&small.pixels)
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(worst <= 1e-5, "downscaled decode differs by {worst}");
     let view = eval_view(&small);
     let views = ViewConfig {
         large_size: 32,
