@@ -173,8 +173,9 @@ pub fn downscale_grey8(samples: &[u8], width: usize, height: usize, shorter: usi
     }
 }
 
-/// The separable resampling behind [`resize_crop`]: `source` is `(samples, width, height)`,
-/// each sample read as `value(sample)`; every output pixel is multiplied by `gain`.
+/// The separable resampling behind [`resize_crop`] and [`downscale_grey8`]: the source is
+/// `(samples, width, height)`, each sample read as `value(sample)`; every output pixel is
+/// multiplied by `gain`.
 fn resample<T: Copy>(
     (pixels, width, height): (&[T], usize, usize),
     value: impl Fn(T) -> f32,
@@ -197,14 +198,14 @@ fn resample<T: Copy>(
         .unwrap_or(0)
         .min(width);
     let span = col_hi.saturating_sub(col_lo);
-    let mut column = vec![0.0f32; span];
+    let mut row = vec![0.0f32; span];
     let mut out = vec![0.0f32; out_w * out_h];
     for (y, (lo, weights)) in rows.iter().enumerate() {
-        column.fill(0.0);
+        row.fill(0.0);
         for (k, w) in weights.iter().enumerate() {
             let start = (lo + k) * width + col_lo;
             let src = &pixels[start..start + span];
-            for (d, s) in column.iter_mut().zip(src) {
+            for (d, s) in row.iter_mut().zip(src) {
                 *d += w * value(*s);
             }
         }
@@ -213,7 +214,7 @@ fn resample<T: Copy>(
             let out_x = if flip { out_w - 1 - x } else { x };
             dst[out_x] = weights
                 .iter()
-                .zip(&column[lo - col_lo..])
+                .zip(&row[lo - col_lo..])
                 .map(|(w, p)| w * p)
                 .sum::<f32>()
                 * gain;
