@@ -253,9 +253,10 @@ pub fn decode_downscaled(
     limits: &DecodeLimits,
     shorter_side: usize,
 ) -> Result<Decoded, DecodeError> {
-    let mut decoded = decode_with(bytes, limits, Some(shorter_side.max(1)))?;
-    if decoded.image.width.min(decoded.image.height) > shorter_side {
-        decoded.image = crate::views::resize_shorter_side(&decoded.image, shorter_side.max(1));
+    let side = shorter_side.max(1);
+    let mut decoded = decode_with(bytes, limits, Some(side))?;
+    if decoded.image.width.min(decoded.image.height) > side {
+        decoded.image = crate::views::resize_shorter_side(&decoded.image, side);
     }
     Ok(decoded)
 }

@@ -6,28 +6,34 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, Result};
-use cxr_msn::decode::{DecodeLimits, decode, decode_downscaled};
+use cxr_msn::decode::{DecodeError, DecodeLimits, Decoded, decode, decode_downscaled};
 use cxr_msn::image::GreyImage;
 
 use crate::loader::DecodeFn;
 
 /// Reads and decodes one image file (PNG, JPEG or DICOM, recognised by content).
 pub fn decode_file(path: &Path, limits: &DecodeLimits) -> Result<GreyImage> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let decoded = decode(&bytes, limits).with_context(|| format!("{}", path.display()))?;
-    Ok(decoded.image)
+    read_and(path, |bytes| decode(bytes, limits))
 }
 
 /// The loader's decode function: [`decode_file`], downscaled to the loader's shorter side
 /// (see [`decode_downscaled`](cxr_msn::decode::decode_downscaled)).
 pub fn file_decoder(limits: DecodeLimits) -> Arc<DecodeFn> {
     Arc::new(move |path: &Path, shorter_side: usize| {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let decoded = decode_downscaled(&bytes, &limits, shorter_side)
-            .with_context(|| format!("{}", path.display()))?;
-        Ok(decoded.image)
+        read_and(path, |bytes| {
+            decode_downscaled(bytes, &limits, shorter_side)
+        })
     })
+}
+
+/// Reads `path` and decodes its bytes with `decode`, naming the file in any error.
+fn read_and(
+    path: &Path,
+    decode: impl FnOnce(&[u8]) -> Result<Decoded, DecodeError>,
+) -> Result<GreyImage> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let decoded = decode(&bytes).with_context(|| format!("{}", path.display()))?;
+    Ok(decoded.image)
 }
 
 /// Decodes every file on `threads` threads (0 = all cores) and returns the failures, in
