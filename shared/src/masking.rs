@@ -94,6 +94,33 @@ impl TokenMask {
         Tensor::from_data(TensorData::new(flat, [b, k]), device)
     }
 
+    /// The rows of images `start .. start + len` of a view-major mask over `batch` images
+    /// (rows `j * batch + i` for each view j), view-major again: the mask of the same part
+    /// that [`MsnBatch::part`](crate::msn::MsnBatch::part) takes of the views.
+    ///
+    /// # Panics
+    /// When the rows are not a whole number of views of `batch` images, or the part does
+    /// not lie inside the batch.
+    pub fn part(&self, batch: usize, start: usize, len: usize) -> Self {
+        let rows = self.keep.len();
+        assert!(
+            batch > 0 && rows.is_multiple_of(batch) && start + len <= batch,
+            "images {start}..{} of a mask of {rows} rows over {batch} images",
+            start + len
+        );
+        let keep = (0..rows / batch)
+            .flat_map(|j| {
+                self.keep[j * batch + start..j * batch + start + len]
+                    .iter()
+                    .cloned()
+            })
+            .collect();
+        Self {
+            n_patches: self.n_patches,
+            keep,
+        }
+    }
+
     /// This mask repeated for `times` consecutive blocks of views (view-major order).
     pub fn repeated(&self, times: usize) -> Self {
         let keep = (0..times).flat_map(|_| self.keep.iter().cloned()).collect();
@@ -158,5 +185,18 @@ mod tests {
         let c = TokenMask::sample(4, 36, 0.15, &mut StdRng::seed_from_u64(2));
         assert_eq!(a, b);
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn a_part_takes_its_images_rows_from_every_view() {
+        // 2 views of 3 images, view-major: row j * 3 + i is view j of image i.
+        let mask = TokenMask {
+            n_patches: 9,
+            keep: (0..6u32).map(|r| vec![r, r + 1]).collect(),
+        };
+        let part = mask.part(3, 1, 2);
+        assert_eq!(part.n_patches, 9);
+        assert_eq!(part.keep, vec![vec![1, 2], vec![2, 3], vec![4, 5], vec![5, 6]]);
+        assert_eq!(mask.part(3, 0, 3), mask);
     }
 }

@@ -60,6 +60,43 @@ pub struct MsnBatch {
     pub ehr: Option<Tensor<2>>,
 }
 
+impl MsnBatch {
+    /// The inputs of images `start .. start + len` alone: their targets and EHR rows, and
+    /// from each anchor group their views, view-major again (rows `j * B + i` of the whole
+    /// batch become rows `j * len + (i - start)`). Every image's views and loss terms are
+    /// independent of the other images' up to the projection head, so a batch can be
+    /// encoded part by part ([`MultimodalMsn::anchor_embeddings`]).
+    ///
+    /// # Panics
+    /// When the part does not lie inside the batch.
+    pub fn part(&self, start: usize, len: usize) -> MsnBatch {
+        let b = self.target.dims()[0];
+        assert!(
+            start + len <= b && len > 0,
+            "images {start}..{} of a batch of {b}",
+            start + len
+        );
+        let anchors = self
+            .anchors
+            .iter()
+            .map(|group| {
+                let views = group.images.dims()[0] / b;
+                let rows = (0..views)
+                    .map(|j| group.images.clone().narrow(0, j * b + start, len))
+                    .collect();
+                AnchorGroup {
+                    images: Tensor::cat(rows, 0),
+                }
+            })
+            .collect();
+        MsnBatch {
+            target: self.target.clone().narrow(0, start, len),
+            anchors,
+            ehr: self.ehr.clone().map(|e| e.narrow(0, start, len)),
+        }
+    }
+}
+
 /// The outputs of the pretraining forward pass.
 #[derive(Debug, Clone)]
 pub struct MsnForward {
@@ -223,14 +260,24 @@ impl MultimodalMsn {
         {
             panic!("invalid MSN batch: {e}");
         }
-        let targets = self
-            .target_head
-            .forward(self.target_vit.forward(batch.target, None))
-            .detach();
+        let targets = self.project_targets(self.target_vit.forward(batch.target, None));
+        let fused = self.anchor_embeddings(batch.anchors, batch.ehr, masks);
+        let anchors = self.project_anchors(fused, config);
+        MsnForward { anchors, targets }
+    }
 
-        let ehr = batch.ehr;
-        let fused: Vec<Tensor<2>> = batch
-            .anchors
+    /// The anchor branch before the projection head: each group's views through the
+    /// masked anchor ViT and, for a multimodal model, the EHR fusion g. One `[m*B, D]` per
+    /// group, view-major. Each row depends on its own image only, so a batch may be split
+    /// into [`MsnBatch::part`]s here and the rows put back in order before
+    /// [`Self::project_anchors`].
+    pub fn anchor_embeddings(
+        &self,
+        anchors: Vec<AnchorGroup>,
+        ehr: Option<Tensor<2>>,
+        masks: &[Option<TokenMask>],
+    ) -> Vec<Tensor<2>> {
+        anchors
             .into_iter()
             .zip(masks)
             .map(|(group, mask)| {
@@ -241,9 +288,15 @@ impl MultimodalMsn {
                     _ => v,
                 }
             })
-            .collect();
+            .collect()
+    }
 
-        let anchors = match config.head_bn {
+    /// The anchor projection head h over the groups' embeddings (`[m*B, D]` each, from
+    /// [`Self::anchor_embeddings`]): `[M*B, d_out]`. Its BatchNorm couples the rows: with
+    /// [`HeadBnGrouping::PerViewSize`] statistics are per group, with
+    /// [`HeadBnGrouping::AllAnchors`] over all of them.
+    pub fn project_anchors(&self, fused: Vec<Tensor<2>>, config: &MsnConfig) -> Tensor<2> {
+        match config.head_bn {
             HeadBnGrouping::AllAnchors => self.anchor_head.forward(Tensor::cat(fused, 0)),
             HeadBnGrouping::PerViewSize => Tensor::cat(
                 fused
@@ -252,8 +305,14 @@ impl MultimodalMsn {
                     .collect(),
                 0,
             ),
-        };
-        MsnForward { anchors, targets }
+        }
+    }
+
+    /// The target projection head over the target ViT's [CLS] embeddings `[B, D]`
+    /// (`target_vit.forward(target, None)`, which may be computed part by part):
+    /// `[B, d_out]`, detached.
+    pub fn project_targets(&self, target_cls: Tensor<2>) -> Tensor<2> {
+        self.target_head.forward(target_cls).detach()
     }
 
     /// The MSN loss of a forward pass.

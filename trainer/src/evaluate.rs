@@ -13,7 +13,9 @@ use cxr_msn::decode::{DecodeLimits, decode};
 use cxr_msn::ehr::{EhrRecord, Orientation, Sex, ViewPosition};
 use cxr_msn::preprocess::BatchData;
 use cxr_msn::views::eval_view;
+use rayon::prelude::*;
 
+use crate::cpu_parallel::map_ranges;
 use crate::data::Split;
 use crate::device::{DeviceArg, choose};
 use crate::files::write_atomic;
@@ -77,11 +79,23 @@ pub fn score_items(
             )),
             _ => None,
         };
-        let out = model.forward(batch.images.to_tensor(device), ehr, false)?;
-        image.extend(to_vec(out.image_probs)?);
-        embeddings.extend(to_vec(out.embedding)?);
-        if let Some(f) = out.fused_probs {
-            fused.extend(to_vec(f)?);
+        let images = batch.images.to_tensor(device);
+        // On the CPU the batch is scored in parts across the cores, in order.
+        let parts = map_ranges(device, b, |start, len| {
+            let part = |t: Tensor<2>| t.narrow(0, start, len);
+            model.forward(
+                images.clone().narrow(0, start, len),
+                ehr.clone().map(part),
+                false,
+            )
+        });
+        for out in parts {
+            let out = out?;
+            image.extend(to_vec(out.image_probs)?);
+            embeddings.extend(to_vec(out.embedding)?);
+            if let Some(f) = out.fused_probs {
+                fused.extend(to_vec(f)?);
+            }
         }
     }
     Ok(Scores {
@@ -250,6 +264,13 @@ fn image_files(input: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// One scored file: each label's image-only probability, and its image + EHR one when the
+/// model has that head and the EHR is known.
+struct Row {
+    image: Vec<f32>,
+    fused: Option<Vec<f32>>,
+}
+
 /// Scores image files and writes the CSV; returns a short report.
 pub fn run_predict(args: &PredictArgs) -> Result<String> {
     let device = choose(args.device)?.device;
@@ -278,18 +299,15 @@ pub fn run_predict(args: &PredictArgs) -> Result<String> {
     }
     csv.push('\n');
     let files = image_files(&args.input)?;
-    let mut fused_count = 0;
-    let mut unreadable = Vec::new();
-    for file in &files {
+    // Each file is decoded and scored on its own (batch 1), the files in parallel across
+    // the cores; the rows keep the files' order.
+    let score = |file: &PathBuf| -> Result<std::result::Result<Row, String>> {
         let decoded = match std::fs::read(file)
             .context("cannot read the file")
             .and_then(|bytes| Ok(decode(&bytes, &DecodeLimits::default())?))
         {
             Ok(decoded) => decoded,
-            Err(e) => {
-                unreadable.push(format!("{}: {e:#}", file.display()));
-                continue;
-            }
+            Err(e) => return Ok(Err(format!("{}: {e:#}", file.display()))),
         };
         let mut ehr = given.clone();
         if let Some(tags) = &decoded.dicom {
@@ -298,21 +316,38 @@ pub fn run_predict(args: &PredictArgs) -> Result<String> {
             ehr.view = ehr.view.or(tags.view);
         }
         let view = eval_view(&decoded.image);
+        drop(decoded);
         let images = BatchData::pack(&[&view], &meta.normalization)?.to_tensor(&device);
         let encoded = features.as_ref().and_then(|f| f.encode(&ehr).ok());
         let ehr_tensor = encoded
             .as_ref()
             .map(|v| Tensor::from_data(TensorData::new(v.clone(), [1, v.len()]), &device));
         let out = model.forward(images, ehr_tensor, false)?;
+        Ok(Ok(Row {
+            image: to_vec(out.image_probs)?,
+            fused: out.fused_probs.map(to_vec).transpose()?,
+        }))
+    };
+    let rows: Vec<_> = files.par_iter().map(score).collect();
+    let mut fused_count = 0;
+    let mut unreadable = Vec::new();
+    for (file, row) in files.iter().zip(rows) {
+        let row = match row? {
+            Ok(row) => row,
+            Err(why) => {
+                unreadable.push(why);
+                continue;
+            }
+        };
         let _ = write!(csv, "{}", file.display());
-        for p in to_vec(out.image_probs)? {
+        for p in row.image {
             let _ = write!(csv, ",{p}");
         }
         if features.is_some() {
-            match out.fused_probs {
+            match row.fused {
                 Some(f) => {
                     fused_count += 1;
-                    for p in to_vec(f)? {
+                    for p in f {
                         let _ = write!(csv, ",{p}");
                     }
                 }

@@ -5,6 +5,7 @@
 pub mod baselines;
 pub mod bench;
 pub mod contact_sheet;
+pub mod cpu_parallel;
 pub mod data;
 pub mod device;
 pub mod downstream;
@@ -22,6 +23,7 @@ pub mod loader;
 pub mod main_job;
 pub mod metrics;
 pub mod model_files;
+pub mod msn_parts;
 pub mod plot;
 pub mod pretrain;
 pub mod probe;

@@ -44,6 +44,7 @@ use cxr_msn::rand::SeedableRng;
 use cxr_msn::rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
+use crate::cpu_parallel;
 use crate::data::Split;
 use crate::device::{DeviceArg, choose};
 use crate::files::write_atomic;
@@ -52,6 +53,7 @@ use crate::images::file_decoder;
 use crate::interrupt;
 use crate::loader::{Batch, Loader, LoaderConfig, Views};
 use crate::model_files;
+use crate::msn_parts;
 use crate::progress::Progress as ProgressLine;
 use crate::run_files::{self, StepRecord};
 use crate::run_lock::RunLock;
@@ -381,11 +383,20 @@ pub fn train_step(
     // Parameters that sit out this step, and DINO's centre update.
     let mut frozen = Vec::new();
     let mut center = None;
+    // On the CPU the MSN forward and backward run over parts of the batch at once.
+    let mut split = None;
     let (total, parts) = match &model {
         Pretrained::Msn(m) => {
             let masks = m.sample_masks(&batch, config, rng);
-            let forward = m.forward_pretrain(batch, &masks, config);
-            let loss = m.loss(&forward, config);
+            let ranges = cpu_parallel::ranges(&batch.target.device(), batch.target.dims()[0]);
+            let loss = if ranges.len() > 1 {
+                let forward = msn_parts::forward(m, batch, &masks, config, &ranges);
+                let loss = forward.loss.clone();
+                split = Some(forward);
+                loss
+            } else {
+                m.loss(&m.forward_pretrain(batch, &masks, config), config)
+            };
             (loss.total, Some([loss.ce, loss.me_max, loss.entropy]))
         }
         Pretrained::Dino(d) => {
@@ -421,7 +432,13 @@ pub fn train_step(
     if !loss.is_finite() {
         return Ok(Err(Diverged::Loss(loss)));
     }
-    let mut grads = GradientsParams::from_grads(total.backward(), &model);
+    let mut grads = match (split, &model) {
+        (Some(forward), Pretrained::Msn(m)) => {
+            drop(total);
+            forward.backward(m)
+        }
+        _ => GradientsParams::from_grads(total.backward(), &model),
+    };
     for id in &frozen {
         grads.remove::<2>(*id);
     }
