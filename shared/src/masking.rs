@@ -196,7 +196,10 @@ mod tests {
         };
         let part = mask.part(3, 1, 2);
         assert_eq!(part.n_patches, 9);
-        assert_eq!(part.keep, vec![vec![1, 2], vec![2, 3], vec![4, 5], vec![5, 6]]);
+        assert_eq!(
+            part.keep,
+            vec![vec![1, 2], vec![2, 3], vec![4, 5], vec![5, 6]]
+        );
         assert_eq!(mask.part(3, 0, 3), mask);
     }
 }

@@ -21,6 +21,7 @@ use cxr_msn::decode::DecodeLimits;
 use cxr_msn::ehr::FeatureSet;
 use cxr_msn::views::AffineConfig;
 
+use crate::cpu_parallel;
 use crate::device::choose;
 use crate::downstream::{DownstreamArgs, splits, write_test_report};
 use crate::evaluate::score_items;
@@ -32,6 +33,7 @@ use crate::model_files;
 use crate::probe::masked_bce;
 use crate::progress::Progress;
 use crate::source::DataArgs;
+use crate::split_backward::{finish_backward, forward_parts};
 
 /// The settings of `cxr-msn finetune`.
 #[derive(Args, Debug, Clone)]
@@ -107,16 +109,37 @@ pub fn run(args: &FinetuneArgs) -> Result<String> {
             let images = batch.images.to_tensor(&device);
             let ehr = ehr_in
                 .map(|n| Tensor::from_data(TensorData::new(batch.ehr.clone(), [b, n]), &device));
-            let cls = model.encoder.forward(images, None);
-            let mut loss = masked_bce(
-                model.image_head.forward(cls.clone()),
-                &batch.labels,
-                &device,
-            );
-            if let (Some(head), Some(e)) = (&model.fused_head, ehr) {
-                loss = loss + masked_bce(head.forward(cls, e), &batch.labels, &device);
-            }
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let heads_loss = |cls: Tensor<2>| {
+                let mut loss = masked_bce(
+                    model.image_head.forward(cls.clone()),
+                    &batch.labels,
+                    &device,
+                );
+                if let (Some(head), Some(e)) = (&model.fused_head, ehr.clone()) {
+                    loss = loss + masked_bce(head.forward(cls, e), &batch.labels, &device);
+                }
+                loss
+            };
+            // On the CPU the encoder's forward and backward run over parts of the batch at
+            // once (crate::split_backward); the heads and the loss see the whole batch.
+            let ranges = cpu_parallel::ranges(&device, b);
+            let grads = if ranges.len() > 1 {
+                let parts: Vec<_> =
+                    forward_parts(&model.encoder, &ranges, |encoder, start, len| {
+                        (
+                            vec![encoder.forward(images.clone().narrow(0, start, len), None)],
+                            (),
+                        )
+                    })
+                    .into_iter()
+                    .map(|(part, ())| part)
+                    .collect();
+                let cls = Tensor::cat(parts.iter().map(|p| p.leaves()[0].clone()).collect(), 0);
+                finish_backward(heads_loss(cls).backward(), &model, parts)
+            } else {
+                let cls = model.encoder.forward(images, None);
+                GradientsParams::from_grads(heads_loss(cls).backward(), &model)
+            };
             model = optim.step(lr, model, grads);
             step += 1;
             let status = format!("fine-tune epoch {}/{}", epoch + 1, args.train.epochs);

@@ -33,5 +33,6 @@ pub mod run_files;
 pub mod run_lock;
 pub mod schedule;
 pub mod source;
+pub mod split_backward;
 pub mod synthetic;
 pub mod weights;
