@@ -63,9 +63,10 @@ pub struct MsnBatch {
 impl MsnBatch {
     /// The inputs of images `start .. start + len` alone: their targets and EHR rows, and
     /// from each anchor group their views, view-major again (rows `j * B + i` of the whole
-    /// batch become rows `j * len + (i - start)`). Every image's views and loss terms are
-    /// independent of the other images' up to the projection head, so a batch can be
-    /// encoded part by part ([`MultimodalMsn::anchor_embeddings`]).
+    /// batch become rows `j * len + (i - start)`). Up to the projection head each image's
+    /// views are computed independently of the other images', so a batch can be encoded
+    /// part by part ([`MultimodalMsn::anchor_embeddings`]); the head and the loss couple
+    /// the whole batch.
     ///
     /// # Panics
     /// When the part does not lie inside the batch.
