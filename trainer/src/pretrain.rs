@@ -433,10 +433,7 @@ pub fn train_step(
         return Ok(Err(Diverged::Loss(loss)));
     }
     let mut grads = match (split, &model) {
-        (Some(forward), Pretrained::Msn(m)) => {
-            drop(total);
-            forward.backward(m)
-        }
+        (Some(forward), Pretrained::Msn(m)) => forward.backward(m),
         _ => GradientsParams::from_grads(total.backward(), &model),
     };
     for id in &frozen {
