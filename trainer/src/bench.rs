@@ -12,7 +12,7 @@ use cxr_msn::decode::DecodeLimits;
 
 use burn::optim::AdamWConfig;
 use burn::tensor::{Device, Distribution, Tensor};
-use cxr_msn::config::{MsnConfig, Profile, VitConfig, VitPreset};
+use cxr_msn::config::{Method, MsnConfig, Profile, VitConfig, VitPreset};
 use cxr_msn::ehr::FeatureSet;
 use cxr_msn::msn::{AnchorGroup, MsnBatch};
 use cxr_msn::rand::SeedableRng;
@@ -54,9 +54,13 @@ pub struct StepBench {
     /// Recipe: `paper` or `msn`.
     #[arg(long, default_value = "paper")]
     profile: String,
-    /// EHR feature set, or `none` for vanilla MSN.
+    /// EHR feature set, or `none` for vanilla MSN (MSN only: the baselines are image-only).
     #[arg(long, default_value = "demographic")]
     ehr: String,
+    /// Pretraining method: `msn`, or the baselines `dino` and `mae` (with their own views:
+    /// DINO's local views are the focal views, MAE takes one view per image).
+    #[arg(long, default_value = "msn")]
+    method: String,
     /// Images per batch (each: a 224 px target, a 224 px anchor and the focal views).
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
@@ -170,26 +174,37 @@ fn random(shape: [usize; 4], device: &Device) -> Tensor<4> {
 pub fn run_step(args: &StepBench) -> Result<Timing> {
     let profile = Profile::from_name(&args.profile)?;
     let preset = VitPreset::from_name(&args.preset)?;
-    let mut config = MsnConfig::for_profile(profile, preset);
-    if args.ehr != "none" {
-        config = config.with_ehr(FeatureSet::from_name(&args.ehr)?);
+    let method = Method::from_name(&args.method)?;
+    if method == Method::Random {
+        bail!("--method random trains nothing; choose msn, dino or mae");
     }
+    let mut config = MsnConfig::for_profile(profile, preset).with_method(method);
+    let ehr = if method == Method::Msn && args.ehr != "none" {
+        config = config.with_ehr(FeatureSet::from_name(&args.ehr)?);
+        args.ehr.as_str()
+    } else {
+        "none"
+    };
     config.optim.batch_size = args.batch_size;
-    config.views.focal_views = args.focal_views;
+    if method != Method::Mae {
+        config.views.focal_views = args.focal_views;
+    }
     config.validate()?;
     let chosen = choose(args.run.device)?;
     let device = chosen.device.autodiff();
     device.seed(0);
-    let mut model = Pretrained::Msn(config.init(&device)?);
+    let mut model = Pretrained::init(&config, &device)?;
     let mut optim = AdamWConfig::new()
         .with_epsilon(1e-8)
         .with_weight_decay(0.0)
         .init();
     let (b, c, v) = (args.batch_size, config.vit.channels, &config.views);
     let ehr_in = config.ehr.as_ref().map(|e| e.feature_set.width());
+    // MAE takes the target view only.
+    let anchor_views = if method == Method::Mae { 0 } else { 1 };
     let batch = || MsnBatch {
         target: random([b, c, v.large_size, v.large_size], &device),
-        anchors: [(1, v.large_size), (v.focal_views, v.focal_size)]
+        anchors: [(anchor_views, v.large_size), (v.focal_views, v.focal_size)]
             .into_iter()
             .filter(|(n, _)| *n > 0)
             .map(|(n, size)| AnchorGroup {
@@ -219,8 +234,14 @@ pub fn run_step(args: &StepBench) -> Result<Timing> {
         }
     }
     let what = format!(
-        "pretraining step, ViT-{} {} profile, EHR {}, batch {b} x (2 x {} px + {} x {} px)",
-        args.preset, args.profile, args.ehr, v.large_size, v.focal_views, v.focal_size
+        "{} pretraining step, ViT-{} {} profile, EHR {ehr}, batch {b} x ({} x {} px + {} x {} px)",
+        method.name(),
+        args.preset,
+        args.profile,
+        1 + anchor_views,
+        v.large_size,
+        v.focal_views,
+        v.focal_size
     );
     Ok(Timing::new(what, chosen.description, times))
 }

@@ -2,6 +2,7 @@
 //! datasets (the model crate `cxr_msn` does none of that). The binary in `main.rs` is a thin
 //! command-line layer over it.
 
+pub mod baseline_parts;
 pub mod baselines;
 pub mod bench;
 pub mod contact_sheet;

@@ -21,7 +21,7 @@ use cxr_msn::loss::MsnLossOutput;
 use cxr_msn::masking::TokenMask;
 use cxr_msn::msn::{MsnBatch, MsnForward, MultimodalMsn};
 
-use crate::split_backward::{Part, finish_backward, forward_parts};
+use crate::split_backward::{Part, check_ranges, finish_backward, forward_parts};
 
 /// The loss of a split forward pass, with what its backward needs.
 pub struct SplitForward {
@@ -50,15 +50,7 @@ pub fn forward(
         panic!("invalid MSN batch: {e}");
     }
     let b = batch.target.dims()[0];
-    let mut next = 0;
-    for &(start, len) in ranges {
-        assert!(
-            start == next && len > 0,
-            "ranges {ranges:?} do not split {b} images"
-        );
-        next += len;
-    }
-    assert_eq!(next, b, "ranges {ranges:?} do not split {b} images");
+    check_ranges(ranges, b);
 
     let outs = forward_parts(model, ranges, |replica, start, len| {
         let part = batch.part(start, len);

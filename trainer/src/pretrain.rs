@@ -36,7 +36,9 @@ use clap::Args;
 use cxr_msn::checkpoint::{ModelKind, ModelMeta, read_meta};
 use cxr_msn::config::{EmaTiming, Method, MsnConfig, Normalization, Profile, VitPreset};
 use cxr_msn::decode::DecodeLimits;
+use cxr_msn::dino::Dino;
 use cxr_msn::ehr::FeatureSet;
+use cxr_msn::mae::Mae;
 use cxr_msn::masking::TokenMask;
 use cxr_msn::msn::{AnchorGroup, MsnBatch};
 use cxr_msn::pretrained::Pretrained;
@@ -44,6 +46,7 @@ use cxr_msn::rand::SeedableRng;
 use cxr_msn::rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
+use crate::baseline_parts::{self, SplitLoss};
 use crate::cpu_parallel;
 use crate::data::Split;
 use crate::device::{DeviceArg, choose};
@@ -363,6 +366,13 @@ pub enum Diverged {
     },
 }
 
+/// A forward pass run over parts of the batch, waiting for its backward pass.
+enum SplitStep {
+    Msn(Box<msn_parts::SplitForward>),
+    Dino(SplitLoss<Dino>),
+    Mae(SplitLoss<Mae>),
+}
+
 /// One pretraining step as the profile and the method define it: EMA update (before the
 /// forward or after the optimiser step), masks, forward, loss (read back once), backward,
 /// the non-finite guards, clipping, decoupled weight decay, AdamW; for DINO also the
@@ -383,16 +393,17 @@ pub fn train_step(
     // Parameters that sit out this step, and DINO's centre update.
     let mut frozen = Vec::new();
     let mut center = None;
-    // On the CPU the MSN forward and backward run over parts of the batch at once.
+    // On the CPU the forward and backward passes run over parts of the batch at once.
+    let ranges = cpu_parallel::ranges(&batch.target.device(), batch.target.dims()[0]);
+    let parallel = ranges.len() > 1;
     let mut split = None;
     let (total, parts) = match &model {
         Pretrained::Msn(m) => {
             let masks = m.sample_masks(&batch, config, rng);
-            let ranges = cpu_parallel::ranges(&batch.target.device(), batch.target.dims()[0]);
-            let loss = if ranges.len() > 1 {
+            let loss = if parallel {
                 let forward = msn_parts::forward(m, batch, &masks, config, &ranges);
                 let loss = forward.loss.clone();
-                split = Some(forward);
+                split = Some(SplitStep::Msn(Box::new(forward)));
                 loss
             } else {
                 m.loss(&m.forward_pretrain(batch, &masks, config), config)
@@ -404,12 +415,22 @@ pub fn train_step(
                 .dino
                 .as_ref()
                 .context("a DINO run needs [dino] settings")?;
-            let out = d.forward_loss(batch, cfg.teacher_temperature_at(at.epoch), cfg);
+            let temperature = cfg.teacher_temperature_at(at.epoch);
             if at.epoch < cfg.freeze_last_layer_epochs {
                 frozen.push(d.student_head.last_layer.weight.id);
             }
-            center = Some((out.batch_center, cfg.center_momentum));
-            (out.total, None)
+            let (total, batch_center) = if parallel {
+                let (loss, batch_center) =
+                    baseline_parts::dino(d, batch, temperature, cfg, &ranges);
+                let total = loss.total.clone();
+                split = Some(SplitStep::Dino(loss));
+                (total, batch_center)
+            } else {
+                let out = d.forward_loss(batch, temperature, cfg);
+                (out.total, out.batch_center)
+            };
+            center = Some((batch_center, cfg.center_momentum));
+            (total, None)
         }
         Pretrained::Mae(m) => {
             let cfg = config
@@ -418,8 +439,15 @@ pub fn train_step(
                 .context("an MAE run needs [mae] settings")?;
             let [b, _, s, _] = batch.target.dims();
             let mask = TokenMask::sample(b, m.encoder.patches_for(s), cfg.mask_ratio, rng);
-            let out = m.forward_loss(batch.target, &mask, cfg.norm_pix_loss);
-            (out.loss, None)
+            let total = if parallel {
+                let loss = baseline_parts::mae(m, batch.target, &mask, cfg.norm_pix_loss, &ranges);
+                let total = loss.total.clone();
+                split = Some(SplitStep::Mae(loss));
+                total
+            } else {
+                m.forward_loss(batch.target, &mask, cfg.norm_pix_loss).loss
+            };
+            (total, None)
         }
         Pretrained::Random(_) => bail!("a randomly initialised encoder is not trained"),
     };
@@ -433,7 +461,9 @@ pub fn train_step(
         return Ok(Err(Diverged::Loss(loss)));
     }
     let mut grads = match (split, &model) {
-        (Some(forward), Pretrained::Msn(m)) => forward.backward(m),
+        (Some(SplitStep::Msn(forward)), Pretrained::Msn(m)) => forward.backward(m),
+        (Some(SplitStep::Dino(loss)), Pretrained::Dino(d)) => loss.backward(d),
+        (Some(SplitStep::Mae(loss)), Pretrained::Mae(m)) => loss.backward(m),
         _ => GradientsParams::from_grads(total.backward(), &model),
     };
     for id in &frozen {

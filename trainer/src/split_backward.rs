@@ -79,6 +79,23 @@ impl<R> Part<R> {
     }
 }
 
+/// Checks that `ranges` (`(start, len)` pairs) split `b` images into consecutive, non-empty
+/// parts, in order.
+///
+/// # Panics
+/// When they do not.
+pub fn check_ranges(ranges: &[(usize, usize)], b: usize) {
+    let mut next = 0;
+    for &(start, len) in ranges {
+        assert!(
+            start == next && len > 0,
+            "ranges {ranges:?} do not split {b} images"
+        );
+        next += len;
+    }
+    assert_eq!(next, b, "ranges {ranges:?} do not split {b} images");
+}
+
 /// Runs `run(replica, start, len)` for each of `ranges` at once on the CPU's pool, each
 /// with its own [`fresh_leaves`] replica of `layers`. `run` returns the part's outputs
 /// that the batch-level layers take (with gradient) and anything else (without).
