@@ -68,10 +68,33 @@ fn gpu() -> std::result::Result<(Device, String, bool), String> {
     static PROBED: OnceLock<std::result::Result<(Device, String, bool), String>> = OnceLock::new();
     PROBED
         .get_or_init(|| {
+            use burn::tensor::wgpu::WgpuBackend;
             use burn::tensor::wgpu::wgpu::DeviceType;
-            let (device, setup) = Device::wgpu_options()
-                .init_with_setup()
-                .map_err(|e| format!("no wgpu adapter ({e})"))?;
+            // Vulkan, Metal or DX12 only: Burn's automatic choice also falls back to OpenGL,
+            // which nothing here is tested on (and whose EGL probe is one more source of
+            // libwayland's "XDG_RUNTIME_DIR is invalid" lines on a headless Linux machine;
+            // Mesa's Vulkan device-select layer prints the others, `NODEVICE_SELECT=1`
+            // silences it).
+            let apis: &[WgpuBackend] = if cfg!(target_os = "macos") {
+                &[WgpuBackend::Metal]
+            } else if cfg!(windows) {
+                &[WgpuBackend::Vulkan, WgpuBackend::Dx12]
+            } else {
+                &[WgpuBackend::Vulkan]
+            };
+            let mut failures = Vec::new();
+            let mut found = None;
+            for api in apis {
+                match Device::wgpu_options().graphics_api(*api).init_with_setup() {
+                    Ok(ok) => {
+                        found = Some(ok);
+                        break;
+                    }
+                    Err(e) => failures.push(format!("{api:?}: {e}")),
+                }
+            }
+            let (device, setup) =
+                found.ok_or_else(|| format!("no wgpu adapter ({})", failures.join("; ")))?;
             let info = setup.adapter.get_info();
             let software = info.device_type == DeviceType::Cpu;
             Ok((
