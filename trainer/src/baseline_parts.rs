@@ -133,28 +133,20 @@ mod tests {
     use super::*;
     use burn::tensor::{Device, Distribution};
     use cxr_msn::config::{Method, MsnConfig, Profile, VitPreset};
-    use cxr_msn::msn::AnchorGroup;
     use cxr_msn::rand::SeedableRng;
     use cxr_msn::rand::rngs::StdRng;
 
     use crate::split_backward::assert_same_gradients;
+    use crate::split_backward::fixtures::{random_batch, shrink};
 
-    /// A small ViT for `method`: 2 blocks of width 32 at 32 px, three 16 px local views.
+    /// A small model of `method` (see [`shrink`]).
     fn small(method: Method) -> MsnConfig {
         let mut c = MsnConfig::for_profile(Profile::Paper, VitPreset::Tiny).with_method(method);
-        c.vit.image_size = 32;
-        c.vit.patch_size = 8;
-        c.vit.dim = 32;
-        c.vit.heads = 2;
-        c.vit.depth = 2;
-        c.head.d_in = 32;
-        c.views.large_size = 32;
-        c.views.focal_size = 16;
+        shrink(&mut c);
         if let Some(d) = c.dino.as_mut() {
             d.hidden = 24;
             d.bottleneck = 8;
             d.out_dim = 12;
-            c.views.focal_views = 3;
         }
         if let Some(m) = c.mae.as_mut() {
             m.decoder_dim = 16;
@@ -163,10 +155,6 @@ mod tests {
         }
         c.validate().unwrap();
         c
-    }
-
-    fn random(shape: [usize; 4], device: &Device) -> Tensor<4> {
-        Tensor::random(shape, Distribution::Uniform(-1.0, 1.0), device)
     }
 
     fn assert_close(whole: f32, split: f32, what: &str) {
@@ -189,19 +177,7 @@ mod tests {
         // A non-zero centre, as after a few steps.
         let centre = Tensor::random([1, cfg.out_dim], Distribution::Uniform(0.0, 1.0), &device);
         model.update_center(centre, 0.5);
-        let (b, v) = (5, &config.views);
-        let batch = MsnBatch {
-            target: random([b, 3, v.large_size, v.large_size], &device),
-            anchors: vec![
-                AnchorGroup {
-                    images: random([b, 3, v.large_size, v.large_size], &device),
-                },
-                AnchorGroup {
-                    images: random([v.focal_views * b, 3, v.focal_size, v.focal_size], &device),
-                },
-            ],
-            ehr: None,
-        };
+        let batch = random_batch(&config, 5, &device);
         let whole = model.forward_loss(batch.clone(), 0.05, &cfg);
         let whole_total = whole.total.clone().into_scalar::<f32>();
         let whole_centre = whole.batch_center.into_data().try_to_vec::<f32>().unwrap();
@@ -228,7 +204,7 @@ mod tests {
         let model = config.init_mae(&device).unwrap();
         let cfg = config.mae.clone().unwrap();
         let b = 5;
-        let images = random([b, 3, 32, 32], &device);
+        let images = Tensor::random([b, 3, 32, 32], Distribution::Uniform(-1.0, 1.0), &device);
         let mask = TokenMask::sample(b, 16, cfg.mask_ratio, &mut StdRng::seed_from_u64(2));
         for norm_pix in [true, false] {
             let whole = model.forward_loss(images.clone(), &mask, norm_pix).loss;

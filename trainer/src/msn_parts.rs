@@ -97,31 +97,23 @@ impl SplitForward {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::{Device, Distribution};
+    use burn::tensor::Device;
     use cxr_msn::config::{Profile, VitPreset};
     use cxr_msn::ehr::FeatureSet;
-    use cxr_msn::msn::AnchorGroup;
+
+    use crate::split_backward::fixtures::{random_batch, shrink};
     use cxr_msn::rand::SeedableRng;
     use cxr_msn::rand::rngs::StdRng;
 
-    /// A small multimodal MSN: 2 blocks of width 32 at 32 px, a 32 px anchor and three
-    /// 16 px focal views per image, demographic EHR, learned prototypes.
+    /// A small multimodal MSN (see [`shrink`]): demographic EHR, learned prototypes.
     fn small() -> MsnConfig {
         let mut c = MsnConfig::for_profile(Profile::Paper, VitPreset::Tiny)
             .with_ehr(FeatureSet::from_name("demographic").unwrap());
-        c.vit.image_size = 32;
-        c.vit.patch_size = 8;
-        c.vit.dim = 32;
-        c.vit.heads = 2;
-        c.vit.depth = 2;
-        c.head.d_in = 32;
+        shrink(&mut c);
         c.head.hidden = 48;
         c.head.d_out = 16;
         c.num_prototypes = 10;
         c.freeze_prototypes = false;
-        c.views.large_size = 32;
-        c.views.focal_size = 16;
-        c.views.focal_views = 3;
         c.mask_ratio = 0.25;
         c.validate().unwrap();
         c
@@ -133,26 +125,7 @@ mod tests {
         let device = Device::flex().autodiff();
         device.seed(11);
         let model = config.init(&device).unwrap();
-        let (b, v) = (5, &config.views);
-        let rand = |shape: [usize; 4]| {
-            Tensor::<4>::random(shape, Distribution::Uniform(-1.0, 1.0), &device)
-        };
-        let batch = MsnBatch {
-            target: rand([b, 3, v.large_size, v.large_size]),
-            anchors: vec![
-                AnchorGroup {
-                    images: rand([b, 3, v.large_size, v.large_size]),
-                },
-                AnchorGroup {
-                    images: rand([v.focal_views * b, 3, v.focal_size, v.focal_size]),
-                },
-            ],
-            ehr: Some(Tensor::random(
-                [b, config.ehr.as_ref().unwrap().feature_set.width()],
-                Distribution::Uniform(0.0, 1.0),
-                &device,
-            )),
-        };
+        let batch = random_batch(&config, 5, &device);
         let masks = model.sample_masks(&batch, &config, &mut StdRng::seed_from_u64(4));
         assert!(
             masks.iter().any(Option::is_some),

@@ -218,6 +218,57 @@ pub(crate) fn assert_same_gradients<M: Module>(
     a.1.len()
 }
 
+/// Small models and random batches for the tests of the split passes.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use burn::tensor::{Device, Distribution, Tensor};
+    use cxr_msn::config::MsnConfig;
+    use cxr_msn::msn::{AnchorGroup, MsnBatch};
+
+    /// Shrinks `c`'s ViT to 2 blocks of width 32 (2 heads) at 32 px in patches of 8, with
+    /// 32 px large views and three 16 px focal views.
+    pub fn shrink(c: &mut MsnConfig) {
+        (
+            c.vit.image_size,
+            c.vit.patch_size,
+            c.vit.dim,
+            c.vit.heads,
+            c.vit.depth,
+        ) = (32, 8, 32, 2, 2);
+        c.head.d_in = 32;
+        c.views.large_size = 32;
+        c.views.focal_size = 16;
+        c.views.focal_views = 3;
+    }
+
+    /// A batch of `b` images in [-1, 1] with `config`'s views: the target, one large
+    /// anchor and the focal views, and EHR in [0, 1] when the configuration has some.
+    pub fn random_batch(config: &MsnConfig, b: usize, device: &Device) -> MsnBatch {
+        let v = &config.views;
+        let images = |n: usize, size: usize| {
+            Tensor::<4>::random([n, 3, size, size], Distribution::Uniform(-1.0, 1.0), device)
+        };
+        MsnBatch {
+            target: images(b, v.large_size),
+            anchors: vec![
+                AnchorGroup {
+                    images: images(b, v.large_size),
+                },
+                AnchorGroup {
+                    images: images(v.focal_views * b, v.focal_size),
+                },
+            ],
+            ehr: config.ehr.as_ref().map(|e| {
+                Tensor::random(
+                    [b, e.feature_set.width()],
+                    Distribution::Uniform(0.0, 1.0),
+                    device,
+                )
+            }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
