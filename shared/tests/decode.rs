@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use cxr_msn::decode::{DecodeLimits, Decoded, ImageFormat, decode, decode_downscaled};
 use cxr_msn::ehr::{Sex, ViewPosition};
 use cxr_msn::error::DecodeError;
-use cxr_msn::views::resize_shorter_side;
+use cxr_msn::views::{LOAD_SHORTER_SIDE, as_loaded, eval_view, resize_shorter_side};
 use serde_json::Value;
 
 fn data_dir() -> PathBuf {
@@ -899,5 +899,47 @@ fn downscaled_decoding_matches_the_full_decode_resized() {
                 "{name} at {side}: mean {mean:.2e}, worst {worst:.2e}"
             );
         }
+    }
+}
+
+/// The page decodes a whole file and brings it to the loaded size (`as_loaded`), `predict`
+/// and the trainer's loader decode straight to it (`decode_downscaled`, which resamples
+/// 8-bit grey JPEGs from the decoder's bytes): the evaluation view must be the same, or a
+/// file would score differently in the browser, in `predict` and in `eval`.
+#[test]
+fn the_evaluation_view_is_the_same_by_every_loading_path() {
+    let limits = DecodeLimits::default();
+    for name in [
+        "person1946_bacteria_4875.jpeg",
+        "RG1_chest_PA_monochrome2_16bit_1024.png",
+    ] {
+        let bytes = read(&data_dir().join("samples").join(name));
+        let whole = decode(&bytes, &limits).unwrap().image;
+        assert!(
+            whole.width.min(whole.height) > LOAD_SHORTER_SIDE,
+            "{name} must be large"
+        );
+        let page = eval_view(&as_loaded(&whole));
+        let direct = eval_view(
+            &decode_downscaled(&bytes, &limits, LOAD_SHORTER_SIDE)
+                .unwrap()
+                .image,
+        );
+        let worst = page
+            .pixels
+            .iter()
+            .zip(&direct.pixels)
+            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(worst < 1e-5, "{name}: {worst}");
+        // Loading first is not a no-op: the view of the whole image differs.
+        let unloaded = eval_view(&whole);
+        assert!(
+            unloaded
+                .pixels
+                .iter()
+                .zip(&page.pixels)
+                .any(|(a, b)| (a - b).abs() > 1e-3),
+            "{name}"
+        );
     }
 }

@@ -9,10 +9,10 @@ use burn::tensor::{Device, Tensor, TensorData};
 use clap::Args;
 use cxr_msn::checkpoint::ModelMeta;
 use cxr_msn::classifier::Classifier;
-use cxr_msn::decode::{DecodeLimits, decode};
+use cxr_msn::decode::{DecodeLimits, decode_downscaled};
 use cxr_msn::ehr::{EhrRecord, Orientation, Sex, ViewPosition};
 use cxr_msn::preprocess::BatchData;
-use cxr_msn::views::eval_view;
+use cxr_msn::views::{LOAD_SHORTER_SIDE, eval_view};
 use rayon::prelude::*;
 
 use crate::cpu_parallel::map_ranges;
@@ -304,8 +304,14 @@ pub fn run_predict(args: &PredictArgs) -> Result<String> {
     let score = |file: &PathBuf| -> Result<std::result::Result<Row, String>> {
         let decoded = match std::fs::read(file)
             .context("cannot read the file")
-            .and_then(|bytes| Ok(decode(&bytes, &DecodeLimits::default())?))
-        {
+            .and_then(|bytes| {
+                // Loaded as the loader loads images for `eval`, so that a file scores alike.
+                Ok(decode_downscaled(
+                    &bytes,
+                    &DecodeLimits::default(),
+                    LOAD_SHORTER_SIDE,
+                )?)
+            }) {
             Ok(decoded) => decoded,
             Err(e) => return Ok(Err(format!("{}: {e:#}", file.display()))),
         };

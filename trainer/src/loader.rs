@@ -29,7 +29,9 @@ use cxr_msn::preprocess::BatchData;
 use cxr_msn::rand::SeedableRng;
 use cxr_msn::rand::rngs::StdRng;
 use cxr_msn::rand::seq::SliceRandom;
-use cxr_msn::views::{AffineConfig, eval_view, msn_views, resize_shorter_side, train_view};
+use cxr_msn::views::{
+    AffineConfig, LOAD_SHORTER_SIDE, eval_view, msn_views, resize_shorter_side, train_view,
+};
 
 use crate::files::write_atomic;
 
@@ -73,8 +75,7 @@ pub struct LoaderConfig {
     /// Folder of the preprocessed-image cache; `None` decodes every time. Default none.
     pub cache_dir: Option<PathBuf>,
     /// Images are loaded (and cached) downscaled to this shorter side when theirs is longer.
-    /// Default 512: the smallest crops of the default views (focal: 5 % of the area at
-    /// 96 px; large: 30 % at 224 px) then still take about one source pixel per output pixel.
+    /// Default [`LOAD_SHORTER_SIDE`] (512), which `predict` and the browser page use too.
     pub shorter_side: usize,
     /// Pixel normalisation of the model.
     pub normalization: Normalization,
@@ -91,7 +92,7 @@ impl LoaderConfig {
             drop_last: true,
             prefetch: 4,
             cache_dir: None,
-            shorter_side: 512,
+            shorter_side: LOAD_SHORTER_SIDE,
             normalization,
         }
     }

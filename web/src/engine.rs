@@ -12,7 +12,7 @@ use cxr_msn::ehr::{EhrField, EhrRecord, Orientation, Sex, ViewPosition};
 use cxr_msn::image::GreyImage;
 use cxr_msn::preprocess::BatchData;
 use cxr_msn::prototype_head::PrototypeHead;
-use cxr_msn::views::eval_view;
+use cxr_msn::views::{as_loaded, eval_view};
 use cxr_msn::vit::cls_attention_map;
 use serde::{Deserialize, Serialize};
 
@@ -195,7 +195,9 @@ pub fn prepare(bytes: &[u8]) -> Result<Prepared, String> {
         from_header,
     };
     Ok(Prepared {
-        view: eval_view(&decoded.image),
+        // Loaded as the trainer loads images, so that the page scores as `predict` and
+        // `eval` do; the full image stays for display.
+        view: eval_view(&as_loaded(&decoded.image)),
         image: decoded.image,
         info,
     })
