@@ -93,9 +93,11 @@ fn views_are_the_pretraining_draw_of_their_seed() {
     assert_eq!(v.views[2].kept.as_ref().unwrap().len(), 30);
     assert!(v.views.iter().all(|w| w.pixels.len() == w.size * w.size));
     assert_eq!(v.z.as_ref().unwrap().len(), 5);
-    // The target is the first crop the model crate's own view sampler draws with the seed.
+    // The target is the first crop the model crate's own view sampler draws with the seed,
+    // from the image as the trainer loads it.
     let config = &engine.meta().config.views;
-    let drawn = cxr_msn::views::msn_views(&image.image, config, &mut StdRng::seed_from_u64(42));
+    let loaded = cxr_msn::views::as_loaded(&image.image);
+    let drawn = cxr_msn::views::msn_views(&loaded, config, &mut StdRng::seed_from_u64(42));
     assert_eq!(
         v.views[0].pixels,
         cxr_msn_web::engine::view_pixels(&drawn.target)
