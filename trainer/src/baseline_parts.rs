@@ -68,7 +68,7 @@ where
         .iter()
         .zip(ranges)
         .map(|(p, &(_, len))| p.leaves()[0].clone().mul_scalar(len as f64 / b as f64))
-        .reduce(|a, b| a + b)
+        .reduce(|x, y| x + y)
         .expect("at least one part")
         .reshape([1]);
     (SplitLoss { total, parts }, extras)
@@ -96,7 +96,7 @@ pub fn dino(
         .into_iter()
         .zip(ranges)
         .map(|(c, &(_, len))| c.mul_scalar(len as f64 / b as f64))
-        .reduce(|a, b| a + b)
+        .reduce(|x, y| x + y)
         .expect("at least one part");
     (loss, centre)
 }
