@@ -12,8 +12,6 @@
 //! shrinking (PIL's BILINEAR filter), so small focal crops of large radiographs keep their
 //! detail honestly. Every random choice comes from the caller's generator.
 
-use std::borrow::Cow;
-
 use rand::{Rng, RngExt};
 
 use crate::config::ViewConfig;
@@ -349,16 +347,16 @@ pub const LOAD_SHORTER_SIDE: usize = 512;
 /// `img` as it is loaded: downscaled to [`LOAD_SHORTER_SIDE`] when its shorter side is
 /// longer (what [`crate::decode::decode_downscaled`] gives, up to float rounding), else
 /// itself.
-pub fn as_loaded(img: &GreyImage) -> Cow<'_, GreyImage> {
+pub fn into_loaded(img: GreyImage) -> GreyImage {
     if img.width.min(img.height) > LOAD_SHORTER_SIDE {
-        Cow::Owned(resize_shorter_side(img, LOAD_SHORTER_SIDE))
+        resize_shorter_side(&img, LOAD_SHORTER_SIDE)
     } else {
-        Cow::Borrowed(img)
+        img
     }
 }
 
 /// The evaluation transform: shorter side to 256, centre crop 224. Give it the image as
-/// loaded ([`as_loaded`]) to see what the trainer's evaluation sees.
+/// loaded ([`into_loaded`]) to see what the trainer's evaluation sees.
 pub fn eval_view(img: &GreyImage) -> GreyImage {
     center_crop(&resize_shorter_side(img, 256), 224)
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use cxr_msn::decode::{DecodeLimits, Decoded, ImageFormat, decode, decode_downscaled};
 use cxr_msn::ehr::{Sex, ViewPosition};
 use cxr_msn::error::DecodeError;
-use cxr_msn::views::{LOAD_SHORTER_SIDE, as_loaded, eval_view, resize_shorter_side};
+use cxr_msn::views::{LOAD_SHORTER_SIDE, eval_view, into_loaded, resize_shorter_side};
 use serde_json::Value;
 
 fn data_dir() -> PathBuf {
@@ -902,7 +902,7 @@ fn downscaled_decoding_matches_the_full_decode_resized() {
     }
 }
 
-/// The page decodes a whole file and brings it to the loaded size (`as_loaded`), `predict`
+/// The page decodes a whole file and brings it to the loaded size (`into_loaded`), `predict`
 /// and the trainer's loader decode straight to it (`decode_downscaled`, which resamples
 /// 8-bit grey JPEGs from the decoder's bytes): the evaluation view must be the same, or a
 /// file would score differently in the browser, in `predict` and in `eval`.
@@ -919,7 +919,7 @@ fn the_evaluation_view_is_the_same_by_every_loading_path() {
             whole.width.min(whole.height) > LOAD_SHORTER_SIDE,
             "{name} must be large"
         );
-        let page = eval_view(&as_loaded(&whole));
+        let page = eval_view(&into_loaded(whole.clone()));
         let direct = eval_view(
             &decode_downscaled(&bytes, &limits, LOAD_SHORTER_SIDE)
                 .unwrap()

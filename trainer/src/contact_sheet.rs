@@ -8,7 +8,7 @@ use cxr_msn::decode::DecodeLimits;
 use cxr_msn::image::GreyImage;
 use cxr_msn::rand::SeedableRng;
 use cxr_msn::rand::rngs::StdRng;
-use cxr_msn::views::{as_loaded, eval_view, msn_views};
+use cxr_msn::views::{eval_view, into_loaded, msn_views};
 
 use crate::files::write_atomic;
 use crate::images::decode_file;
@@ -50,7 +50,7 @@ pub fn sheet(img: &GreyImage, views: &ViewConfig, seed: u64) -> GreyImage {
 /// Decodes `image`, draws its views with `seed` and writes the sheet as a PNG to `out`.
 pub fn write_sheet(image: &Path, out: &Path, views: &ViewConfig, seed: u64) -> Result<()> {
     let img = decode_file(image, &DecodeLimits::default())?;
-    write_atomic(out, &encode_png(&sheet(&as_loaded(&img), views, seed))?)
+    write_atomic(out, &encode_png(&sheet(&into_loaded(img), views, seed))?)
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use cxr_msn::ehr::{EhrField, EhrRecord, Orientation, Sex, ViewPosition};
 use cxr_msn::image::GreyImage;
 use cxr_msn::preprocess::BatchData;
 use cxr_msn::prototype_head::PrototypeHead;
-use cxr_msn::views::{as_loaded, eval_view};
+use cxr_msn::views::{eval_view, into_loaded};
 use cxr_msn::vit::cls_attention_map;
 use serde::{Deserialize, Serialize};
 
@@ -75,7 +75,8 @@ impl EhrInput {
 pub struct Prepared {
     /// The evaluation view (224 x 224 grey), what the model sees.
     pub view: GreyImage,
-    /// The whole decoded image (learn mode draws pretraining views from it).
+    /// The decoded image as the trainer loads it ([`into_loaded`]: shorter side at most
+    /// 512); learn mode draws pretraining views from it.
     pub image: GreyImage,
     /// What the file holds, for the page.
     pub info: ImageInfo,
@@ -194,11 +195,12 @@ pub fn prepare(bytes: &[u8]) -> Result<Prepared, String> {
         bit_depth: decoded.bit_depth,
         from_header,
     };
+    // Loaded as the trainer loads images, so that the page scores as `predict` and `eval`
+    // do, and learn mode's views are ones training could draw.
+    let image = into_loaded(decoded.image);
     Ok(Prepared {
-        // Loaded as the trainer loads images, so that the page scores as `predict` and
-        // `eval` do; the full image stays for display.
-        view: eval_view(&as_loaded(&decoded.image)),
-        image: decoded.image,
+        view: eval_view(&image),
+        image,
         info,
     })
 }

@@ -22,7 +22,7 @@ use cxr_msn::preprocess::BatchData;
 use cxr_msn::prototype_head::{PrototypeHead, cosine, encoder_signature};
 use cxr_msn::rand::SeedableRng;
 use cxr_msn::rand::rngs::StdRng;
-use cxr_msn::views::{as_loaded, msn_views};
+use cxr_msn::views::msn_views;
 use serde::Serialize;
 
 use crate::engine::{EhrInput, Engine, Prepared, Scored, read, view_pixels};
@@ -299,8 +299,8 @@ impl Engine {
         let config = &self.meta.config;
         let encoder = &self.model.encoder;
         let mut rng = StdRng::seed_from_u64(seed);
-        // From the image as the trainer loads it, so these are views training could draw.
-        let drawn = msn_views(&as_loaded(&image.image), &config.views, &mut rng);
+        // The image as the trainer loads it, so these are views training could draw.
+        let drawn = msn_views(&image.image, &config.views, &mut rng);
         let mask_focal = config.mask_scope == MaskScope::AllAnchors;
         let mask_for = |rows: usize, size: usize, rng: &mut StdRng| {
             (ratio > 0.0).then(|| TokenMask::sample(rows, encoder.patches_for(size), ratio, rng))

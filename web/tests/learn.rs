@@ -96,7 +96,7 @@ fn views_are_the_pretraining_draw_of_their_seed() {
     // The target is the first crop the model crate's own view sampler draws with the seed,
     // from the image as the trainer loads it.
     let config = &engine.meta().config.views;
-    let loaded = cxr_msn::views::as_loaded(&image.image);
+    let loaded = cxr_msn::views::into_loaded(image.image.clone());
     let drawn = cxr_msn::views::msn_views(&loaded, config, &mut StdRng::seed_from_u64(42));
     assert_eq!(
         v.views[0].pixels,
