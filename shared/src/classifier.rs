@@ -10,7 +10,7 @@ use crate::config::{EhrConfig, VitConfig};
 use crate::error::ShapeError;
 use crate::heads::{EhrFusion, FusedClassifier, LinearClassifier};
 use crate::prototype_head::PrototypeHead;
-use crate::vit::VisionTransformer;
+use crate::vit::{Pieces, VisionTransformer};
 
 /// Encoder plus an image-only head and, optionally, an image + EHR head.
 #[derive(Module, Debug)]
@@ -76,9 +76,29 @@ impl Classifier {
         ehr: Option<Tensor<2>>,
         attention: bool,
     ) -> Result<ClassifierOutput, ShapeError> {
-        let dims = images.dims();
+        self.check(images.dims(), ehr.as_ref())?;
+        let out = self.encoder.forward_detailed(images, None, attention);
+        Ok(self.heads(out.cls, ehr, out.attention))
+    }
+
+    /// [`Self::forward`] without attention weights, each encoder block cut into pieces
+    /// ([`VisionTransformer::forward_in_pieces`]): for one image on a CPU's cores.
+    pub fn forward_in_pieces(
+        &self,
+        images: Tensor<4>,
+        ehr: Option<Tensor<2>>,
+        pieces: &dyn Pieces,
+    ) -> Result<ClassifierOutput, ShapeError> {
+        self.check(images.dims(), ehr.as_ref())?;
+        let cls = self.encoder.forward_in_pieces(images, pieces);
+        Ok(self.heads(cls, ehr, Vec::new()))
+    }
+
+    /// Checks images `[B, C, S, S]` against the encoder and EHR `[B, ehr_in]` against the
+    /// image + EHR head, when both are there.
+    fn check(&self, dims: [usize; 4], ehr: Option<&Tensor<2>>) -> Result<(), ShapeError> {
         self.encoder.check_input(dims)?;
-        if let (Some(head), Some(e)) = (&self.fused_head, &ehr) {
+        if let (Some(head), Some(e)) = (&self.fused_head, ehr) {
             let want = [dims[0], head.fusion.ehr_in()];
             if e.dims() != want {
                 return Err(ShapeError::Mismatch {
@@ -88,17 +108,26 @@ impl Classifier {
                 });
             }
         }
-        let out = self.encoder.forward_detailed(images, None, attention);
-        let image_probs = sigmoid(self.image_head.forward(out.cls.clone()));
+        Ok(())
+    }
+
+    /// Both heads' probabilities on [CLS] embeddings `[B, D]`.
+    fn heads(
+        &self,
+        cls: Tensor<2>,
+        ehr: Option<Tensor<2>>,
+        attention: Vec<Tensor<4>>,
+    ) -> ClassifierOutput {
+        let image_probs = sigmoid(self.image_head.forward(cls.clone()));
         let fused_probs = match (&self.fused_head, ehr) {
-            (Some(head), Some(e)) => Some(sigmoid(head.forward(out.cls.clone(), e))),
+            (Some(head), Some(e)) => Some(sigmoid(head.forward(cls.clone(), e))),
             _ => None,
         };
-        Ok(ClassifierOutput {
-            embedding: out.cls,
+        ClassifierOutput {
+            embedding: cls,
             image_probs,
             fused_probs,
-            attention: out.attention,
-        })
+            attention,
+        }
     }
 }

@@ -133,6 +133,60 @@ impl Block {
         let x = x.clone() + self.mlp.forward(self.norm2.forward(x));
         (x, weights)
     }
+
+    /// [`Self::forward`] without attention weights, its work cut into `pieces.count()`
+    /// pieces: layer norms, projections and the MLP over consecutive pieces of the tokens,
+    /// attention over groups of heads. `[B, N, D]` -> `[B, N, D]`, the same values up to
+    /// floating-point summation order.
+    pub fn forward_in_pieces(&self, x: Tensor<3>, pieces: &dyn Pieces) -> Tensor<3> {
+        let [b, n, d] = x.dims();
+        let count = pieces.count().min(n);
+        if count <= 1 {
+            return self.forward(x, false).0;
+        }
+        let tokens = |i: usize| {
+            let (start, len) = piece(i, count, n);
+            x.clone().narrow(1, start, len)
+        };
+        // [B, N, 3D]: q, k and v of every token, each head-major.
+        let qkv = Tensor::cat(
+            pieces.run(count, &|i| {
+                self.attn.qkv.forward(self.norm1.forward(tokens(i)))
+            }),
+            1,
+        );
+        let h = self.attn.num_heads;
+        let hd = d / h;
+        let groups = count.min(h);
+        let options = AttentionModuleOptions {
+            scale: Some((hd as f64).powf(-0.5)),
+            ..Default::default()
+        };
+        // [B, N, D]: each group's heads side by side, as the whole attention lays them out.
+        let heads = Tensor::cat(
+            pieces.run(groups, &|i| {
+                let (first, len) = piece(i, groups, h);
+                let part = |which: usize| {
+                    qkv.clone()
+                        .narrow(2, which * d + first * hd, len * hd)
+                        .reshape([b, n, len, hd])
+                        .swap_dims(1, 2)
+                };
+                attention(part(0), part(1), part(2), None, None, options)
+                    .swap_dims(1, 2)
+                    .reshape([b, n, len * hd])
+            }),
+            2,
+        );
+        Tensor::cat(
+            pieces.run(count, &|i| {
+                let (start, len) = piece(i, count, n);
+                let y = tokens(i) + self.attn.proj.forward(heads.clone().narrow(1, start, len));
+                y.clone() + self.mlp.forward(self.norm2.forward(y))
+            }),
+            1,
+        )
+    }
 }
 
 /// The ViT image encoder.
@@ -239,14 +293,10 @@ impl VisionTransformer {
         self.forward_detailed(images, keep, false).cls
     }
 
-    /// Like [`Self::forward`], returning every token and, when `attention` is true, the
-    /// attention weights of every block (for explanation maps).
-    pub fn forward_detailed(
-        &self,
-        images: Tensor<4>,
-        keep: Option<Tensor<2, Int>>,
-        attention: bool,
-    ) -> VitOutput {
+    /// The tokens that enter the first block, `[B, 1 + kept patches, D]` ([CLS] first):
+    /// patch embeddings plus the (resized) position embedding, the kept subset of them, and
+    /// [CLS] with its position.
+    fn tokens_in(&self, images: Tensor<4>, keep: Option<Tensor<2, Int>>) -> Tensor<3> {
         let [b, _, s, _] = images.dims();
         let d = self.dim();
         let g = s / self.patch_size;
@@ -270,8 +320,20 @@ impl VisionTransformer {
             None => patches,
         };
         let cls = (self.cls_token.val() + pos.narrow(1, 0, 1)).repeat_dim(0, b);
-        let mut x = Tensor::cat(vec![cls, patches], 1);
+        Tensor::cat(vec![cls, patches], 1)
+    }
 
+    /// Like [`Self::forward`], returning every token and, when `attention` is true, the
+    /// attention weights of every block (for explanation maps).
+    pub fn forward_detailed(
+        &self,
+        images: Tensor<4>,
+        keep: Option<Tensor<2, Int>>,
+        attention: bool,
+    ) -> VitOutput {
+        let [b, _, _, _] = images.dims();
+        let d = self.dim();
+        let mut x = self.tokens_in(images, keep);
         let mut weights = Vec::new();
         for block in &self.blocks {
             let (next, w) = block.forward(x, attention);
@@ -286,6 +348,57 @@ impl VisionTransformer {
             attention: weights,
         }
     }
+
+    /// [CLS] embeddings `[B, D]` of images `[B, C, S, S]`, every token kept, with each
+    /// block's work cut into `pieces` (over tokens, and over heads for attention): the
+    /// same values as [`Self::forward`] up to floating-point summation order. For one
+    /// image on a CPU, where a batch has nothing to split across the cores.
+    ///
+    /// # Panics
+    /// On inputs that fail [`Self::check_input`].
+    pub fn forward_in_pieces(&self, images: Tensor<4>, pieces: &dyn Pieces) -> Tensor<2> {
+        let [b, _, _, _] = images.dims();
+        let d = self.dim();
+        let x = self.tokens_in(images, None);
+        let x = self
+            .blocks
+            .iter()
+            .fold(x, |x, block| block.forward_in_pieces(x, pieces));
+        self.norm.forward(x.narrow(1, 0, 1)).reshape([b, d])
+    }
+}
+
+/// Runs independent pieces of a forward pass: the trainer's CPU runner on all cores at
+/// once, [`InOrder`] one after another.
+pub trait Pieces: Sync {
+    /// How many pieces a block's work is cut into; 1 runs each block whole.
+    fn count(&self) -> usize;
+    /// `[f(0), f(1), .., f(n - 1)]`, in this order.
+    fn run(&self, n: usize, f: &(dyn Fn(usize) -> Tensor<3> + Sync)) -> Vec<Tensor<3>>;
+}
+
+/// [`Pieces`] run one after another on the calling thread.
+#[derive(Debug, Clone, Copy)]
+pub struct InOrder(
+    /// How many pieces a block's work is cut into.
+    pub usize,
+);
+
+impl Pieces for InOrder {
+    fn count(&self) -> usize {
+        self.0
+    }
+
+    fn run(&self, n: usize, f: &(dyn Fn(usize) -> Tensor<3> + Sync)) -> Vec<Tensor<3>> {
+        (0..n).map(f).collect()
+    }
+}
+
+/// `(start, len)` of piece `i` of `n` pieces over `total` items: consecutive, in order,
+/// sizes differing by at most one.
+fn piece(i: usize, n: usize, total: usize) -> (usize, usize) {
+    let (start, end) = (i * total / n, (i + 1) * total / n);
+    (start, end - start)
 }
 
 /// Resizes the patch part of a position embedding `[1, 1 + G*G, D]` to a `grid x grid`

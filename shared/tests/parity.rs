@@ -16,7 +16,7 @@ use cxr_msn::ehr::FeatureSet;
 use cxr_msn::loss::{msn_loss, sinkhorn};
 use cxr_msn::masking::TokenMask;
 use cxr_msn::msn::{AnchorGroup, MsnBatch};
-use cxr_msn::vit::{VisionTransformer, resize_position_grid};
+use cxr_msn::vit::{InOrder, VisionTransformer, resize_position_grid};
 
 fn reference_vit(device: &Device) -> VisionTransformer {
     let weights = Fixture::open("vit_weights.safetensors");
@@ -138,6 +138,27 @@ fn vit_forward_matches_pytorch_at_224_and_96_px_with_and_without_masking() {
         &io.f32s("cls96_masked"),
         TOL,
     );
+}
+
+#[test]
+fn the_vit_cut_into_pieces_matches_pytorch_at_224_and_96_px() {
+    let io = Fixture::open("vit_io.safetensors");
+    let device = Device::flex();
+    let vit = reference_vit(&device);
+    // 197 or 37 tokens and 6 heads: token pieces of uneven sizes, and fewer or more pieces
+    // than heads (7 pieces attend in 6 groups of one head).
+    for count in [1, 2, 3, 4, 7] {
+        for (size, key) in [("images224", "cls224"), ("images96", "cls96")] {
+            let images = io.images(size, &device);
+            let cls = vit.forward_in_pieces(images, &InOrder(count));
+            assert_close(
+                &format!("{key}, {count} pieces"),
+                &values(cls),
+                &io.f32s(key),
+                TOL,
+            );
+        }
+    }
 }
 
 fn check_head(file: &str, config: HeadConfig) {

@@ -18,7 +18,7 @@ use cxr_msn::msn::{AnchorGroup, MsnBatch};
 use cxr_msn::rand::SeedableRng;
 use cxr_msn::rand::rngs::StdRng;
 
-use crate::cpu_parallel::forward_in_parts;
+use crate::cpu_parallel::encode;
 use crate::device::{DeviceArg, choose};
 use crate::images::file_decoder;
 use crate::loader::{Loader, LoaderConfig, Views};
@@ -259,7 +259,7 @@ pub fn run_infer(args: &InferBench) -> Result<Timing> {
     for i in 0..args.run.warmup + args.repeats {
         let images = random([args.batch_size, 3, size, size], &device);
         let start = Instant::now();
-        let features = forward_in_parts(images, |part| encoder.forward(part, None));
+        let features = encode(&encoder, images);
         // Reading the result back waits for the device.
         features
             .into_data()

@@ -11,6 +11,7 @@
 
 use burn::backend::DispatchDevice;
 use burn::tensor::{Device, Tensor};
+use cxr_msn::vit::{Pieces, VisionTransformer};
 use rayon::prelude::*;
 
 /// Items per part of a split batch, at most. Two 224 px images of ViT-Tiny hold their MLP
@@ -84,6 +85,48 @@ where
     Tensor::cat(outs, 0)
 }
 
+/// [`Pieces`] run on the pool's threads at once, `count` pieces per block.
+#[derive(Debug, Clone, Copy)]
+pub struct OnCores {
+    /// How many pieces a block's work is cut into.
+    pub count: usize,
+}
+
+impl Pieces for OnCores {
+    fn count(&self) -> usize {
+        self.count
+    }
+
+    fn run(&self, n: usize, f: &(dyn Fn(usize) -> Tensor<3> + Sync)) -> Vec<Tensor<3>> {
+        (0..n).into_par_iter().map(f).collect()
+    }
+}
+
+/// How one image's forward pass is cut on `device` when `images` images are scored at
+/// once: one piece per thread of the pool on the CPU for a single image; whole otherwise
+/// (a batch is split by [`forward_in_parts`] instead, and a GPU wants whole kernels).
+pub fn pieces_for(device: &Device, images: usize) -> OnCores {
+    let threads = rayon::current_num_threads();
+    let count = if images == 1 && is_cpu(device) {
+        threads
+    } else {
+        1
+    };
+    OnCores { count }
+}
+
+/// The encoder's [CLS] embeddings `[B, D]` of images `[B, C, S, S]` (every token kept),
+/// spread over the cores on the CPU: a batch in parts ([`forward_in_parts`]), a single
+/// image with each block cut into pieces ([`pieces_for`]). Elsewhere one call on the whole
+/// batch.
+pub fn encode(encoder: &VisionTransformer, images: Tensor<4>) -> Tensor<2> {
+    let pieces = pieces_for(&images.device(), images.dims()[0]);
+    if pieces.count > 1 {
+        return encoder.forward_in_pieces(images, &pieces);
+    }
+    forward_in_parts(images, |part| encoder.forward(part, None))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,6 +150,31 @@ mod tests {
             assert_eq!(next, batch, "batch {batch}: {r:?}");
         }
         assert_eq!(ranges(&cpu, 0), vec![(0, 0)]);
+    }
+
+    #[test]
+    fn one_image_on_the_cores_encodes_as_the_whole_forward_does() {
+        let device = Device::flex();
+        device.seed(5);
+        let mut vit = cxr_msn::config::VitConfig::preset(cxr_msn::config::VitPreset::Tiny, 1);
+        vit.depth = 2;
+        let encoder = vit.init(&device);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .expect("a pool");
+        for size in [224, 96] {
+            let image =
+                Tensor::<4>::random([1, 1, size, size], Distribution::Normal(0.0, 1.0), &device);
+            let whole: TensorData = encoder.forward(image.clone(), None).into_data();
+            let (pieces, cut) = pool.install(|| {
+                let pieces = pieces_for(&device, 1);
+                (pieces, encode(&encoder, image.clone()).into_data())
+            });
+            assert_eq!(pieces.count, 3, "one piece per thread");
+            cut.assert_approx_eq::<f32>(&whole, burn::tensor::Tolerance::absolute(1e-5));
+        }
+        assert_eq!(pieces_for(&device, 2).count, 1, "a batch is split, not cut");
     }
 
     #[test]

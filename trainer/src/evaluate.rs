@@ -15,7 +15,7 @@ use cxr_msn::preprocess::BatchData;
 use cxr_msn::views::{LOAD_SHORTER_SIDE, eval_view};
 use rayon::prelude::*;
 
-use crate::cpu_parallel::map_ranges;
+use crate::cpu_parallel::{map_ranges, pieces_for};
 use crate::data::Split;
 use crate::device::{DeviceArg, choose};
 use crate::files::write_atomic;
@@ -299,6 +299,8 @@ pub fn run_predict(args: &PredictArgs) -> Result<String> {
     }
     csv.push('\n');
     let files = image_files(&args.input)?;
+    // A single file has its forward pass cut across the cores instead.
+    let pieces = pieces_for(&device, files.len());
     // Each file is decoded and scored on its own (batch 1), the files in parallel across
     // the cores; the rows keep the files' order.
     let score = |file: &PathBuf| -> Result<std::result::Result<Row, String>> {
@@ -328,7 +330,7 @@ pub fn run_predict(args: &PredictArgs) -> Result<String> {
         let ehr_tensor = encoded
             .as_ref()
             .map(|v| Tensor::from_data(TensorData::new(v.clone(), [1, v.len()]), &device));
-        let out = model.forward(images, ehr_tensor, false)?;
+        let out = model.forward_in_pieces(images, ehr_tensor, &pieces)?;
         Ok(Ok(Row {
             image: to_vec(out.image_probs)?,
             fused: out.fused_probs.map(to_vec).transpose()?,

@@ -6,7 +6,7 @@ use burn::tensor::Device;
 use cxr_msn::config::Normalization;
 use cxr_msn::vit::VisionTransformer;
 
-use crate::cpu_parallel::forward_in_parts;
+use crate::cpu_parallel::encode;
 use crate::loader::{Item, Loader};
 
 /// The encoder's [CLS] embedding of each item under the evaluation transform, `[N, D]`
@@ -22,7 +22,7 @@ pub fn cls_features(
     let mut cls = Vec::new();
     for batch in loader.epoch(0) {
         let images = batch?.images.to_tensor(device);
-        let out = forward_in_parts(images, |part| encoder.forward(part, None)).into_data();
+        let out = encode(encoder, images).into_data();
         cls.extend(
             out.try_to_vec::<f32>()
                 .map_err(|e| anyhow::anyhow!("cannot read the features back: {e:?}"))?,
