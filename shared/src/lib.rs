@@ -9,6 +9,7 @@
 //! What lives where:
 //! - [`config`]: ViT presets, the `paper` and `msn` profiles, every knob with its default;
 //! - [`vit`]: the Vision Transformer, position-grid resizing, attention capture;
+//! - [`cpu_kernels`]: vectorised GELU and attention softmax for inference on the CPU;
 //! - [`masking`]: per-sample token masking of anchor views;
 //! - [`heads`]: projection head h, EHR fusion (f_ehr, g), classifier heads;
 //! - [`msn`]: the full model (anchor branch, EMA target branch, prototypes) and its step;
@@ -35,6 +36,7 @@
 pub mod checkpoint;
 pub mod classifier;
 pub mod config;
+pub mod cpu_kernels;
 pub mod decode;
 pub mod dino;
 pub mod ehr;
@@ -52,6 +54,7 @@ pub mod novelty;
 pub mod preprocess;
 pub mod pretrained;
 pub mod prototype_head;
+mod simd;
 pub mod views;
 pub mod vit;
 

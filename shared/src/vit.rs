@@ -15,12 +15,13 @@
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear};
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::config::VitConfig;
+use crate::cpu_kernels;
 use crate::error::ShapeError;
 use crate::init::{deit_linear, normal_002};
 
@@ -56,23 +57,42 @@ impl Attention {
                 .swap_dims(1, 2)
         };
         let (q, k, v) = (split(0), split(1), split(2));
-        let scale = (hd as f64).powf(-0.5);
         let (out, weights) = if keep_weights {
-            let weights = softmax(q.mul_scalar(scale).matmul(k.swap_dims(2, 3)), 3);
+            let weights = attention_weights(q, k);
             (weights.clone().matmul(v), Some(weights))
         } else {
-            // The backend's fused kernel (on the CPU backend one pass per head without the
-            // [N, N] score tensor's separate scale and softmax passes; on autodiff backends
-            // the same composed ops as above).
-            let options = AttentionModuleOptions {
-                scale: Some(scale),
-                ..Default::default()
-            };
-            (attention(q, k, v, None, None, options), None)
+            (attend(q, k, v), None)
         };
         let out = out.swap_dims(1, 2).reshape([b, n, d]);
         (self.proj.forward(out), weights)
     }
+}
+
+/// `softmax(q k^T / sqrt(head width))`: `q` `[B, H, N, hd]`, `k` `[B, H, M, hd]` ->
+/// `[B, H, N, M]`.
+fn attention_weights(q: Tensor<4>, k: Tensor<4>) -> Tensor<4> {
+    let hd = q.dims()[3];
+    let scale = (hd as f64).powf(-0.5);
+    if cpu_kernels::on_host(&q.device()) {
+        return cpu_kernels::scaled_softmax(q.matmul(k.swap_dims(2, 3)), scale as f32);
+    }
+    softmax(q.mul_scalar(scale).matmul(k.swap_dims(2, 3)), 3)
+}
+
+/// Scaled dot-product attention `softmax(q k^T / sqrt(hd)) v`: `[B, H, N, hd]` each ->
+/// `[B, H, N, hd]`. On the CPU backend without autodiff, two matrix products around
+/// [`cpu_kernels::scaled_softmax`]; elsewhere the backend's fused kernel (the same composed
+/// operations on autodiff backends).
+fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
+    if cpu_kernels::on_host(&q.device()) {
+        return attention_weights(q, k).matmul(v);
+    }
+    let hd = q.dims()[3];
+    let options = AttentionModuleOptions {
+        scale: Some((hd as f64).powf(-0.5)),
+        ..Default::default()
+    };
+    attention(q, k, v, None, None, options)
 }
 
 /// The block's feed-forward part: Linear -> GELU (exact) -> Linear.
@@ -87,7 +107,7 @@ pub struct Mlp {
 impl Mlp {
     /// `[B, N, D]` -> `[B, N, D]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.fc2.forward(gelu(self.fc1.forward(x)))
+        self.fc2.forward(cpu_kernels::gelu(self.fc1.forward(x)))
     }
 }
 
@@ -158,10 +178,6 @@ impl Block {
         let h = self.attn.num_heads;
         let hd = d / h;
         let groups = count.min(h);
-        let options = AttentionModuleOptions {
-            scale: Some((hd as f64).powf(-0.5)),
-            ..Default::default()
-        };
         // [B, N, D]: each group's heads side by side, as the whole attention lays them out.
         let heads = Tensor::cat(
             pieces.run(groups, &|i| {
@@ -172,7 +188,7 @@ impl Block {
                         .reshape([b, n, len, hd])
                         .swap_dims(1, 2)
                 };
-                attention(part(0), part(1), part(2), None, None, options)
+                attend(part(0), part(1), part(2))
                     .swap_dims(1, 2)
                     .reshape([b, n, len * hd])
             }),

@@ -1,0 +1,62 @@
+//! The widest vector instructions the CPU has, chosen at run time, for loops the compiler
+//! vectorises.
+//!
+//! The release build targets baseline x86-64 (SSE2, 4 floats per instruction), so that the
+//! binary runs on every x86-64 machine. [`widest`] compiles a closure a second time for
+//! AVX2 + FMA (8 floats), and with the `x86-v4` feature a third time for AVX-512 (16
+//! floats), and runs the copy the CPU supports. `pulp` (which Burn's matrix products already use for the same purpose) checks
+//! the CPU and holds the `unsafe` of calling code built for features the baseline lacks; this
+//! crate has none. Elsewhere (WebAssembly with SIMD, ARM with NEON) the closure runs as
+//! compiled.
+
+#[cfg(all(target_arch = "x86_64", feature = "x86-v4"))]
+pulp::simd_type! {
+    /// AVX-512 (foundation) with AVX2 and FMA: 16 floats per instruction.
+    struct Avx512 {
+        sse: "sse",
+        sse2: "sse2",
+        sse3: "sse3",
+        ssse3: "ssse3",
+        sse4_1: "sse4.1",
+        sse4_2: "sse4.2",
+        avx: "avx",
+        avx2: "avx2",
+        fma: "fma",
+        avx512f: "avx512f",
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pulp::simd_type! {
+    /// AVX2 with FMA: 8 floats per instruction.
+    struct Avx2 {
+        sse: "sse",
+        sse2: "sse2",
+        sse3: "sse3",
+        ssse3: "ssse3",
+        sse4_1: "sse4.1",
+        sse4_2: "sse4.2",
+        avx: "avx",
+        avx2: "avx2",
+        fma: "fma",
+    }
+}
+
+/// `f.call()`, compiled for the widest vector unit this CPU has. `f` is a small struct
+/// whose `call` is `#[inline(always)]`, as are the functions its loops call, so that all of
+/// it is compiled into each copy (LLVM may keep a large closure out of line, and then at the
+/// baseline width).
+#[inline(always)]
+pub(crate) fn widest<F: pulp::NullaryFnOnce>(f: F) -> F::Output {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[cfg(feature = "x86-v4")]
+        if let Some(simd) = Avx512::try_new() {
+            return simd.vectorize(f);
+        }
+        if let Some(simd) = Avx2::try_new() {
+            return simd.vectorize(f);
+        }
+    }
+    f.call()
+}
