@@ -16,6 +16,7 @@ use rand::{Rng, RngExt};
 
 use crate::config::ViewConfig;
 use crate::image::GreyImage;
+use crate::simd;
 
 /// A crop rectangle in source pixels: top-left corner and size.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -204,7 +205,58 @@ const ROW_BLOCK: usize = 8;
 /// [`ROW_BLOCK`] output rows at once from a column-interleaved copy of their vertical sums,
 /// so that each tap is one vector operation across the rows. Every output pixel still sums
 /// its taps in order from the first, so the result does not depend on the blocking.
+///
+/// Both passes run at the CPU's widest vector width ([`simd::widest`]); each output pixel's
+/// arithmetic is the same at every width (no fused multiply-adds), so the result is too.
 fn resample<T: Copy>(
+    source: (&[T], usize, usize),
+    value: impl Fn(T) -> f32,
+    gain: f32,
+    crop: CropBox,
+    out: (usize, usize),
+    flip: bool,
+) -> Vec<f32> {
+    simd::widest(Resample {
+        source,
+        value,
+        gain,
+        crop,
+        out,
+        flip,
+    })
+}
+
+/// [`resample`]'s arguments, as a call that [`simd::widest`] inlines into each of its
+/// copies.
+struct Resample<'a, T, V> {
+    source: (&'a [T], usize, usize),
+    value: V,
+    gain: f32,
+    crop: CropBox,
+    out: (usize, usize),
+    flip: bool,
+}
+
+impl<T: Copy, V: Fn(T) -> f32> pulp::NullaryFnOnce for Resample<'_, T, V> {
+    type Output = Vec<f32>;
+
+    #[inline(always)]
+    fn call(self) -> Vec<f32> {
+        let Self {
+            source,
+            value,
+            gain,
+            crop,
+            out,
+            flip,
+        } = self;
+        resample_at_this_width(source, value, gain, crop, out, flip)
+    }
+}
+
+/// [`resample`]'s body, compiled into each of [`simd::widest`]'s copies.
+#[inline(always)]
+fn resample_at_this_width<T: Copy>(
     (pixels, width, height): (&[T], usize, usize),
     value: impl Fn(T) -> f32,
     gain: f32,
