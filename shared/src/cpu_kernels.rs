@@ -6,8 +6,9 @@
 //! `erff` and `expf`; profiled on ViT-Tiny inference they took about 40 % of the time
 //! (BENCHMARKS.md). These kernels take the tensor's buffer out of the backend (no copy for
 //! a tensor that nothing else holds), work on it in place, and give it back. They are used
-//! only on the CPU backend without autodiff ([`on_host`]); training, and every other
-//! device, keep Burn's own operations and their backward passes.
+//! on the CPU backend without autodiff ([`on_host`]); in training on the CPU the GELU's
+//! slope is computed here and Burn differentiates a product with it ([`gelu`]); every
+//! other device keeps Burn's own operations.
 //!
 //! Accuracy: [`exp`] is within 2 ulp of the exact value over the range softmax uses
 //! (arguments at most 0), [`erf`] within 6e-7 of the exact value (Abramowitz and Stegun
@@ -27,12 +28,66 @@ pub fn on_host(device: &Device) -> bool {
 }
 
 /// The exact GELU, `x Φ(x)`, of any tensor: [`gelu_in_place`] on the CPU backend without
-/// autodiff, Burn's `gelu` elsewhere.
+/// autodiff; on the CPU backend with autodiff, [`gelu_linearised`]'s slope and offset
+/// around two of Burn's differentiable operations; Burn's `gelu` elsewhere.
+///
+/// With autodiff the result is `x * slope - offset`, where `slope = Φ(x) + x φ(x)` (the
+/// GELU's derivative) and `offset = x² φ(x)` are computed on the host and enter the graph as
+/// constants: the value is `x Φ(x)`, and the gradient `slope` is the exact GELU's. Burn's
+/// own GELU and its backward pass call a scalar `erf` (and `exp`) per element twice.
 pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    if !on_host(&x.device()) || x.dtype() != DType::F32 {
+    let device = x.device();
+    if x.dtype() != DType::F32 || !on_host(&device.clone().without_autodiff()) {
         return activation::gelu(x);
     }
-    in_place(x, gelu_in_place)
+    if !device.is_autodiff() {
+        return in_place(x, gelu_in_place);
+    }
+    let dims = x.dims();
+    let mut slope: TensorData = x.clone().detach().into_data();
+    let mut offset = vec![0.0f32; slope.num_elements()];
+    match slope.as_mut_slice::<f32>() {
+        Ok(values) => gelu_linearised(values, &mut offset),
+        Err(e) => unreachable!("an f32 tensor's data holds f32 values: {e:?}"),
+    }
+    let slope = Tensor::from_data(slope, &device);
+    let offset = Tensor::from_data(TensorData::new(offset, dims), &device);
+    x * slope - offset
+}
+
+/// Each value `x` of `values` replaced by the exact GELU's slope `Φ(x) + x φ(x)`, and
+/// `offsets` (as long) set to `x² φ(x)`: `x * slope - offset` is `x Φ(x)`. `φ` is the
+/// standard normal density, `Φ` its distribution function.
+///
+/// # Panics
+/// When the two slices differ in length.
+pub fn gelu_linearised(values: &mut [f32], offsets: &mut [f32]) {
+    assert_eq!(values.len(), offsets.len(), "one offset per value");
+    simd::widest(GeluLinearised { values, offsets })
+}
+
+/// [`gelu_linearised`]'s work, as a call that [`simd::widest`] inlines into each of its
+/// copies.
+struct GeluLinearised<'a> {
+    values: &'a mut [f32],
+    offsets: &'a mut [f32],
+}
+
+impl pulp::NullaryFnOnce for GeluLinearised<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn call(self) {
+        // 1 / sqrt(2 pi)
+        const INV_SQRT_2PI: f32 = 0.398_942_3;
+        for (v, o) in self.values.iter_mut().zip(self.offsets.iter_mut()) {
+            let x = *v;
+            let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+            let xpdf = x * INV_SQRT_2PI * exp(-0.5 * x * x);
+            *v = cdf + xpdf;
+            *o = x * xpdf;
+        }
+    }
 }
 
 /// `softmax(scale * x)` over the last axis of `x` `[.., N]`: [`softmax_rows`] on the CPU
@@ -313,7 +368,7 @@ mod tests {
     }
 
     #[test]
-    fn the_tensor_kernels_agree_with_burns_on_the_cpu_and_leave_autodiff_to_burn() {
+    fn the_tensor_kernels_agree_with_burns_on_the_cpu_with_and_without_autodiff() {
         let device = Device::flex();
         assert!(on_host(&device));
         assert!(!on_host(&device.clone().autodiff()));
@@ -337,17 +392,35 @@ mod tests {
         x.into_data()
             .assert_approx_eq::<f32>(&before, Tolerance::absolute(0.0));
 
-        // With autodiff the gradient comes through Burn's own operations.
+        // With autodiff on the CPU: the exact GELU's value and gradient (against f64), and
+        // what Burn's own GELU gives.
         let ad = device.autodiff();
-        let leaf = Tensor::<2>::from_data([[0.5f32, -1.0, 2.0]], &ad).require_grad();
-        let grads = gelu(leaf.clone()).sum().backward();
+        let xs: Vec<f32> = grid(-12.0, 12.0, 4801).collect();
+        let leaf =
+            Tensor::<2>::from_data(TensorData::new(xs.clone(), [1, xs.len()]), &ad).require_grad();
+        let y = gelu(leaf.clone());
+        let values = y.clone().into_data().to_vec::<f32>().unwrap();
+        let grads = y.sum().backward();
         let g = leaf.grad(&grads).expect("a gradient").into_data();
+        let slopes = g.to_vec::<f32>().unwrap();
         let pdf = |x: f64| (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
         let cdf = |x: f64| 0.5 * (1.0 + libm::erf(x / std::f64::consts::SQRT_2));
-        let want: Vec<f32> = [0.5f64, -1.0, 2.0]
-            .iter()
-            .map(|&x| (cdf(x) + x * pdf(x)) as f32)
-            .collect();
-        g.assert_approx_eq::<f32>(&TensorData::new(want, [1, 3]), Tolerance::absolute(1e-5));
+        for ((&x, &v), &s) in xs.iter().zip(&values).zip(&slopes) {
+            let x64 = x as f64;
+            let tol = 1e-6 * x64.abs().max(1.0);
+            assert!((v as f64 - x64 * cdf(x64)).abs() <= tol, "gelu({x}) = {v}");
+            let slope = cdf(x64) + x64 * pdf(x64);
+            assert!(
+                (s as f64 - slope).abs() <= 1e-6,
+                "gelu'({x}) = {s}, exact {slope}"
+            );
+        }
+        let burn_leaf =
+            Tensor::<2>::from_data(TensorData::new(xs.clone(), [1, xs.len()]), &ad).require_grad();
+        let burn_grads = activation::gelu(burn_leaf.clone()).sum().backward();
+        g.assert_approx_eq::<f32>(
+            &burn_leaf.grad(&burn_grads).expect("a gradient").into_data(),
+            Tolerance::absolute(1e-6),
+        );
     }
 }
