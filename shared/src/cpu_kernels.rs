@@ -399,10 +399,10 @@ mod tests {
         let leaf =
             Tensor::<2>::from_data(TensorData::new(xs.clone(), [1, xs.len()]), &ad).require_grad();
         let y = gelu(leaf.clone());
-        let values = y.clone().into_data().to_vec::<f32>().unwrap();
+        let values = y.clone().into_data().try_to_vec::<f32>().unwrap();
         let grads = y.sum().backward();
         let g = leaf.grad(&grads).expect("a gradient").into_data();
-        let slopes = g.to_vec::<f32>().unwrap();
+        let slopes = g.try_to_vec::<f32>().unwrap();
         let pdf = |x: f64| (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
         let cdf = |x: f64| 0.5 * (1.0 + libm::erf(x / std::f64::consts::SQRT_2));
         for ((&x, &v), &s) in xs.iter().zip(&values).zip(&slopes) {
