@@ -6,9 +6,9 @@
 //! `erff` and `expf`; profiled on ViT-Tiny inference they took about 40 % of the time
 //! (BENCHMARKS.md). These kernels take the tensor's buffer out of the backend (no copy for
 //! a tensor that nothing else holds), work on it in place, and give it back. They are used
-//! on the CPU backend without autodiff ([`on_host`]); in training on the CPU the GELU's
-//! slope is computed here and Burn differentiates a product with it ([`gelu`]); every
-//! other device keeps Burn's own operations.
+//! on the CPU backend for tensors outside an autodiff graph ([`route`]); in a graph on the
+//! CPU the GELU's slope is computed here and Burn differentiates a product with it
+//! ([`gelu`]); every other device keeps Burn's own operations.
 //!
 //! Accuracy: [`exp`] is within 2 ulp of the exact value over the range softmax uses
 //! (arguments at most 0), [`erf`] within 6e-7 of the exact value (Abramowitz and Stegun
@@ -21,38 +21,61 @@ use burn::tensor::{DType, Device, Tensor, TensorData};
 
 use crate::simd;
 
-/// Whether tensors on `device` are computed by the kernels here: the CPU backend, without
-/// autodiff.
-pub fn on_host(device: &Device) -> bool {
-    matches!(device.as_dispatch(), DispatchDevice::Flex(_))
+/// Where an operation on a tensor is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// By Burn's own operations: another device, or values that are not f32.
+    Burn,
+    /// By the kernels here, on the values in place: the CPU backend, and either no autodiff
+    /// or a tensor outside any graph (a target or teacher branch, say).
+    Host,
+    /// A tensor in an autodiff graph on the CPU backend: the kernels here compute what
+    /// Burn's differentiable operations need ([`gelu`]), or Burn does it all.
+    Graph,
 }
 
-/// The exact GELU, `x Φ(x)`, of any tensor: [`gelu_in_place`] on the CPU backend without
-/// autodiff; on the CPU backend with autodiff, [`gelu_linearised`]'s slope and offset
-/// around two of Burn's differentiable operations; Burn's `gelu` elsewhere.
+/// How operations on `x` are computed ([`Route`]).
+pub fn route<const D: usize>(x: &Tensor<D>) -> Route {
+    let device = x.device();
+    let cpu = matches!(
+        device.clone().without_autodiff().as_dispatch(),
+        DispatchDevice::Flex(_)
+    );
+    if !cpu || x.dtype() != DType::F32 {
+        Route::Burn
+    } else if device.is_autodiff() && x.is_tracked() {
+        Route::Graph
+    } else {
+        Route::Host
+    }
+}
+
+/// The exact GELU, `x Φ(x)`, of any tensor: [`gelu_in_place`] on the [`Route::Host`];
+/// in a graph on the CPU, [`gelu_linearised`]'s slope and offset around two of Burn's
+/// differentiable operations; Burn's `gelu` elsewhere.
 ///
-/// With autodiff the result is `x * slope - offset`, where `slope = Φ(x) + x φ(x)` (the
+/// In a graph the result is `x * slope - offset`, where `slope = Φ(x) + x φ(x)` (the
 /// GELU's derivative) and `offset = x² φ(x)` are computed on the host and enter the graph as
 /// constants: the value is `x Φ(x)`, and the gradient `slope` is the exact GELU's. Burn's
 /// own GELU and its backward pass call a scalar `erf` (and `exp`) per element twice.
 pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    let device = x.device();
-    if x.dtype() != DType::F32 || !on_host(&device.clone().without_autodiff()) {
-        return activation::gelu(x);
+    match route(&x) {
+        Route::Burn => activation::gelu(x),
+        Route::Host => in_place(x, gelu_in_place),
+        Route::Graph => {
+            let device = x.device();
+            let dims = x.dims();
+            let mut slope: TensorData = x.clone().detach().into_data();
+            let mut offset = vec![0.0f32; slope.num_elements()];
+            match slope.as_mut_slice::<f32>() {
+                Ok(values) => gelu_linearised(values, &mut offset),
+                Err(e) => unreachable!("an f32 tensor's data holds f32 values: {e:?}"),
+            }
+            let slope = Tensor::from_data(slope, &device);
+            let offset = Tensor::from_data(TensorData::new(offset, dims), &device);
+            x * slope - offset
+        }
     }
-    if !device.is_autodiff() {
-        return in_place(x, gelu_in_place);
-    }
-    let dims = x.dims();
-    let mut slope: TensorData = x.clone().detach().into_data();
-    let mut offset = vec![0.0f32; slope.num_elements()];
-    match slope.as_mut_slice::<f32>() {
-        Ok(values) => gelu_linearised(values, &mut offset),
-        Err(e) => unreachable!("an f32 tensor's data holds f32 values: {e:?}"),
-    }
-    let slope = Tensor::from_data(slope, &device);
-    let offset = Tensor::from_data(TensorData::new(offset, dims), &device);
-    x * slope - offset
 }
 
 /// Each value `x` of `values` replaced by the exact GELU's slope `Φ(x) + x φ(x)`, and
@@ -90,25 +113,29 @@ impl pulp::NullaryFnOnce for GeluLinearised<'_> {
     }
 }
 
-/// `softmax(scale * x)` over the last axis of `x` `[.., N]`: [`softmax_rows`] on the CPU
-/// backend without autodiff, Burn's ops elsewhere.
+/// `softmax(scale * x)` over the last axis of `x` `[.., N]`: [`softmax_rows`] on the
+/// [`Route::Host`], Burn's ops elsewhere.
 pub fn scaled_softmax<const D: usize>(x: Tensor<D>, scale: f32) -> Tensor<D> {
-    if !on_host(&x.device()) || x.dtype() != DType::F32 {
+    if route(&x) != Route::Host {
         return activation::softmax(x.mul_scalar(scale), D - 1);
     }
     let n = x.dims()[D - 1];
     in_place(x, |values| softmax_rows(values, n, scale))
 }
 
-/// `f` applied to the values of `x` in place (row-major), on the host.
+/// `f` applied to the values of `x` in place (row-major), on the host; the result is on
+/// `x`'s device (outside any graph).
 fn in_place<const D: usize>(x: Tensor<D>, f: impl FnOnce(&mut [f32])) -> Tensor<D> {
+    let autodiff = x.is_autodiff();
+    let x = x.without_autodiff();
     let device = x.device();
     let mut data: TensorData = x.into_data();
     match data.as_mut_slice::<f32>() {
         Ok(values) => f(values),
         Err(e) => unreachable!("an f32 tensor's data holds f32 values: {e:?}"),
     }
-    Tensor::from_data(data, &device)
+    let y = Tensor::from_data(data, &device);
+    if autodiff { y.autodiff() } else { y }
 }
 
 /// Values per block of the vectorised loops: 16 lanes cover one AVX-512 register, four SSE
@@ -370,10 +397,19 @@ mod tests {
     #[test]
     fn the_tensor_kernels_agree_with_burns_on_the_cpu_with_and_without_autodiff() {
         let device = Device::flex();
-        assert!(on_host(&device));
-        assert!(!on_host(&device.clone().autodiff()));
         device.seed(1);
         let x = Tensor::<4>::random([2, 3, 7, 19], Distribution::Normal(0.0, 3.0), &device);
+        assert_eq!(route(&x), Route::Host);
+        let ad = x.clone().autodiff();
+        assert_eq!(route(&ad), Route::Host, "outside a graph");
+        assert_eq!(route(&ad.clone().require_grad()), Route::Graph);
+        // Outside a graph on the autodiff device: the host kernels, and the result stays on
+        // that device.
+        let untracked = gelu(ad.clone());
+        assert!(untracked.is_autodiff());
+        untracked
+            .into_data()
+            .assert_approx_eq::<f32>(&activation::gelu(ad).into_data(), Tolerance::absolute(1e-6));
         let tol = Tolerance::absolute(1e-6);
         gelu(x.clone())
             .into_data()

@@ -21,7 +21,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::config::VitConfig;
-use crate::cpu_kernels;
+use crate::cpu_kernels::{self, Route};
 use crate::error::ShapeError;
 use crate::init::{deit_linear, normal_002};
 
@@ -73,18 +73,18 @@ impl Attention {
 fn attention_weights(q: Tensor<4>, k: Tensor<4>) -> Tensor<4> {
     let hd = q.dims()[3];
     let scale = (hd as f64).powf(-0.5);
-    if cpu_kernels::on_host(&q.device()) {
+    if cpu_kernels::route(&q) == Route::Host {
         return cpu_kernels::scaled_softmax(q.matmul(k.swap_dims(2, 3)), scale as f32);
     }
     softmax(q.mul_scalar(scale).matmul(k.swap_dims(2, 3)), 3)
 }
 
 /// Scaled dot-product attention `softmax(q k^T / sqrt(hd)) v`: `[B, H, N, hd]` each ->
-/// `[B, H, N, hd]`. On the CPU backend without autodiff, two matrix products around
-/// [`cpu_kernels::scaled_softmax`]; elsewhere the backend's fused kernel (the same composed
-/// operations on autodiff backends).
+/// `[B, H, N, hd]`. On the CPU backend outside an autodiff graph ([`Route::Host`]), two
+/// matrix products around [`cpu_kernels::scaled_softmax`]; elsewhere the backend's fused
+/// kernel (the same composed operations on autodiff backends).
 fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
-    if cpu_kernels::on_host(&q.device()) {
+    if cpu_kernels::route(&q) == Route::Host {
         return attention_weights(q, k).matmul(v);
     }
     let hd = q.dims()[3];
