@@ -17,7 +17,7 @@
 
 use burn::backend::DispatchDevice;
 use burn::tensor::activation;
-use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 
 use crate::simd;
 
@@ -305,7 +305,7 @@ pub fn erf(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::{Distribution, Tolerance};
+    use burn::tensor::{Device, Distribution, Tolerance};
 
     /// `n` evenly spaced points from `lo` to `hi`, both included.
     fn grid(lo: f64, hi: f64, n: usize) -> impl Iterator<Item = f32> {
