@@ -11,32 +11,16 @@
 
 #[cfg(all(target_arch = "x86_64", feature = "x86-v4"))]
 pulp::simd_type! {
-    /// AVX-512 (foundation) with AVX2 and FMA: 16 floats per instruction.
+    /// AVX-512 (foundation, which implies AVX2 and FMA): 16 floats per instruction.
     struct Avx512 {
-        sse: "sse",
-        sse2: "sse2",
-        sse3: "sse3",
-        ssse3: "ssse3",
-        sse4_1: "sse4.1",
-        sse4_2: "sse4.2",
-        avx: "avx",
-        avx2: "avx2",
-        fma: "fma",
         avx512f: "avx512f",
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 pulp::simd_type! {
-    /// AVX2 with FMA: 8 floats per instruction.
+    /// AVX2 (which implies AVX and SSE4.2) with FMA: 8 floats per instruction.
     struct Avx2 {
-        sse: "sse",
-        sse2: "sse2",
-        sse3: "sse3",
-        ssse3: "ssse3",
-        sse4_1: "sse4.1",
-        sse4_2: "sse4.2",
-        avx: "avx",
         avx2: "avx2",
         fma: "fma",
     }

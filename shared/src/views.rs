@@ -150,14 +150,15 @@ pub fn resize_crop(
     out_h: usize,
     flip: bool,
 ) -> GreyImage {
-    let pixels = resample(
-        (&img.pixels, img.width, img.height),
-        |p| p,
-        1.0,
+    let pixels = Resample {
+        source: (&img.pixels, img.width, img.height),
+        value: |p| p,
+        gain: 1.0,
         crop,
-        (out_w, out_h),
+        out: (out_w, out_h),
         flip,
-    );
+    }
+    .run();
     GreyImage {
         width: out_w,
         height: out_h,
@@ -176,14 +177,15 @@ pub fn downscale_grey8(samples: &[u8], width: usize, height: usize, shorter: usi
         width: width as f64,
         height: height as f64,
     };
-    let pixels = resample(
-        (samples, width, height),
-        f32::from,
-        1.0 / 255.0,
-        whole,
-        (out_w, out_h),
-        false,
-    );
+    let pixels = Resample {
+        source: (samples, width, height),
+        value: f32::from,
+        gain: 1.0 / 255.0,
+        crop: whole,
+        out: (out_w, out_h),
+        flip: false,
+    }
+    .run();
     GreyImage {
         width: out_w,
         height: out_h,
@@ -191,12 +193,12 @@ pub fn downscale_grey8(samples: &[u8], width: usize, height: usize, shorter: usi
     }
 }
 
-/// Output rows the horizontal pass of [`resample`] computes together, one per SIMD lane.
+/// Output rows the horizontal pass of [`Resample`] computes together, one per SIMD lane.
 const ROW_BLOCK: usize = 8;
 
-/// The separable resampling behind [`resize_crop`] and [`downscale_grey8`]: the source is
-/// `(samples, width, height)`, each sample read as `value(sample)`; every output pixel is
-/// multiplied by `gain`.
+/// The separable resampling behind [`resize_crop`] and [`downscale_grey8`]: the `crop` of
+/// the source resampled to `out` pixels, mirrored left-right when `flip` is set
+/// ([`Self::run`]).
 ///
 /// The vertical pass comes first, one output row at a time, over the source columns the
 /// horizontal pass reads: a weighted sum of whole row spans, which the compiler vectorises,
@@ -208,108 +210,87 @@ const ROW_BLOCK: usize = 8;
 ///
 /// Both passes run at the CPU's widest vector width ([`simd::widest`]); each output pixel's
 /// arithmetic is the same at every width (no fused multiply-adds), so the result is too.
-fn resample<T: Copy>(
-    source: (&[T], usize, usize),
-    value: impl Fn(T) -> f32,
+struct Resample<'a, T, V> {
+    /// `(samples, width, height)`, row-major.
+    source: (&'a [T], usize, usize),
+    /// Reads a sample as a float.
+    value: V,
+    /// What every output pixel is multiplied by.
     gain: f32,
     crop: CropBox,
+    /// `(width, height)` of the output.
     out: (usize, usize),
     flip: bool,
-) -> Vec<f32> {
-    simd::widest(Resample {
-        source,
-        value,
-        gain,
-        crop,
-        out,
-        flip,
-    })
 }
 
-/// [`resample`]'s arguments, as a call that [`simd::widest`] inlines into each of its
-/// copies.
-struct Resample<'a, T, V> {
-    source: (&'a [T], usize, usize),
-    value: V,
-    gain: f32,
-    crop: CropBox,
-    out: (usize, usize),
-    flip: bool,
+impl<T: Copy, V: Fn(T) -> f32> Resample<'_, T, V> {
+    /// The output pixels, row-major.
+    fn run(self) -> Vec<f32> {
+        simd::widest(self)
+    }
 }
 
 impl<T: Copy, V: Fn(T) -> f32> pulp::NullaryFnOnce for Resample<'_, T, V> {
     type Output = Vec<f32>;
 
+    /// The body, inlined into each of [`simd::widest`]'s copies.
     #[inline(always)]
     fn call(self) -> Vec<f32> {
         let Self {
-            source,
+            source: (pixels, width, height),
             value,
             gain,
             crop,
-            out,
+            out: (out_w, out_h),
             flip,
         } = self;
-        resample_at_this_width(source, value, gain, crop, out, flip)
-    }
-}
-
-/// [`resample`]'s body, compiled into each of [`simd::widest`]'s copies.
-#[inline(always)]
-fn resample_at_this_width<T: Copy>(
-    (pixels, width, height): (&[T], usize, usize),
-    value: impl Fn(T) -> f32,
-    gain: f32,
-    crop: CropBox,
-    (out_w, out_h): (usize, usize),
-    flip: bool,
-) -> Vec<f32> {
-    let cols = Taps::new(width, crop.x, crop.width, out_w);
-    let rows = Taps::new(height, crop.y, crop.height, out_h);
-    let taps = cols.taps;
-    let col_lo = cols.first.first().copied().unwrap_or(0);
-    let col_end = cols.first.last().map_or(0, |lo| lo + taps);
-    let span = col_end.min(width).saturating_sub(col_lo);
-    let mut row = vec![0.0f32; span];
-    // `interleaved[c * ROW_BLOCK + r]`: row r's vertical sum at column `col_lo + c`. Padded
-    // taps past the image's right edge read its zero tail (with zero weight).
-    let mut interleaved = vec![0.0f32; ROW_BLOCK * col_end.saturating_sub(col_lo)];
-    let mut out = vec![0.0f32; out_w * out_h];
-    let block_len = ROW_BLOCK * out_w.max(1);
-    for (b, out_rows) in out.chunks_mut(block_len).enumerate() {
-        let n = out_rows.len() / out_w.max(1);
-        for r in 0..n {
-            let y = b * ROW_BLOCK + r;
-            let lo = rows.first[y];
-            row.fill(0.0);
-            // Padded taps past the bottom edge have zero weight: skip them.
-            for (k, &w) in rows.of(y).iter().enumerate().take(height - lo) {
-                let start = (lo + k) * width + col_lo;
-                for (d, s) in row.iter_mut().zip(&pixels[start..start + span]) {
-                    *d += w * value(*s);
+        let cols = Taps::new(width, crop.x, crop.width, out_w);
+        let rows = Taps::new(height, crop.y, crop.height, out_h);
+        let taps = cols.taps;
+        let col_lo = cols.first.first().copied().unwrap_or(0);
+        let col_end = cols.first.last().map_or(0, |lo| lo + taps);
+        let span = col_end.min(width).saturating_sub(col_lo);
+        let mut row = vec![0.0f32; span];
+        // `interleaved[c * ROW_BLOCK + r]`: row r's vertical sum at column `col_lo + c`. Padded
+        // taps past the image's right edge read its zero tail (with zero weight).
+        let mut interleaved = vec![0.0f32; ROW_BLOCK * col_end.saturating_sub(col_lo)];
+        let mut out = vec![0.0f32; out_w * out_h];
+        let block_len = ROW_BLOCK * out_w.max(1);
+        for (b, out_rows) in out.chunks_mut(block_len).enumerate() {
+            let n = out_rows.len() / out_w.max(1);
+            for r in 0..n {
+                let y = b * ROW_BLOCK + r;
+                let lo = rows.first[y];
+                row.fill(0.0);
+                // Padded taps past the bottom edge have zero weight: skip them.
+                for (k, &w) in rows.of(y).iter().enumerate().take(height - lo) {
+                    let start = (lo + k) * width + col_lo;
+                    for (d, s) in row.iter_mut().zip(&pixels[start..start + span]) {
+                        *d += w * value(*s);
+                    }
+                }
+                for (c, v) in row.iter().enumerate() {
+                    interleaved[c * ROW_BLOCK + r] = *v;
                 }
             }
-            for (c, v) in row.iter().enumerate() {
-                interleaved[c * ROW_BLOCK + r] = *v;
-            }
-        }
-        // Rows n.. of a last, partial block hold stale sums; their outputs are not kept.
-        for x in 0..out_w {
-            let mut sums = [0.0f32; ROW_BLOCK];
-            let base = (cols.first[x] - col_lo) * ROW_BLOCK;
-            let columns = interleaved[base..base + taps * ROW_BLOCK].chunks_exact(ROW_BLOCK);
-            for (column, w) in columns.zip(cols.of(x)) {
-                for (s, p) in sums.iter_mut().zip(column) {
-                    *s += w * p;
+            // Rows n.. of a last, partial block hold stale sums; their outputs are not kept.
+            for x in 0..out_w {
+                let mut sums = [0.0f32; ROW_BLOCK];
+                let base = (cols.first[x] - col_lo) * ROW_BLOCK;
+                let columns = interleaved[base..base + taps * ROW_BLOCK].chunks_exact(ROW_BLOCK);
+                for (column, w) in columns.zip(cols.of(x)) {
+                    for (s, p) in sums.iter_mut().zip(column) {
+                        *s += w * p;
+                    }
+                }
+                let out_x = if flip { out_w - 1 - x } else { x };
+                for (r, s) in sums.iter().take(n).enumerate() {
+                    out_rows[r * out_w + out_x] = s * gain;
                 }
             }
-            let out_x = if flip { out_w - 1 - x } else { x };
-            for (r, s) in sums.iter().take(n).enumerate() {
-                out_rows[r * out_w + out_x] = s * gain;
-            }
         }
+        out
     }
-    out
 }
 
 /// One RandomResizedCrop view: crop box, flip with probability `flip_p`, resize to `size`.
