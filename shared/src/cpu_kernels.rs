@@ -357,6 +357,70 @@ mod tests {
         }
     }
 
+    /// A kernel's work on its own copy of the values, so that it can run once per width.
+    #[derive(Clone)]
+    struct OnCopy {
+        values: Vec<f32>,
+        softmax_row: Option<usize>,
+    }
+
+    impl pulp::NullaryFnOnce for OnCopy {
+        type Output = (Vec<f32>, Vec<f32>);
+
+        #[inline(always)]
+        fn call(mut self) -> Self::Output {
+            let mut offsets = vec![0.0; self.values.len()];
+            match self.softmax_row {
+                Some(row) => SoftmaxRows {
+                    values: &mut self.values,
+                    row,
+                    scale: 0.3,
+                }
+                .call(),
+                None => {
+                    let mut gelu = self.values.clone();
+                    Gelu(&mut gelu).call();
+                    GeluLinearised {
+                        values: &mut self.values,
+                        offsets: &mut offsets,
+                    }
+                    .call();
+                    offsets.extend(gelu);
+                }
+            }
+            (self.values, offsets)
+        }
+    }
+
+    #[test]
+    fn every_vector_width_gives_the_same_bits() {
+        let values: Vec<f32> = grid(-9.0, 9.0, 4099).collect();
+        for softmax_row in [None, Some(1), Some(17), Some(4099)] {
+            let outs = simd::at_every_width(OnCopy {
+                values: values.clone(),
+                softmax_row,
+            });
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                assert!(outs.len() >= 2, "the AVX2 copy ran too");
+            }
+            for out in &outs[1..] {
+                assert!(
+                    out.0
+                        .iter()
+                        .zip(&outs[0].0)
+                        .all(|(a, b)| a.to_bits() == b.to_bits())
+                        && out
+                            .1
+                            .iter()
+                            .zip(&outs[0].1)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "softmax rows {softmax_row:?}: a width differs from the baseline"
+                );
+            }
+        }
+    }
+
     #[test]
     fn softmax_rows_match_a_direct_f64_softmax() {
         let mut state = 12345u64;

@@ -44,3 +44,21 @@ pub(crate) fn widest<F: pulp::NullaryFnOnce>(f: F) -> F::Output {
     }
     f.call()
 }
+
+/// `f.call()` at every width this CPU has, the baseline first: what tests compare.
+#[cfg(test)]
+pub(crate) fn at_every_width<F: pulp::NullaryFnOnce + Clone>(f: F) -> Vec<F::Output> {
+    #[allow(unused_mut)] // only the baseline off x86-64
+    let mut outs = vec![f.clone().call()];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if let Some(simd) = Avx2::try_new() {
+            outs.push(simd.vectorize(f.clone()));
+        }
+        #[cfg(feature = "x86-v4")]
+        if let Some(simd) = Avx512::try_new() {
+            outs.push(simd.vectorize(f));
+        }
+    }
+    outs
+}
