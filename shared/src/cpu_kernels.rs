@@ -1,14 +1,14 @@
-//! Element-wise kernels for inference on the CPU backend: the exact GELU and the attention
-//! softmax, written as branch-free loops that the compiler vectorises (at the CPU's widest
-//! width, [`crate::simd`]).
+//! Element-wise kernels for the CPU backend: the exact GELU (and its slope, for training)
+//! and the attention softmax, written as branch-free loops that the compiler vectorises (at
+//! the CPU's widest width, [`crate::simd`]).
 //!
 //! Burn's CPU backend (flex) computes both one element at a time through libm's scalar
 //! `erff` and `expf`; profiled on ViT-Tiny inference they took about 40 % of the time
 //! (BENCHMARKS.md). These kernels take the tensor's buffer out of the backend (no copy for
 //! a tensor that nothing else holds), work on it in place, and give it back. They are used
-//! on the CPU backend for tensors outside an autodiff graph ([`route`]); in a graph on the
-//! CPU the GELU's slope is computed here and Burn differentiates a product with it
-//! ([`gelu`]); every other device keeps Burn's own operations.
+//! on the CPU backend without autodiff ([`route`]); with autodiff on the CPU the GELU's
+//! slope is computed here and Burn differentiates a product with it ([`gelu`]); every
+//! other device keeps Burn's own operations.
 //!
 //! Accuracy: [`exp`] is within 2 ulp of the exact value over the range softmax uses
 //! (arguments at most 0), [`erf`] within 6e-7 of the exact value (Abramowitz and Stegun
@@ -26,11 +26,10 @@ use crate::simd;
 pub enum Route {
     /// By Burn's own operations: another device, or values that are not f32.
     Burn,
-    /// By the kernels here, on the values in place: the CPU backend, and either no autodiff
-    /// or a tensor outside any graph (a target or teacher branch, say).
+    /// By the kernels here, on the values in place: the CPU backend without autodiff.
     Host,
-    /// A tensor in an autodiff graph on the CPU backend: the kernels here compute what
-    /// Burn's differentiable operations need ([`gelu`]), or Burn does it all.
+    /// The CPU backend with autodiff: the kernels here compute what Burn's differentiable
+    /// operations need ([`gelu`]), or Burn does it all.
     Graph,
 }
 
@@ -43,7 +42,7 @@ pub fn route<const D: usize>(x: &Tensor<D>) -> Route {
     );
     if !cpu || x.dtype() != DType::F32 {
         Route::Burn
-    } else if device.is_autodiff() && x.is_tracked() {
+    } else if device.is_autodiff() {
         Route::Graph
     } else {
         Route::Host
@@ -123,19 +122,15 @@ pub fn scaled_softmax<const D: usize>(x: Tensor<D>, scale: f32) -> Tensor<D> {
     in_place(x, |values| softmax_rows(values, n, scale))
 }
 
-/// `f` applied to the values of `x` in place (row-major), on the host; the result is on
-/// `x`'s device (outside any graph).
+/// `f` applied to the values of `x` in place (row-major), on the host.
 fn in_place<const D: usize>(x: Tensor<D>, f: impl FnOnce(&mut [f32])) -> Tensor<D> {
-    let autodiff = x.is_autodiff();
-    let x = x.without_autodiff();
     let device = x.device();
     let mut data: TensorData = x.into_data();
     match data.as_mut_slice::<f32>() {
         Ok(values) => f(values),
         Err(e) => unreachable!("an f32 tensor's data holds f32 values: {e:?}"),
     }
-    let y = Tensor::from_data(data, &device);
-    if autodiff { y.autodiff() } else { y }
+    Tensor::from_data(data, &device)
 }
 
 /// Values per block of the vectorised loops: 16 lanes cover one AVX-512 register, four SSE
@@ -464,16 +459,7 @@ mod tests {
         device.seed(1);
         let x = Tensor::<4>::random([2, 3, 7, 19], Distribution::Normal(0.0, 3.0), &device);
         assert_eq!(route(&x), Route::Host);
-        let ad = x.clone().autodiff();
-        assert_eq!(route(&ad), Route::Host, "outside a graph");
-        assert_eq!(route(&ad.clone().require_grad()), Route::Graph);
-        // Outside a graph on the autodiff device: the host kernels, and the result stays on
-        // that device.
-        let untracked = gelu(ad.clone());
-        assert!(untracked.is_autodiff());
-        untracked
-            .into_data()
-            .assert_approx_eq::<f32>(&activation::gelu(ad).into_data(), Tolerance::absolute(1e-6));
+        assert_eq!(route(&x.clone().autodiff()), Route::Graph);
         let tol = Tolerance::absolute(1e-6);
         gelu(x.clone())
             .into_data()

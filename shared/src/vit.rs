@@ -80,7 +80,7 @@ fn attention_weights(q: Tensor<4>, k: Tensor<4>) -> Tensor<4> {
 }
 
 /// Scaled dot-product attention `softmax(q k^T / sqrt(hd)) v`: `[B, H, N, hd]` each ->
-/// `[B, H, N, hd]`. On the CPU backend outside an autodiff graph ([`Route::Host`]), two
+/// `[B, H, N, hd]`. On the CPU backend without autodiff ([`Route::Host`]), two
 /// matrix products around [`cpu_kernels::scaled_softmax`]; elsewhere the backend's fused
 /// kernel (the same composed operations on autodiff backends).
 fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {

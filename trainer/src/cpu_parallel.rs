@@ -6,8 +6,9 @@
 //! BENCHMARKS.md). Forwarding small parts of the batch from the pool's own threads keeps
 //! every core busy, the matrix products inside still share the pool, and a part's
 //! activations stay in the core's cache. BENCHMARKS.md measures it: ViT-Tiny at batch 32
-//! about twice as fast, with less peak memory. On any other device the batch goes in whole:
-//! a GPU wants the largest batch.
+//! about twice as fast, with less peak memory. A single image, with no batch to split, has
+//! each encoder block cut into pieces over the cores instead ([`encode`], [`OnCores`]). On
+//! any other device the batch goes in whole: a GPU wants the largest batch.
 
 use burn::backend::DispatchDevice;
 use burn::tensor::{Device, Tensor};
