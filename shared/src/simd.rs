@@ -2,12 +2,12 @@
 //! vectorises.
 //!
 //! The release build targets baseline x86-64 (SSE2, 4 floats per instruction), so that the
-//! binary runs on every x86-64 machine. [`widest`] compiles a closure a second time for
-//! AVX2 + FMA (8 floats), and with the `x86-v4` feature a third time for AVX-512 (16
-//! floats), and runs the copy the CPU supports. `pulp` (which Burn's matrix products already use for the same purpose) checks
-//! the CPU and holds the `unsafe` of calling code built for features the baseline lacks; this
-//! crate has none. Elsewhere (WebAssembly with SIMD, ARM with NEON) the closure runs as
-//! compiled.
+//! binary runs on every x86-64 machine. [`widest`] compiles its argument's work a second
+//! time for AVX2 + FMA (8 floats), and with the `x86-v4` feature a third time for AVX-512
+//! (16 floats), and runs the copy the CPU supports. `pulp` (which Burn's matrix products
+//! already use for the same purpose) checks the CPU and holds the `unsafe` of calling code
+//! built for features the baseline lacks; this crate has none. Elsewhere (WebAssembly with
+//! SIMD, ARM with NEON) the work runs as compiled.
 
 #[cfg(all(target_arch = "x86_64", feature = "x86-v4"))]
 pulp::simd_type! {
