@@ -158,8 +158,9 @@ impl pulp::NullaryFnOnce for Gelu<'_> {
     }
 }
 
-/// Each row of `row` values of `values` replaced by `softmax(scale * row)`, subtracting
-/// the row's maximum first as usual. `values.len()` must be a multiple of `row`.
+/// Each row of `row` values of `values` replaced by `softmax(scale * row)` for a positive
+/// `scale`, subtracting the row's maximum first as usual (so that [`exp`] sees arguments
+/// at most 0). `values.len()` must be a multiple of `row`.
 ///
 /// # Panics
 /// When it is not, or when `row` is 0 with values present.
