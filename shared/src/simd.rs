@@ -45,13 +45,20 @@ pub(crate) fn widest<F: pulp::NullaryFnOnce>(f: F) -> F::Output {
     f.call()
 }
 
-/// `f.call()` at every width this CPU has, the baseline first: what tests compare.
+/// `f.call()` at every width this CPU has, the baseline first: what tests compare. On a
+/// CPU with AVX2 and FMA there are at least two, so such a test compares something.
 #[cfg(test)]
 pub(crate) fn at_every_width<F: pulp::NullaryFnOnce + Clone>(f: F) -> Vec<F::Output> {
     #[allow(unused_mut)] // only the baseline off x86-64
     let mut outs = vec![f.clone().call()];
     #[cfg(target_arch = "x86_64")]
     {
+        let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+        assert_eq!(
+            Avx2::try_new().is_some(),
+            avx2,
+            "the AVX2 copy runs where it can"
+        );
         if let Some(simd) = Avx2::try_new() {
             outs.push(simd.vectorize(f.clone()));
         }
