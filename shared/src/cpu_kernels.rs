@@ -16,6 +16,7 @@
 //! rounding. Tests check each against an f64 reference.
 
 use burn::backend::DispatchDevice;
+use burn::nn::LayerNorm;
 use burn::tensor::activation;
 use burn::tensor::{DType, Tensor, TensorData};
 
@@ -49,77 +50,101 @@ pub fn route<const D: usize>(x: &Tensor<D>) -> Route {
     }
 }
 
-/// The exact GELU, `x Φ(x)`, of any tensor: [`gelu_in_place`] on the [`Route::Host`];
-/// in a graph on the CPU, [`gelu_linearised`]'s slope and offset around two of Burn's
-/// differentiable operations; Burn's `gelu` elsewhere.
-///
-/// In a graph the result is `x * slope - offset`, where `slope = Φ(x) + x φ(x)` (the
-/// GELU's derivative) and `offset = x² φ(x)` are computed on the host and enter the graph as
-/// constants: the value is `x Φ(x)`, and the gradient `slope` is the exact GELU's. Burn's
-/// own GELU and its backward pass call a scalar `erf` (and `exp`) per element twice.
+/// The exact GELU, `x Φ(x)`, of any tensor: [`gelu_in_place`] on the [`Route::Host`]; in
+/// a graph on the CPU ([`Route::Graph`]) with the `autodiff` feature, [`gelu_and_slope`]
+/// forward and the product with the kept slope backward (`crate::graph_kernels`); Burn's
+/// `gelu` elsewhere, which calls a scalar `erf` (and `exp`) per element, forward and
+/// backward.
 pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     match route(&x) {
-        Route::Burn => activation::gelu(x),
         Route::Host => in_place(x, gelu_in_place),
-        Route::Graph => {
-            let device = x.device();
-            let dims = x.dims();
-            let mut slope: TensorData = x.clone().detach().into_data();
-            let mut offset = vec![0.0f32; slope.num_elements()];
-            match slope.as_mut_slice::<f32>() {
-                Ok(values) => gelu_linearised(values, &mut offset),
-                Err(e) => unreachable!("an f32 tensor's data holds f32 values: {e:?}"),
-            }
-            let slope = Tensor::from_data(slope, &device);
-            let offset = Tensor::from_data(TensorData::new(offset, dims), &device);
-            x * slope - offset
-        }
+        #[cfg(feature = "autodiff")]
+        Route::Graph => crate::graph_kernels::gelu(x),
+        _ => activation::gelu(x),
     }
 }
 
-/// Each value `x` of `values` replaced by the exact GELU's slope `Φ(x) + x φ(x)`, and
-/// `offsets` (as long) set to `x² φ(x)`: `x * slope - offset` is `x Φ(x)`. `φ` is the
-/// standard normal density, `Φ` its distribution function.
+/// Each value `x` of `values` replaced by the exact GELU `x Φ(x)`, and `slopes` (as long)
+/// set to its derivative `Φ(x) + x φ(x)`. `φ` is the standard normal density, `Φ` its
+/// distribution function.
 ///
 /// # Panics
 /// When the two slices differ in length.
-pub fn gelu_linearised(values: &mut [f32], offsets: &mut [f32]) {
-    assert_eq!(values.len(), offsets.len(), "one offset per value");
-    simd::widest(GeluLinearised { values, offsets })
+pub fn gelu_and_slope(values: &mut [f32], slopes: &mut [f32]) {
+    assert_eq!(values.len(), slopes.len(), "one slope per value");
+    simd::widest(GeluAndSlope { values, slopes })
 }
 
-/// [`gelu_linearised`]'s work, as a call that [`simd::widest`] inlines into each of its
+/// [`gelu_and_slope`]'s work, as a call that [`simd::widest`] inlines into each of its
 /// copies.
-struct GeluLinearised<'a> {
+struct GeluAndSlope<'a> {
     values: &'a mut [f32],
-    offsets: &'a mut [f32],
+    slopes: &'a mut [f32],
 }
 
-impl pulp::NullaryFnOnce for GeluLinearised<'_> {
+impl pulp::NullaryFnOnce for GeluAndSlope<'_> {
     type Output = ();
 
     #[inline(always)]
     fn call(self) {
         // 1 / sqrt(2 pi)
         const INV_SQRT_2PI: f32 = 0.398_942_3;
-        for (v, o) in self.values.iter_mut().zip(self.offsets.iter_mut()) {
+        for (v, s) in self.values.iter_mut().zip(self.slopes.iter_mut()) {
             let x = *v;
             let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
             let xpdf = x * INV_SQRT_2PI * exp(-0.5 * x * x);
-            *v = cdf + xpdf;
-            *o = x * xpdf;
+            *v = x * cdf;
+            *s = cdf + xpdf;
         }
     }
 }
 
+/// Each value of `grads` multiplied by the one at the same place in `slopes` (the
+/// backward pass of an element-wise function).
+///
+/// # Panics
+/// When the two slices differ in length.
+pub fn mul_in_place(grads: &mut [f32], slopes: &[f32]) {
+    assert_eq!(grads.len(), slopes.len(), "one slope per gradient");
+    grads.iter_mut().zip(slopes).for_each(|(g, s)| *g *= s);
+}
+
 /// `softmax(scale * x)` over the last axis of `x` `[.., N]`: [`softmax_rows`] on the
-/// [`Route::Host`], Burn's ops elsewhere.
+/// [`Route::Host`]; on the [`Route::Graph`] with the `autodiff` feature, the same kernel
+/// forward and [`softmax_backward_rows`] backward (`crate::graph_kernels`); Burn's
+/// operations elsewhere ([`softmax_has_kernels`] tells which).
 pub fn scaled_softmax<const D: usize>(x: Tensor<D>, scale: f32) -> Tensor<D> {
-    if route(&x) != Route::Host {
-        return activation::softmax(x.mul_scalar(scale), D - 1);
+    match route(&x) {
+        Route::Host => {
+            let n = x.dims()[D - 1];
+            in_place(x, |values| softmax_rows(values, n, scale))
+        }
+        #[cfg(feature = "autodiff")]
+        Route::Graph => crate::graph_kernels::scaled_softmax(x, scale),
+        _ => activation::softmax(x.mul_scalar(scale), D - 1),
     }
-    let n = x.dims()[D - 1];
-    in_place(x, |values| softmax_rows(values, n, scale))
+}
+
+/// `norm(x)`, LayerNorm over the last axis of `x`; `eps` must be the epsilon `norm` was
+/// made with (Burn keeps it private). In a graph on the CPU ([`Route::Graph`]) with the
+/// `autodiff` feature, [`layer_norm_rows`] forward and [`layer_norm_backward_rows`]
+/// backward (`crate::graph_kernels`); elsewhere `norm.forward(x)` (the CPU backend has a
+/// fused LayerNorm of its own for the forward pass alone).
+pub fn layer_norm<const D: usize>(norm: &LayerNorm, eps: f64, x: Tensor<D>) -> Tensor<D> {
+    #[cfg(feature = "autodiff")]
+    if route(&x) == Route::Graph
+        && let Some(beta) = &norm.beta
+    {
+        return crate::graph_kernels::layer_norm(x, norm.gamma.val(), beta.val(), eps as f32);
+    }
+    let _ = eps;
+    norm.forward(x)
+}
+
+/// Whether [`scaled_softmax`] runs on the kernels here on this route, rather than on
+/// Burn's composed operations.
+pub fn softmax_has_kernels(route: Route) -> bool {
+    route == Route::Host || (cfg!(feature = "autodiff") && route == Route::Graph)
 }
 
 /// `f` applied to the values of `x` in place (row-major), on the host.
@@ -203,6 +228,254 @@ impl pulp::NullaryFnOnce for SoftmaxRows<'_> {
             r.iter_mut().for_each(|v| *v *= inv);
         }
     }
+}
+
+/// The gradient of [`softmax_rows`] with respect to its input, in place of the gradient
+/// with respect to its output: for each row, with `y` the softmax and `g` the incoming
+/// gradient, `g_j <- scale * y_j * (g_j - sum_k g_k y_k)`. `probs` and `grads` have the same
+/// length, a multiple of `row`.
+///
+/// # Panics
+/// When the lengths differ or do not split into rows of `row`.
+pub fn softmax_backward_rows(probs: &[f32], grads: &mut [f32], row: usize, scale: f32) {
+    assert_eq!(probs.len(), grads.len(), "one gradient per probability");
+    if grads.is_empty() {
+        return;
+    }
+    assert!(
+        row > 0 && grads.len().is_multiple_of(row),
+        "{} values do not split into rows of {row}",
+        grads.len()
+    );
+    simd::widest(SoftmaxBackwardRows {
+        probs,
+        grads,
+        row,
+        scale,
+    })
+}
+
+/// [`softmax_backward_rows`]' work, as a call that [`simd::widest`] inlines.
+struct SoftmaxBackwardRows<'a> {
+    probs: &'a [f32],
+    grads: &'a mut [f32],
+    row: usize,
+    scale: f32,
+}
+
+impl pulp::NullaryFnOnce for SoftmaxBackwardRows<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn call(self) {
+        let Self {
+            probs,
+            grads,
+            row,
+            scale,
+        } = self;
+        for (y, g) in probs.chunks_exact(row).zip(grads.chunks_exact_mut(row)) {
+            let dot = dot(y, g);
+            for (g, &y) in g.iter_mut().zip(y) {
+                *g = scale * y * (*g - dot);
+            }
+        }
+    }
+}
+
+/// `sum_k a_k b_k`, summed in [`LANES`] interleaved partial sums.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut sums = [0.0f32; LANES];
+    let (a_blocks, b_blocks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (a_tail, b_tail) = (a_blocks.remainder(), b_blocks.remainder());
+    for (a, b) in a_blocks.zip(b_blocks) {
+        for ((s, &a), &b) in sums.iter_mut().zip(a).zip(b) {
+            *s += a * b;
+        }
+    }
+    for (&a, &b) in a_tail.iter().zip(b_tail) {
+        sums[0] += a * b;
+    }
+    sums.into_iter().sum()
+}
+
+/// LayerNorm over rows of `gamma.len()` values of `input`, into `output`:
+/// `(x - mean) / sqrt(var + eps) * gamma + beta` with the row's mean and biased variance.
+/// `normalized` (as long as `input`) receives `(x - mean) / sqrt(var + eps)` and `inv_std`
+/// (one per row) `1 / sqrt(var + eps)`: what the backward pass needs
+/// ([`layer_norm_backward_rows`]).
+///
+/// # Panics
+/// When the lengths do not agree.
+pub fn layer_norm_rows(
+    input: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    output: &mut [f32],
+    normalized: &mut [f32],
+    inv_std: &mut [f32],
+) {
+    let d = gamma.len();
+    assert!(
+        d > 0
+            && beta.len() == d
+            && output.len() == input.len()
+            && normalized.len() == input.len()
+            && input.len() == d * inv_std.len(),
+        "LayerNorm of width {d}: {} offsets, {} inputs, {} outputs, {} normalised, {} rows",
+        beta.len(),
+        input.len(),
+        output.len(),
+        normalized.len(),
+        inv_std.len()
+    );
+    simd::widest(LayerNormRows {
+        input,
+        gamma,
+        beta,
+        eps,
+        output,
+        normalized,
+        inv_std,
+    })
+}
+
+/// [`layer_norm_rows`]' work, as a call that [`simd::widest`] inlines.
+struct LayerNormRows<'a> {
+    input: &'a [f32],
+    gamma: &'a [f32],
+    beta: &'a [f32],
+    eps: f32,
+    output: &'a mut [f32],
+    normalized: &'a mut [f32],
+    inv_std: &'a mut [f32],
+}
+
+impl pulp::NullaryFnOnce for LayerNormRows<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn call(self) {
+        let d = self.gamma.len();
+        let rows = self
+            .input
+            .chunks_exact(d)
+            .zip(self.output.chunks_exact_mut(d))
+            .zip(self.normalized.chunks_exact_mut(d))
+            .zip(self.inv_std.iter_mut());
+        for (((x, y), xhat), inv) in rows {
+            let mean = sum(x) / d as f32;
+            for (h, &v) in xhat.iter_mut().zip(x) {
+                *h = v - mean;
+            }
+            let var = dot(xhat, xhat) / d as f32;
+            let r = 1.0 / (var + self.eps).sqrt();
+            *inv = r;
+            let per_value = y
+                .iter_mut()
+                .zip(xhat.iter_mut())
+                .zip(self.gamma)
+                .zip(self.beta);
+            for (((y, h), &g), &b) in per_value {
+                *h *= r;
+                *y = *h * g + b;
+            }
+        }
+    }
+}
+
+/// The gradients of [`layer_norm_rows`], from its `normalized` values, `inv_std` and
+/// `gamma` and the gradient `grads` with respect to its output, which is replaced by the
+/// gradient with respect to its input: per row,
+/// `dx = inv_std * (g gamma - mean(g gamma) - normalized * mean(g gamma normalized))`.
+/// The gradients with respect to `gamma` (`sum over rows of g normalized`) and `beta`
+/// (`sum of g`) are added to `d_gamma` and `d_beta`.
+///
+/// # Panics
+/// When the lengths do not agree.
+pub fn layer_norm_backward_rows(
+    normalized: &[f32],
+    inv_std: &[f32],
+    gamma: &[f32],
+    grads: &mut [f32],
+    d_gamma: &mut [f32],
+    d_beta: &mut [f32],
+) {
+    let d = gamma.len();
+    assert!(
+        d > 0
+            && normalized.len() == grads.len()
+            && grads.len() == d * inv_std.len()
+            && d_gamma.len() == d
+            && d_beta.len() == d,
+        "LayerNorm gradients of width {d}: lengths disagree"
+    );
+    simd::widest(LayerNormBackwardRows {
+        normalized,
+        inv_std,
+        gamma,
+        grads,
+        d_gamma,
+        d_beta,
+    })
+}
+
+/// [`layer_norm_backward_rows`]' work, as a call that [`simd::widest`] inlines.
+struct LayerNormBackwardRows<'a> {
+    normalized: &'a [f32],
+    inv_std: &'a [f32],
+    gamma: &'a [f32],
+    grads: &'a mut [f32],
+    d_gamma: &'a mut [f32],
+    d_beta: &'a mut [f32],
+}
+
+impl pulp::NullaryFnOnce for LayerNormBackwardRows<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn call(self) {
+        let d = self.gamma.len();
+        let rows = self
+            .normalized
+            .chunks_exact(d)
+            .zip(self.grads.chunks_exact_mut(d))
+            .zip(self.inv_std);
+        for ((xhat, g), &inv) in rows {
+            let per_value = self.d_gamma.iter_mut().zip(self.d_beta.iter_mut());
+            for (((dg, db), &g), &h) in per_value.zip(g.iter()).zip(xhat) {
+                *dg += g * h;
+                *db += g;
+            }
+            for (g, &w) in g.iter_mut().zip(self.gamma) {
+                *g *= w;
+            }
+            let mean_g = sum(g) / d as f32;
+            let mean_gh = dot(g, xhat) / d as f32;
+            for (g, &h) in g.iter_mut().zip(xhat) {
+                *g = inv * (*g - mean_g - h * mean_gh);
+            }
+        }
+    }
+}
+
+/// `sum_k a_k`, summed in [`LANES`] interleaved partial sums.
+#[inline(always)]
+fn sum(a: &[f32]) -> f32 {
+    let mut sums = [0.0f32; LANES];
+    let blocks = a.chunks_exact(LANES);
+    let tail = blocks.remainder();
+    for block in blocks {
+        for (s, &v) in sums.iter_mut().zip(block) {
+            *s += v;
+        }
+    }
+    for &v in tail {
+        sums[0] += v;
+    }
+    sums.into_iter().sum()
 }
 
 /// The largest value of `r` (NaN when any value is NaN), `r` not empty.
@@ -376,9 +649,9 @@ mod tests {
                 None => {
                     let mut gelu = self.values.clone();
                     Gelu(&mut gelu).call();
-                    GeluLinearised {
+                    GeluAndSlope {
                         values: &mut self.values,
-                        offsets: &mut offsets,
+                        slopes: &mut offsets,
                     }
                     .call();
                     offsets.extend(gelu);
@@ -411,6 +684,67 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// [`SoftmaxBackwardRows`] on its own copy of the gradients.
+    #[derive(Clone)]
+    struct BackwardOnCopy {
+        probs: Vec<f32>,
+        grads: Vec<f32>,
+        row: usize,
+    }
+
+    impl pulp::NullaryFnOnce for BackwardOnCopy {
+        type Output = Vec<f32>;
+
+        #[inline(always)]
+        fn call(mut self) -> Vec<f32> {
+            SoftmaxBackwardRows {
+                probs: &self.probs,
+                grads: &mut self.grads,
+                row: self.row,
+                scale: 0.3,
+            }
+            .call();
+            self.grads
+        }
+    }
+
+    #[test]
+    fn the_softmax_backward_kernel_matches_f64_at_every_width() {
+        // 4097 = 17 x 241.
+        let logits: Vec<f32> = grid(-9.0, 9.0, 4097).collect();
+        let upstream: Vec<f32> = grid(-1.0, 1.0, 4097).map(|g| g * g - 0.3).collect();
+        for row in [1, 17, 4097] {
+            let mut probs = logits.clone();
+            softmax_rows(&mut probs, row, 0.3);
+            let outs = simd::at_every_width(BackwardOnCopy {
+                probs: probs.clone(),
+                grads: upstream.clone(),
+                row,
+            });
+            for out in &outs[1..] {
+                assert!(
+                    out.iter()
+                        .zip(&outs[0])
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "rows of {row}: a width differs from the baseline"
+                );
+            }
+            for (r, (y, g)) in probs.chunks(row).zip(upstream.chunks(row)).enumerate() {
+                let dot: f64 = y.iter().zip(g).map(|(&y, &g)| y as f64 * g as f64).sum();
+                for (j, (&y, &g)) in y.iter().zip(g).enumerate() {
+                    let exact = 0.3 * y as f64 * (g as f64 - dot);
+                    let got = outs[0][r * row + j] as f64;
+                    assert!(
+                        (got - exact).abs() <= 1e-6 * y as f64 + 1e-12,
+                        "rows of {row}, row {r}, column {j}: {got} against {exact}"
+                    );
+                }
+            }
+        }
+        let mut none: Vec<f32> = vec![];
+        softmax_backward_rows(&[], &mut none, 3, 1.0);
     }
 
     #[test]

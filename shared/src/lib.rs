@@ -42,6 +42,8 @@ pub mod dino;
 pub mod ehr;
 pub mod ema;
 pub mod error;
+#[cfg(feature = "autodiff")]
+mod graph_kernels;
 pub mod heads;
 pub mod image;
 mod init;

@@ -21,7 +21,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::config::VitConfig;
-use crate::cpu_kernels::{self, Route};
+use crate::cpu_kernels;
 use crate::error::ShapeError;
 use crate::init::{deit_linear, normal_002};
 
@@ -73,18 +73,19 @@ impl Attention {
 fn attention_weights(q: Tensor<4>, k: Tensor<4>) -> Tensor<4> {
     let hd = q.dims()[3];
     let scale = (hd as f64).powf(-0.5);
-    if cpu_kernels::route(&q) == Route::Host {
+    if cpu_kernels::softmax_has_kernels(cpu_kernels::route(&q)) {
         return cpu_kernels::scaled_softmax(q.matmul(k.swap_dims(2, 3)), scale as f32);
     }
     softmax(q.mul_scalar(scale).matmul(k.swap_dims(2, 3)), 3)
 }
 
 /// Scaled dot-product attention `softmax(q k^T / sqrt(hd)) v`: `[B, H, N, hd]` each ->
-/// `[B, H, N, hd]`. On the CPU backend without autodiff ([`Route::Host`]), two
-/// matrix products around [`cpu_kernels::scaled_softmax`]; elsewhere the backend's fused
-/// kernel (the same composed operations on autodiff backends).
+/// `[B, H, N, hd]`. On the CPU backend (without autodiff, and in a graph with the
+/// `autodiff` feature), two matrix products around [`cpu_kernels::scaled_softmax`];
+/// elsewhere the backend's fused kernel (the same composed operations on autodiff
+/// backends).
 fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
-    if cpu_kernels::route(&q) == Route::Host {
+    if cpu_kernels::softmax_has_kernels(cpu_kernels::route(&q)) {
         return attention_weights(q, k).matmul(v);
     }
     let hd = q.dims()[3];
@@ -122,6 +123,9 @@ pub struct Block {
     pub norm2: LayerNorm,
     /// Feed-forward.
     pub mlp: Mlp,
+    /// The epsilon `norm1` and `norm2` were made with (Burn's LayerNorm keeps its own
+    /// private), for [`cpu_kernels::layer_norm`].
+    pub norm_eps: f64,
 }
 
 impl Block {
@@ -141,6 +145,7 @@ impl Block {
                 fc1: deit_linear(dim, mlp_ratio * dim, true, device),
                 fc2: deit_linear(mlp_ratio * dim, dim, true, device),
             },
+            norm_eps: eps,
         }
     }
 
@@ -148,10 +153,20 @@ impl Block {
     pub fn forward(&self, x: Tensor<3>, keep_weights: bool) -> (Tensor<3>, Option<Tensor<4>>) {
         let (a, weights) = self
             .attn
-            .forward(self.norm1.forward(x.clone()), keep_weights);
+            .forward(self.attention_norm(x.clone()), keep_weights);
         let x = x + a;
-        let x = x.clone() + self.mlp.forward(self.norm2.forward(x));
+        let x = x.clone() + self.mlp.forward(self.mlp_norm(x));
         (x, weights)
+    }
+
+    /// `norm1(x)`, `[.., D]` -> `[.., D]`.
+    fn attention_norm<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        cpu_kernels::layer_norm(&self.norm1, self.norm_eps, x)
+    }
+
+    /// `norm2(x)`, `[.., D]` -> `[.., D]`.
+    fn mlp_norm<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        cpu_kernels::layer_norm(&self.norm2, self.norm_eps, x)
     }
 
     /// [`Self::forward`] without attention weights, its work cut into `pieces.count()`
@@ -171,7 +186,7 @@ impl Block {
         // [B, N, 3D]: q, k and v of every token, each head-major.
         let qkv = Tensor::cat(
             pieces.run(count, &|i| {
-                self.attn.qkv.forward(self.norm1.forward(tokens(i)))
+                self.attn.qkv.forward(self.attention_norm(tokens(i)))
             }),
             1,
         );
@@ -198,7 +213,7 @@ impl Block {
             pieces.run(count, &|i| {
                 let (start, len) = piece(i, count, n);
                 let y = tokens(i) + self.attn.proj.forward(heads.clone().narrow(1, start, len));
-                y.clone() + self.mlp.forward(self.norm2.forward(y))
+                y.clone() + self.mlp.forward(self.mlp_norm(y))
             }),
             1,
         )

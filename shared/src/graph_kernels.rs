@@ -1,0 +1,492 @@
+//! The attention softmax, the GELU and LayerNorm with backward passes of their own, for the CPU
+//! backend in an autodiff graph (training). Built with the `autodiff` feature, which the
+//! trainer turns on.
+//!
+//! Burn differentiates both through the operations they are made of. Its attention
+//! (`attention_fallback`, which autodiff backends use) scales the scores, takes the row
+//! maximum (differentiated too), subtracts it, exponentiates, sums, clamps and divides: six
+//! passes over the `[B, H, N, N]` scores forward, each into a fresh buffer, and about twice
+//! as many backward, one of them a scatter into a zeroed tensor as large as the scores. Its
+//! LayerNorm is eight operations forward (two means, a square, a square root, ...). Here
+//! each is one kernel forward and one backward (`crate::cpu_kernels`): [`softmax_rows`] in
+//! place and [`softmax_backward_rows`] in place of the incoming gradient, keeping only the
+//! softmax's output (which the product with `v` keeps anyway); [`layer_norm_rows`] and
+//! [`layer_norm_backward_rows`], keeping the normalised input and one inverse deviation per
+//! row; [`gelu_and_slope`] forward, keeping the slope, and a product with it backward
+//! (Burn's GELU calls a scalar `erf` and `exp` per element, forward and again backward).
+//!
+//! The operations are a Burn backend extension ([`backend_extension`]): the flex backend
+//! runs the forward kernels; `Autodiff<Flex>` records the backward steps. Only tensors on
+//! those two are sent here ([`crate::cpu_kernels::route`]).
+
+use burn::backend::autodiff::Autodiff;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::ops::ModuleOps;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Dispatch, Flex, TensorMetadata, backend_extension};
+use burn::tensor::{DType, Tensor, TensorData};
+
+use crate::cpu_kernels::{
+    gelu_and_slope, gelu_in_place, layer_norm_backward_rows, layer_norm_rows, mul_in_place,
+    softmax_backward_rows, softmax_rows,
+};
+
+/// Operations with hand-written kernels (forward on the CPU backend, backward in its
+/// autodiff graphs).
+#[backend_extension(Flex, Autodiff)]
+pub trait GraphKernels: burn::backend::Backend {
+    /// `softmax(scale * x)` over the last axis of `x` `[.., N]`, f32.
+    fn scaled_softmax(x: FloatTensor<Self>, scale: f32) -> FloatTensor<Self>;
+
+    /// The exact GELU `x Φ(x)` of every value of `x`, f32.
+    fn gelu(x: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// LayerNorm over the last axis of `x` `[.., D]`: `(x - mean) / sqrt(var + eps) *
+    /// gamma + beta`, `gamma` and `beta` `[D]`, f32.
+    fn layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self>;
+}
+
+impl GraphKernels for Flex {
+    fn scaled_softmax(x: FloatTensor<Self>, scale: f32) -> FloatTensor<Self> {
+        let row = last_dim(&x);
+        let mut x = contiguous(x);
+        softmax_rows(x.storage_mut::<f32>(), row, scale);
+        x
+    }
+
+    fn gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let mut x = contiguous(x);
+        gelu_in_place(x.storage_mut::<f32>());
+        x
+    }
+
+    fn layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self> {
+        // Outside a graph, flex's own fused LayerNorm.
+        <Flex as ModuleOps<Flex>>::layer_norm(x, gamma, Some(beta), eps as f64)
+    }
+}
+
+impl<C: CheckpointStrategy> GraphKernels for Autodiff<Flex, C> {
+    fn scaled_softmax(x: FloatTensor<Self>, scale: f32) -> FloatTensor<Self> {
+        match (SoftmaxBackward { scale })
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let probs = <Flex as GraphKernels>::scaled_softmax(x.into_primitive(), scale);
+                prep.finish(probs.clone(), probs)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(<Flex as GraphKernels>::scaled_softmax(
+                x.into_primitive(),
+                scale,
+            )),
+        }
+    }
+
+    fn gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        match GeluBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let mut y = contiguous(x.into_primitive());
+                let mut slopes = vec![0.0f32; y.shape().num_elements()];
+                gelu_and_slope(y.storage_mut::<f32>(), &mut slopes);
+                let slopes = FlexTensor::from_data(TensorData::new(slopes, y.shape()));
+                prep.finish(slopes, y)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(<Flex as GraphKernels>::gelu(x.into_primitive()))
+            }
+        }
+    }
+
+    fn layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self> {
+        match LayerNormBackward
+            .prepare::<C>([x.node(), gamma.node(), beta.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let gamma = contiguous(gamma.into_primitive());
+                let beta = contiguous(beta.into_primitive());
+                let x = contiguous(x.into_primitive());
+                let shape = x.shape();
+                let n = shape.num_elements();
+                let mut y = vec![0.0f32; n];
+                let mut normalized = vec![0.0f32; n];
+                let mut inv_std = vec![0.0f32; n / last_dim(&gamma).max(1)];
+                layer_norm_rows(
+                    x.storage::<f32>(),
+                    gamma.storage::<f32>(),
+                    beta.storage::<f32>(),
+                    eps,
+                    &mut y,
+                    &mut normalized,
+                    &mut inv_std,
+                );
+                let y = FlexTensor::from_data(TensorData::new(y, shape.clone()));
+                let rows = inv_std.len();
+                let state = LayerNormState {
+                    normalized: FlexTensor::from_data(TensorData::new(normalized, shape)),
+                    inv_std: FlexTensor::from_data(TensorData::new(inv_std, [rows])),
+                    gamma,
+                };
+                prep.finish(state, y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(<Flex as ModuleOps<Flex>>::layer_norm(
+                x.into_primitive(),
+                gamma.into_primitive(),
+                Some(beta.into_primitive()),
+                eps as f64,
+            )),
+        }
+    }
+}
+
+/// The backward step of [`GraphKernels::scaled_softmax`]; its state is the softmax's
+/// output.
+#[derive(Debug)]
+struct SoftmaxBackward {
+    scale: f32,
+}
+
+impl Backward<Flex, 1> for SoftmaxBackward {
+    type State = FloatTensor<Flex>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [parent] = ops.parents;
+        let grad = grads.consume::<Flex>(&ops.node);
+        let Some(parent) = parent else { return };
+        let probs = contiguous(ops.state);
+        let row = last_dim(&probs);
+        let mut grad = contiguous(grad);
+        softmax_backward_rows(
+            probs.storage::<f32>(),
+            grad.storage_mut::<f32>(),
+            row,
+            self.scale,
+        );
+        grads.register::<Flex>(parent.id, grad);
+    }
+}
+
+/// The backward step of [`GraphKernels::gelu`]; its state is the GELU's slope at each
+/// input.
+#[derive(Debug)]
+struct GeluBackward;
+
+impl Backward<Flex, 1> for GeluBackward {
+    type State = FloatTensor<Flex>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [parent] = ops.parents;
+        let grad = grads.consume::<Flex>(&ops.node);
+        let Some(parent) = parent else { return };
+        let mut grad = contiguous(grad);
+        mul_in_place(grad.storage_mut::<f32>(), ops.state.storage::<f32>());
+        grads.register::<Flex>(parent.id, grad);
+    }
+}
+
+/// The backward step of [`GraphKernels::layer_norm`].
+#[derive(Debug)]
+struct LayerNormBackward;
+
+/// What [`LayerNormBackward`] keeps from the forward pass.
+#[derive(Debug, Clone)]
+struct LayerNormState {
+    /// `(x - mean) / sqrt(var + eps)`, the input's shape.
+    normalized: FlexTensor,
+    /// `1 / sqrt(var + eps)`, one per row.
+    inv_std: FlexTensor,
+    /// The scale, `[D]`.
+    gamma: FlexTensor,
+}
+
+impl Backward<Flex, 3> for LayerNormBackward {
+    type State = LayerNormState;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [x, gamma, beta] = ops.parents;
+        let grad = grads.consume::<Flex>(&ops.node);
+        let LayerNormState {
+            normalized,
+            inv_std,
+            gamma: gamma_values,
+        } = ops.state;
+        let d = last_dim(&gamma_values);
+        let mut grad = contiguous(grad);
+        let mut d_gamma = vec![0.0f32; d];
+        let mut d_beta = vec![0.0f32; d];
+        layer_norm_backward_rows(
+            normalized.storage::<f32>(),
+            inv_std.storage::<f32>(),
+            gamma_values.storage::<f32>(),
+            grad.storage_mut::<f32>(),
+            &mut d_gamma,
+            &mut d_beta,
+        );
+        if let Some(node) = gamma {
+            let g = FlexTensor::from_data(TensorData::new(d_gamma, [d]));
+            grads.register::<Flex>(node.id, g);
+        }
+        if let Some(node) = beta {
+            let g = FlexTensor::from_data(TensorData::new(d_beta, [d]));
+            grads.register::<Flex>(node.id, g);
+        }
+        if let Some(node) = x {
+            grads.register::<Flex>(node.id, grad);
+        }
+    }
+}
+
+/// The length of `x`'s last axis.
+fn last_dim(x: &FloatTensor<Flex>) -> usize {
+    let shape = x.shape();
+    shape[shape.num_dims() - 1]
+}
+
+/// `x` with a row-major buffer of exactly its elements: `x` itself when it has one (so a
+/// buffer nothing else holds can be written in place), a copy when it is a view.
+fn contiguous(x: FloatTensor<Flex>) -> FloatTensor<Flex> {
+    assert_eq!(x.dtype(), DType::F32, "the graph kernels take f32 tensors");
+    // Shares the buffer when it is already contiguous; `x` is dropped on return, so the
+    // result holds the buffer alone if `x` did.
+    x.to_contiguous()
+}
+
+/// The exact GELU of `x`, differentiable, by the kernels above; the same conditions as
+/// [`scaled_softmax`].
+pub(crate) fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as GraphKernels>::gelu(x.into_dispatch()))
+}
+
+/// LayerNorm over the last axis of `x` `[.., D]` with `gamma` and `beta` `[D]`,
+/// differentiable, by the kernels above; the same conditions as [`scaled_softmax`].
+pub(crate) fn layer_norm<const D: usize>(
+    x: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    eps: f32,
+) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as GraphKernels>::layer_norm(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        eps,
+    ))
+}
+
+/// `softmax(scale * x)` over the last axis of `x` `[.., N]`, differentiable, by the kernels
+/// above. `x` must be an f32 tensor on the CPU backend, with or without autodiff.
+pub(crate) fn scaled_softmax<const D: usize>(x: Tensor<D>, scale: f32) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as GraphKernels>::scaled_softmax(
+        x.into_dispatch(),
+        scale,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu_kernels::{Route, route};
+    use burn::module::Param;
+    use burn::nn::{LayerNorm, LayerNormConfig};
+    use burn::tensor::{Device, Distribution, TensorData, Tolerance, activation};
+
+    /// The loss `sum(w * softmax(scale * x))` over a random `x` of `dims`, viewed through
+    /// `view`, and its gradient with respect to `x`, by `softmax`.
+    fn value_and_grad(
+        softmax: impl Fn(Tensor<4>, f32) -> Tensor<4>,
+        view: impl Fn(Tensor<4>) -> Tensor<4>,
+        dims: [usize; 4],
+    ) -> (Tensor<4>, Tensor<4>) {
+        let device = Device::flex();
+        device.seed(7);
+        let x = Tensor::<4>::random(dims, Distribution::Normal(0.0, 4.0), &device);
+        let w = Tensor::<4>::random(dims, Distribution::Normal(0.0, 1.0), &device);
+        let ad = device.autodiff();
+        let x = Tensor::<4>::from_data(x.into_data(), &ad).require_grad();
+        let w = view(Tensor::<4>::from_data(w.into_data(), &ad));
+        let y = softmax(view(x.clone()), 0.35);
+        let grads = (y.clone() * w).sum().backward();
+        let grad = x.grad(&grads).expect("a gradient for x");
+        (y, grad)
+    }
+
+    fn burns(x: Tensor<4>, scale: f32) -> Tensor<4> {
+        activation::softmax(x.mul_scalar(scale), 3)
+    }
+
+    #[test]
+    fn value_and_gradient_match_burns_composed_softmax() {
+        // Contiguous scores, a transposed view (computed on a copy), and rows shorter and
+        // longer than one vector block.
+        let views: [fn(Tensor<4>) -> Tensor<4>; 2] = [|x| x, |x| x.swap_dims(2, 3)];
+        for view in views {
+            for dims in [[2, 3, 7, 19], [1, 2, 40, 5]] {
+                let (y, grad) = value_and_grad(scaled_softmax, view, dims);
+                let (y_ref, grad_ref) = value_and_grad(burns, view, dims);
+                assert_eq!(route(&y), Route::Graph);
+                let tol = Tolerance::absolute(1e-6);
+                y.into_data()
+                    .assert_approx_eq::<f32>(&y_ref.into_data(), tol);
+                grad.into_data()
+                    .assert_approx_eq::<f32>(&grad_ref.into_data(), tol);
+            }
+        }
+    }
+
+    #[test]
+    fn the_gradient_matches_the_softmax_jacobian_in_f64() {
+        // One row, by hand: d/dx_j sum_i w_i y_i = s y_j (w_j - sum_i w_i y_i).
+        let xs = [1.5f32, -0.25, 3.0, 0.0, -2.0];
+        let ws = [0.5f32, -1.0, 2.0, 0.25, 1.0];
+        let scale = 0.7f32;
+        let ad = Device::flex().autodiff();
+        let x =
+            Tensor::<4>::from_data(TensorData::new(xs.to_vec(), [1, 1, 1, 5]), &ad).require_grad();
+        let w = Tensor::<4>::from_data(TensorData::new(ws.to_vec(), [1, 1, 1, 5]), &ad);
+        let grads = (scaled_softmax(x.clone(), scale) * w).sum().backward();
+        let got = x
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let e: Vec<f64> = xs
+            .iter()
+            .map(|&x| (scale as f64 * x as f64).exp())
+            .collect();
+        let total: f64 = e.iter().sum();
+        let y: Vec<f64> = e.iter().map(|e| e / total).collect();
+        let wy: f64 = ws.iter().zip(&y).map(|(&w, y)| w as f64 * y).sum();
+        for j in 0..5 {
+            let exact = scale as f64 * y[j] * (ws[j] as f64 - wy);
+            assert!(
+                (got[j] as f64 - exact).abs() < 1e-7,
+                "d/dx_{j}: {} against {exact}",
+                got[j]
+            );
+        }
+    }
+
+    /// A LayerNorm of width `d` with random scale and offset, on `device`, and its epsilon.
+    fn random_norm(d: usize, device: &Device) -> (LayerNorm, f64) {
+        let eps = 1e-6;
+        let mut norm = LayerNormConfig::new(d).with_epsilon(eps).init(device);
+        let dist = Distribution::Normal(0.5, 1.0);
+        norm.gamma = Param::from_tensor(Tensor::random([d], dist, device));
+        norm.beta = Some(Param::from_tensor(Tensor::random([d], dist, device)));
+        (norm, eps)
+    }
+
+    #[test]
+    fn layer_norm_value_and_gradients_match_burns_layer_norm() {
+        let device = Device::flex();
+        device.seed(11);
+        let ad = device.clone().autodiff();
+        for (dims, transposed) in [([2, 5, 24], false), ([3, 40, 7], false), ([2, 24, 5], true)] {
+            let x = Tensor::<3>::random(dims, Distribution::Normal(1.0, 3.0), &device);
+            let w = Tensor::<3>::random(dims, Distribution::Normal(0.0, 1.0), &device);
+            let d = if transposed { dims[1] } else { dims[2] };
+            let (norm, eps) = random_norm(d, &ad);
+            // The gradients of sum(w * LayerNorm(x)) by the kernels and by Burn.
+            let run = |ours: bool| {
+                let x = Tensor::<3>::from_data(x.clone().into_data(), &ad).require_grad();
+                let w = Tensor::<3>::from_data(w.clone().into_data(), &ad);
+                let view = |t: Tensor<3>| if transposed { t.swap_dims(1, 2) } else { t };
+                let y = if ours {
+                    crate::cpu_kernels::layer_norm(&norm, eps, view(x.clone()))
+                } else {
+                    norm.forward(view(x.clone()))
+                };
+                let grads = (y.clone() * view(w)).sum().backward();
+                let grad = |t: Tensor<1>| t.grad(&grads).expect("a gradient").into_data();
+                (
+                    y.into_data(),
+                    x.grad(&grads).expect("a gradient for x").into_data(),
+                    grad(norm.gamma.val()),
+                    grad(norm.beta.as_ref().unwrap().val()),
+                )
+            };
+            let (ours, reference) = (run(true), run(false));
+            let tol = Tolerance::absolute(2e-5);
+            ours.0.assert_approx_eq::<f32>(&reference.0, tol);
+            ours.1.assert_approx_eq::<f32>(&reference.1, tol);
+            ours.2.assert_approx_eq::<f32>(&reference.2, tol);
+            ours.3.assert_approx_eq::<f32>(&reference.3, tol);
+        }
+    }
+
+    #[test]
+    fn layer_norm_matches_a_hand_computed_row() {
+        // x = [1, 2, 3, 6]: mean 3, biased variance 3.5; gamma 2, beta 1 throughout.
+        let ad = Device::flex().autodiff();
+        let x = Tensor::<2>::from_data(TensorData::new(vec![1.0f32, 2.0, 3.0, 6.0], [1, 4]), &ad)
+            .require_grad();
+        let mut norm = LayerNormConfig::new(4).with_epsilon(0.0).init(&ad);
+        norm.gamma = Param::from_tensor(Tensor::full([4], 2.0, &ad));
+        norm.beta = Some(Param::from_tensor(Tensor::full([4], 1.0, &ad)));
+        let y = crate::cpu_kernels::layer_norm(&norm, 0.0, x.clone());
+        let s = 3.5f64.sqrt();
+        let got = y.clone().into_data().try_to_vec::<f32>().unwrap();
+        for (g, v) in got.iter().zip([1.0, 2.0, 3.0, 6.0]) {
+            let exact = 2.0 * (v - 3.0) / s + 1.0;
+            assert!((*g as f64 - exact).abs() < 1e-6, "{g} against {exact}");
+        }
+        // d/dx_0 of y_0: gamma (1 - 1/4 - xhat_0^2 / 4) / s, xhat_0 = -2 / s.
+        let grads = y.narrow(1, 0, 1).sum().backward();
+        let dx0 = x
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap()[0];
+        let exact = 2.0 * (1.0 - 0.25 - (4.0 / 3.5) / 4.0) / s;
+        assert!((dx0 as f64 - exact).abs() < 1e-6, "{dx0} against {exact}");
+    }
+
+    #[test]
+    fn outside_a_graph_it_is_the_plain_softmax() {
+        let device = Device::flex();
+        device.seed(3);
+        let x = Tensor::<4>::random([2, 2, 5, 9], Distribution::Normal(0.0, 2.0), &device);
+        let expected = burns(x.clone(), 0.5).into_data();
+        let tol = Tolerance::absolute(1e-6);
+        // On the autodiff device but not tracked, and on the plain CPU backend.
+        let untracked = Tensor::<4>::from_data(x.clone().into_data(), &device.autodiff());
+        scaled_softmax(untracked, 0.5)
+            .into_data()
+            .assert_approx_eq::<f32>(&expected, tol);
+        // A tensor whose buffer another one shares is computed on a copy.
+        let before = x.clone().into_data();
+        scaled_softmax(x.clone(), 0.5)
+            .into_data()
+            .assert_approx_eq::<f32>(&expected, tol);
+        x.into_data()
+            .assert_approx_eq::<f32>(&before, Tolerance::absolute(0.0));
+    }
+}
