@@ -33,6 +33,8 @@
 //! Tensor shapes are written in each function's docs as `[B, C, H, W]` and the like:
 //! B images, M anchor views per image, D the ViT width, K prototypes.
 
+#![forbid(unsafe_code)]
+
 pub mod checkpoint;
 pub mod classifier;
 pub mod config;

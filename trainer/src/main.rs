@@ -3,6 +3,13 @@
 //! training and scoring), which calls the `cxr_msn` model crate. Errors are printed once,
 //! as one chain of causes, and give exit status 1.
 
+mod zeroed_alloc;
+
+/// See `zeroed_alloc.rs`: zeroed allocations are written, which spares Burn's CPU backend
+/// page faults and cross-core TLB flushes.
+#[global_allocator]
+static ALLOCATOR: zeroed_alloc::ZeroedByWriting = zeroed_alloc::ZeroedByWriting;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
