@@ -1,14 +1,14 @@
-//! Element-wise kernels for the CPU backend: the exact GELU (and its slope, for training)
-//! and the attention softmax, written as branch-free loops that the compiler vectorises (at
-//! the CPU's widest width, [`crate::simd`]).
+//! Kernels for the CPU backend: the exact GELU (and its slope), the attention softmax (and
+//! its gradient) and LayerNorm (forward and backward), written as branch-free loops that the
+//! compiler vectorises (at the CPU's widest width, [`crate::simd`]).
 //!
-//! Burn's CPU backend (flex) computes both one element at a time through libm's scalar
-//! `erff` and `expf`; profiled on ViT-Tiny inference they took about 40 % of the time
-//! (BENCHMARKS.md). These kernels take the tensor's buffer out of the backend (no copy for
-//! a tensor that nothing else holds), work on it in place, and give it back. They are used
-//! on the CPU backend without autodiff ([`route`]); with autodiff on the CPU the GELU's
-//! slope is computed here and Burn differentiates a product with it ([`gelu`]); every
-//! other device keeps Burn's own operations.
+//! Burn's CPU backend (flex) computes the GELU and softmax one element at a time through
+//! libm's scalar `erff` and `expf`; profiled on ViT-Tiny inference they took about 40 % of
+//! the time (BENCHMARKS.md). Without autodiff ([`Route::Host`]) these kernels take the
+//! tensor's buffer out of the backend (no copy for a tensor that nothing else holds), work
+//! on it in place, and give it back. With autodiff on the CPU ([`Route::Graph`]) and the
+//! crate's `autodiff` feature, `crate::graph_kernels` runs them as operations of the graph
+//! with their own backward passes. Every other device keeps Burn's own operations.
 //!
 //! Accuracy: [`exp`] is within 2 ulp of the exact value over the range softmax uses
 //! (arguments at most 0), [`erf`] within 6e-7 of the exact value (Abramowitz and Stegun
@@ -29,8 +29,8 @@ pub enum Route {
     Burn,
     /// By the kernels here, on the values in place: the CPU backend without autodiff.
     Host,
-    /// The CPU backend with autodiff: the kernels here compute what Burn's differentiable
-    /// operations need ([`gelu`]), or Burn does it all.
+    /// The CPU backend with autodiff: the kernels here as graph operations with their own
+    /// backward passes (with the `autodiff` feature; Burn's operations without it).
     Graph,
 }
 

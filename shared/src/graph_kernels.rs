@@ -23,7 +23,7 @@ use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::backend::flex::FlexTensor;
 use burn::backend::ops::ModuleOps;
 use burn::backend::tensor::FloatTensor;
@@ -176,19 +176,14 @@ impl Backward<Flex, 1> for SoftmaxBackward {
     type State = FloatTensor<Flex>;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [parent] = ops.parents;
-        let grad = grads.consume::<Flex>(&ops.node);
-        let Some(parent) = parent else { return };
         let probs = contiguous(ops.state);
-        let row = last_dim(&probs);
-        let mut grad = contiguous(grad);
-        softmax_backward_rows(
-            probs.storage::<f32>(),
-            grad.storage_mut::<f32>(),
-            row,
-            self.scale,
-        );
-        grads.register::<Flex>(parent.id, grad);
+        unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
+            let mut grad = contiguous(grad);
+            let row = last_dim(&probs);
+            let (probs, grads) = (probs.storage::<f32>(), grad.storage_mut::<f32>());
+            softmax_backward_rows(probs, grads, row, self.scale);
+            grad
+        });
     }
 }
 
@@ -201,12 +196,12 @@ impl Backward<Flex, 1> for GeluBackward {
     type State = FloatTensor<Flex>;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [parent] = ops.parents;
-        let grad = grads.consume::<Flex>(&ops.node);
-        let Some(parent) = parent else { return };
-        let mut grad = contiguous(grad);
-        mul_in_place(grad.storage_mut::<f32>(), ops.state.storage::<f32>());
-        grads.register::<Flex>(parent.id, grad);
+        let slopes = ops.state;
+        unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
+            let mut grad = contiguous(grad);
+            mul_in_place(grad.storage_mut::<f32>(), slopes.storage::<f32>());
+            grad
+        });
     }
 }
 
