@@ -7,9 +7,9 @@
 //! copy's reads map the kernel's shared zero page into it; once that memory is freed and
 //! reused, the first write to each page is a copy-on-write fault whose TLB flush
 //! interrupts the other core. In the MSN training step those faults and interrupts took
-//! about 10 % of the time. Writing the zeros up front maps real pages once: the step's
-//! system time fell from 1.8-2.2 s to 0.5-0.7 s over a `bench step` run, its CPU time by
-//! about 10 %.
+//! about 10 % of the time. Writing the zeros up front maps real pages once: over a
+//! `bench step` run the system time fell by three quarters (2.3-3.0 s to 0.6-0.8 s for 17
+//! steps) and the CPU time by about 7 %.
 //!
 //! This is the project's one `unsafe` code outside its dependencies: `GlobalAlloc` is an
 //! unsafe trait, and each method forwards to [`System`] under the caller's guarantees.
