@@ -3,12 +3,12 @@
 //! training and scoring), which calls the `cxr_msn` model crate. Errors are printed once,
 //! as one chain of causes, and give exit status 1.
 
-mod zeroed_alloc;
+mod allocator;
 
-/// See `zeroed_alloc.rs`: zeroed allocations are written, which spares Burn's CPU backend
+/// See `allocator.rs`: zeroed allocations are written, which spares Burn's CPU backend
 /// page faults and cross-core TLB flushes.
 #[global_allocator]
-static ALLOCATOR: zeroed_alloc::ZeroedByWriting = zeroed_alloc::ZeroedByWriting;
+static ALLOCATOR: allocator::ZeroedByWriting = allocator::ZeroedByWriting;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -197,6 +197,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Freed blocks stay with the process for reuse (glibc; see `allocator.rs`).
+    allocator::keep_freed_blocks();
     let cli = Cli::parse();
     // Ctrl-C / SIGTERM in the commands that train: save and stop after the current step
     // (a second one quits at once). Other commands keep the default: stop at once.
