@@ -1,6 +1,7 @@
-//! Wrappers around the pure-Rust codecs (png, jpeg-decoder, hayro-jpeg2000, miniz_oxide)
-//! plus the DICOM RLE decoder. Each checks the declared size against [`DecodeLimits`] before
-//! it lets a codec allocate the pixels, and turns codec errors into [`DecodeError`]s.
+//! Wrappers around the pure-Rust codecs (png, zune-jpeg and jpeg-decoder, hayro-jpeg2000,
+//! miniz_oxide) plus the DICOM RLE decoder. Each checks the declared size against
+//! [`DecodeLimits`] before it lets a codec allocate the pixels, and turns codec errors into
+//! [`DecodeError`]s.
 
 use std::io::Cursor;
 
@@ -245,9 +246,10 @@ impl JpegSamples {
 /// Decodes one JPEG stream (any process jpeg-decoder reads: baseline, extended 8-bit,
 /// progressive, lossless 2 to 16 bits) with grey or 3-component colour. `transform` forces
 /// how 3 components are read (DICOM says it in PhotometricInterpretation); `None` leaves the
-/// JFIF/Adobe markers to decide.
+/// JFIF/Adobe markers to decide. 8-bit grey streams of the Huffman DCT processes go to
+/// zune-jpeg ([`decode_grey_dct`]), every other one to jpeg-decoder.
 ///
-/// The decoder's scaled IDCT (1/2, 1/4, 1/8) is deliberately not used to shrink large
+/// jpeg-decoder's scaled IDCT (1/2, 1/4, 1/8) is deliberately not used to shrink large
 /// images: it keeps only the low-frequency coefficients, which rings at burned-in text and
 /// lead markers (up to 62/255 from a 2x2 average of the full decode on a Kermany sample,
 /// where libjpeg-turbo's scaled decode stays within 10/255), for about 10 % of loading time.
