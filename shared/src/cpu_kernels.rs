@@ -8,7 +8,9 @@
 //! tensor's buffer out of the backend (no copy for a tensor that nothing else holds), work
 //! on it in place, and give it back. With autodiff on the CPU ([`Route::Graph`]) and the
 //! crate's `autodiff` feature, `crate::graph_kernels` runs them as operations of the graph
-//! with their own backward passes. Every other device keeps Burn's own operations.
+//! with their own backward passes. With that feature the ViT's linear layers ([`linear`])
+//! also take a path of their own on the CPU, in and out of a graph. Every other device
+//! keeps Burn's own operations.
 //!
 //! Accuracy: [`exp`] is within 2 ulp of the exact value over the range softmax uses
 //! (arguments at most 0), [`erf`] within 6e-7 of the exact value (Abramowitz and Stegun
@@ -16,7 +18,7 @@
 //! rounding. Tests check each against an f64 reference.
 
 use burn::backend::DispatchDevice;
-use burn::nn::LayerNorm;
+use burn::nn::{LayerNorm, Linear};
 use burn::tensor::activation;
 use burn::tensor::{DType, Tensor, TensorData};
 
@@ -139,6 +141,20 @@ pub fn layer_norm<const D: usize>(norm: &LayerNorm, eps: f64, x: Tensor<D>) -> T
     }
     let _ = eps;
     norm.forward(x)
+}
+
+/// `layer`'s forward pass, `[.., d_in]` -> `[.., d_out]`: with the `autodiff` feature, on
+/// the CPU ([`Route::Host`] and [`Route::Graph`]) and for a layer with a bias, one matrix
+/// product written straight into the output, which starts as the bias
+/// (`crate::gemm_call`), and in a graph a backward pass of its own; elsewhere Burn's.
+pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
+    #[cfg(feature = "autodiff")]
+    if matches!(route(&x), Route::Host | Route::Graph)
+        && let Some(bias) = &layer.bias
+    {
+        return crate::graph_kernels::linear(x, layer.weight.val(), bias.val());
+    }
+    layer.forward(x)
 }
 
 /// Whether [`scaled_softmax`] runs on the kernels here on this route, rather than on

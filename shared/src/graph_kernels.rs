@@ -1,6 +1,7 @@
-//! The attention softmax, the GELU and LayerNorm with backward passes of their own, for the CPU
-//! backend in an autodiff graph (training). Built with the `autodiff` feature, which the
-//! trainer turns on.
+//! The attention softmax, the GELU, LayerNorm and the linear layers with backward passes of
+//! their own, for the CPU backend in an autodiff graph (training); the linear layers also
+//! outside one (CPU inference). Built with the `autodiff` feature, which the trainer turns
+//! on.
 //!
 //! Burn differentiates both through the operations they are made of. Its attention
 //! (`attention_fallback`, which autodiff backends use) scales the scores, takes the row
@@ -14,6 +15,12 @@
 //! [`layer_norm_backward_rows`], keeping the normalised input and one inverse deviation per
 //! row; [`gelu_and_slope`] forward, keeping the slope, and a product with it backward
 //! (Burn's GELU calls a scalar `erf` and `exp` per element, forward and again backward).
+//!
+//! The linear layers run as one matrix product each way written straight into new buffers
+//! ([`crate::gemm_call`]): forward into an output that starts as the bias, backward `dx =
+//! dy W^T` and `dW = x^T dy` plus the bias's column sums, keeping the input and the weight.
+//! Burn's linear layer allocates each product's output zeroed and copies it once before
+//! the product writes it, and adds the bias in a pass of its own.
 //!
 //! The operations are a Burn backend extension ([`backend_extension`]): the flex backend
 //! runs the forward kernels; `Autodiff<Flex>` records the backward steps. Only tensors on
@@ -34,6 +41,7 @@ use crate::cpu_kernels::{
     gelu_and_slope, gelu_in_place, layer_norm_backward_rows, layer_norm_rows, mul_in_place,
     softmax_backward_rows, softmax_rows,
 };
+use crate::gemm_call::{MatrixRef, product};
 
 /// Operations with hand-written kernels (forward on the CPU backend, backward in its
 /// autodiff graphs).
@@ -52,6 +60,14 @@ pub trait GraphKernels: burn::backend::Backend {
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         eps: f32,
+    ) -> FloatTensor<Self>;
+
+    /// The linear layer `x W + b` over the last axis of `x` `[.., d_in]`, `W` `[d_in,
+    /// d_out]`, `b` `[d_out]` -> `[.., d_out]`, f32 (`crate::gemm_call`).
+    fn linear(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: FloatTensor<Self>,
     ) -> FloatTensor<Self>;
 }
 
@@ -78,9 +94,63 @@ impl GraphKernels for Flex {
         // Outside a graph, flex's own fused LayerNorm.
         <Flex as ModuleOps<Flex>>::layer_norm(x, gamma, Some(beta), eps as f64)
     }
+
+    fn linear(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        linear_forward(&contiguous(x), &contiguous(w), &contiguous(b))
+    }
+}
+
+/// [`GraphKernels::linear`] on contiguous tensors.
+fn linear_forward(x: &FlexTensor, w: &FlexTensor, b: &FlexTensor) -> FlexTensor {
+    let dims = x.shape();
+    let (d_in, d_out) = (w.shape()[0], last_dim(w));
+    assert_eq!(
+        last_dim(x),
+        d_in,
+        "x [.., {}] for W [{d_in}, {d_out}]",
+        last_dim(x)
+    );
+    let rows = dims.num_elements() / d_in.max(1);
+    let mut out_dims = dims.clone();
+    let last = out_dims.num_dims() - 1;
+    out_dims[last] = d_out;
+    product(
+        MatrixRef::row_major(x.storage::<f32>(), rows, d_in),
+        MatrixRef::row_major(w.storage::<f32>(), d_in, d_out),
+        Some(b.storage::<f32>()),
+        out_dims,
+    )
 }
 
 impl<C: CheckpointStrategy> GraphKernels for Autodiff<Flex, C> {
+    fn linear(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        match LinearBackward
+            .prepare::<C>([x.node(), w.node(), b.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let x = contiguous(x.into_primitive());
+                let w = contiguous(w.into_primitive());
+                let y = linear_forward(&x, &w, &contiguous(b.into_primitive()));
+                prep.finish((x, w), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(<Flex as GraphKernels>::linear(
+                x.into_primitive(),
+                w.into_primitive(),
+                b.into_primitive(),
+            )),
+        }
+    }
+
     fn scaled_softmax(x: FloatTensor<Self>, scale: f32) -> FloatTensor<Self> {
         match (SoftmaxBackward { scale })
             .prepare::<C>([x.node()])
@@ -257,6 +327,47 @@ impl Backward<Flex, 3> for LayerNormBackward {
     }
 }
 
+/// The backward step of [`GraphKernels::linear`]; its state is the input and the weight,
+/// both contiguous.
+#[derive(Debug)]
+struct LinearBackward;
+
+impl Backward<Flex, 3> for LinearBackward {
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [x_node, w_node, b_node] = ops.parents;
+        let grad = contiguous(grads.consume::<Flex>(&ops.node));
+        let (x, w) = ops.state;
+        let (d_in, d_out) = (w.shape()[0], last_dim(&w));
+        let rows = x.shape().num_elements() / d_in.max(1);
+        let dy = MatrixRef::row_major(grad.storage::<f32>(), rows, d_out);
+        if let Some(node) = b_node {
+            // db = the column sums of dy.
+            let mut sums = vec![0.0f32; d_out];
+            for row in grad.storage::<f32>().chunks_exact(d_out.max(1)) {
+                for (s, g) in sums.iter_mut().zip(row) {
+                    *s += g;
+                }
+            }
+            let db = FlexTensor::from_data(TensorData::new(sums, [d_out]));
+            grads.register::<Flex>(node.id, db);
+        }
+        if let Some(node) = w_node {
+            // dW = x^T dy, [d_in, d_out].
+            let xs = MatrixRef::row_major(x.storage::<f32>(), rows, d_in);
+            let dw = product(xs.t(), dy, None, w.shape());
+            grads.register::<Flex>(node.id, dw);
+        }
+        if let Some(node) = x_node {
+            // dx = dy W^T, the shape of x.
+            let ws = MatrixRef::row_major(w.storage::<f32>(), d_in, d_out);
+            let dx = product(dy, ws.t(), None, x.shape());
+            grads.register::<Flex>(node.id, dx);
+        }
+    }
+}
+
 /// The length of `x`'s last axis.
 fn last_dim(x: &FloatTensor<Flex>) -> usize {
     let shape = x.shape();
@@ -294,6 +405,16 @@ pub(crate) fn layer_norm<const D: usize>(
     ))
 }
 
+/// The linear layer `x W + b`, `x` `[.., d_in]`, `W` `[d_in, d_out]`, `b` `[d_out]`,
+/// differentiable, by [`crate::gemm_call`]; the same conditions as [`scaled_softmax`].
+pub(crate) fn linear<const D: usize>(x: Tensor<D>, w: Tensor<2>, b: Tensor<1>) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as GraphKernels>::linear(
+        x.into_dispatch(),
+        w.into_dispatch(),
+        b.into_dispatch(),
+    ))
+}
+
 /// `softmax(scale * x)` over the last axis of `x` `[.., N]`, differentiable, by the kernels
 /// above. `x` must be an f32 tensor on the CPU backend, with or without autodiff.
 pub(crate) fn scaled_softmax<const D: usize>(x: Tensor<D>, scale: f32) -> Tensor<D> {
@@ -308,7 +429,7 @@ mod tests {
     use super::*;
     use crate::cpu_kernels::{Route, route};
     use burn::module::Param;
-    use burn::nn::{LayerNorm, LayerNormConfig};
+    use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
     use burn::tensor::{Device, Distribution, TensorData, Tolerance, activation};
 
     /// The loss `sum(w * softmax(scale * x))` over a random `x` of `dims`, viewed through
@@ -462,6 +583,94 @@ mod tests {
             .unwrap()[0];
         let exact = 2.0 * (1.0 - 0.25 - (4.0 / 3.5) / 4.0) / s;
         assert!((dx0 as f64 - exact).abs() < 1e-6, "{dx0} against {exact}");
+    }
+
+    /// A linear layer with random weights and bias on `device`.
+    fn random_linear(d_in: usize, d_out: usize, device: &Device) -> Linear {
+        let mut layer = LinearConfig::new(d_in, d_out).init(device);
+        layer.bias = Some(Param::from_tensor(Tensor::random(
+            [d_out],
+            Distribution::Normal(0.0, 1.0),
+            device,
+        )));
+        layer
+    }
+
+    #[test]
+    fn linear_value_and_gradients_match_burns_linear() {
+        let device = Device::flex();
+        device.seed(5);
+        let ad = device.clone().autodiff();
+        // Output sizes that are whole u128 blocks and sizes that are not (7 x 5 = 35), and a
+        // transposed input view (computed on a copy).
+        for (dims, d_out, transposed) in [
+            ([2, 6, 16], 24, false),
+            ([1, 7, 9], 5, false),
+            ([3, 12, 8], 32, true),
+        ] {
+            let x = Tensor::<3>::random(dims, Distribution::Normal(0.0, 2.0), &device);
+            let d_in = if transposed { dims[1] } else { dims[2] };
+            let layer = random_linear(d_in, d_out, &ad);
+            let out_dims = if transposed {
+                [dims[0], dims[2], d_out]
+            } else {
+                [dims[0], dims[1], d_out]
+            };
+            let w = Tensor::<3>::random(out_dims, Distribution::Normal(0.0, 1.0), &device);
+            // The gradients of sum(w * linear(x)) by the product here and by Burn.
+            let run = |ours: bool| {
+                let x = Tensor::<3>::from_data(x.clone().into_data(), &ad).require_grad();
+                let w = Tensor::<3>::from_data(w.clone().into_data(), &ad);
+                let x_in = if transposed {
+                    x.clone().swap_dims(1, 2)
+                } else {
+                    x.clone()
+                };
+                let y = if ours {
+                    crate::cpu_kernels::linear(&layer, x_in)
+                } else {
+                    layer.forward(x_in)
+                };
+                let grads = (y.clone() * w).sum().backward();
+                (
+                    y.into_data(),
+                    x.grad(&grads).expect("a gradient for x").into_data(),
+                    layer.weight.val().grad(&grads).expect("dW").into_data(),
+                    layer
+                        .bias
+                        .as_ref()
+                        .unwrap()
+                        .val()
+                        .grad(&grads)
+                        .expect("db")
+                        .into_data(),
+                )
+            };
+            let (ours, reference) = (run(true), run(false));
+            let tol = Tolerance::absolute(1e-4);
+            ours.0.assert_approx_eq::<f32>(&reference.0, tol);
+            ours.1.assert_approx_eq::<f32>(&reference.1, tol);
+            ours.2.assert_approx_eq::<f32>(&reference.2, tol);
+            ours.3.assert_approx_eq::<f32>(&reference.3, tol);
+        }
+    }
+
+    #[test]
+    fn linear_matches_a_hand_computed_product() {
+        // [[1, 2], [3, 4]] [[1, 0, 2], [-1, 1, 0]] + [0.5, 0, -1] = [[-0.5, 2, 1], [-0.5, 4, 5]].
+        let device = Device::flex();
+        let x = Tensor::<2>::from_data(
+            TensorData::new(vec![1.0f32, 2.0, 3.0, 4.0], [2, 2]),
+            &device,
+        );
+        let w = vec![1.0f32, 0.0, 2.0, -1.0, 1.0, 0.0];
+        let w = Tensor::<2>::from_data(TensorData::new(w, [2, 3]), &device);
+        let b = Tensor::<1>::from_data(TensorData::new(vec![0.5f32, 0.0, -1.0], [3]), &device);
+        let y = linear(x, w, b);
+        assert_eq!(route(&y), Route::Host);
+        let want = TensorData::new(vec![-0.5f32, 2.0, 1.0, -0.5, 4.0, 5.0], [2, 3]);
+        y.into_data()
+            .assert_approx_eq::<f32>(&want, Tolerance::absolute(1e-6));
     }
 
     #[test]

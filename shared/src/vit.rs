@@ -49,7 +49,7 @@ impl Attention {
         let [b, n, d] = x.dims();
         let h = self.num_heads;
         let hd = d / h;
-        let qkv = self.qkv.forward(x);
+        let qkv = cpu_kernels::linear(&self.qkv, x);
         let split = |i: usize| {
             qkv.clone()
                 .narrow(2, i * d, d)
@@ -64,7 +64,7 @@ impl Attention {
             (attend(q, k, v), None)
         };
         let out = out.swap_dims(1, 2).reshape([b, n, d]);
-        (self.proj.forward(out), weights)
+        (cpu_kernels::linear(&self.proj, out), weights)
     }
 }
 
@@ -108,7 +108,10 @@ pub struct Mlp {
 impl Mlp {
     /// `[B, N, D]` -> `[B, N, D]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.fc2.forward(cpu_kernels::gelu(self.fc1.forward(x)))
+        cpu_kernels::linear(
+            &self.fc2,
+            cpu_kernels::gelu(cpu_kernels::linear(&self.fc1, x)),
+        )
     }
 }
 
@@ -186,7 +189,7 @@ impl Block {
         // [B, N, 3D]: q, k and v of every token, each head-major.
         let qkv = Tensor::cat(
             pieces.run(count, &|i| {
-                self.attn.qkv.forward(self.attention_norm(tokens(i)))
+                cpu_kernels::linear(&self.attn.qkv, self.attention_norm(tokens(i)))
             }),
             1,
         );
@@ -212,7 +215,8 @@ impl Block {
         Tensor::cat(
             pieces.run(count, &|i| {
                 let (start, len) = piece(i, count, n);
-                let y = tokens(i) + self.attn.proj.forward(heads.clone().narrow(1, start, len));
+                let y = tokens(i)
+                    + cpu_kernels::linear(&self.attn.proj, heads.clone().narrow(1, start, len));
                 y.clone() + self.mlp.forward(self.mlp_norm(y))
             }),
             1,

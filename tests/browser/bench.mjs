@@ -2,7 +2,9 @@
 // to the first prediction, and inference time per image on each backend Chromium offers
 // here (the CPU in WebAssembly; WebGPU on SwiftShader, a software adapter). With ORT_MODEL
 // (an .onnx file) and ORT_DIR (onnxruntime-web's dist/), ONNX Runtime Web runs that model
-// in the same browser in the same run, on its wasm backend (one thread, like ours).
+// in the same run, on its wasm backend (one thread, like ours), in a browser of its own, so
+// that each side's peak memory (the resident high-water mark, VmHWM, of the renderer
+// process running it, read from /proc: Linux only) is its own.
 //
 //   DIST=../../dist node bench.mjs
 //   scripts/bench-browser      (exports the page's own model to ONNX, installs onnxruntime-web)
@@ -46,7 +48,25 @@ await new Promise((r) => server.listen(0, "127.0.0.1", r));
 const origin = `http://127.0.0.1:${server.address().port}`;
 const FLAGS = ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-background-networking",
   "--disable-component-update", "--disable-sync", "--no-first-run", "--enable-unsafe-webgpu"];
-const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: FLAGS });
+const launch = () => chromium.launch({ executablePath: "/usr/bin/chromium", args: FLAGS });
+const browser = await launch();
+
+// The largest resident high-water mark among the browser's renderer processes, in MiB: the
+// peak memory of the one page it runs (null where /proc or the process list is missing).
+async function rendererPeakMiB(b) {
+  const cdp = await b.newBrowserCDPSession();
+  const { processInfo } = await cdp.send("SystemInfo.getProcessInfo");
+  await cdp.detach();
+  let peak = null;
+  for (const p of processInfo.filter((p) => p.type === "renderer")) {
+    try {
+      const kb = Number(readFileSync(`/proc/${p.id}/status`, "utf8").match(/VmHWM:\s+(\d+) kB/)[1]);
+      peak = Math.max(peak ?? 0, kb / 1024);
+    } catch { /* the process ended, or no /proc */ }
+  }
+  return peak;
+}
+const mib = (x) => (x === null ? "?" : `${x.toFixed(0)} MiB`);
 
 const median = (xs) => xs.slice().sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
@@ -74,13 +94,15 @@ async function timing(backend, runs) {
   }, runs);
 }
 const cpu = await timing("cpu", 6);
+const cpuPeak = await rendererPeakMiB(browser);
 const gpu = await timing("webgpu", 3);
 const backendName = await page.evaluate(() => window.cxrMsn.backend());
 
 // ONNX Runtime Web on the same model, in the same browser.
 let ort = null;
 if (ortModel) {
-  const ortPage = await browser.newPage();
+  const ortBrowser = await launch();
+  const ortPage = await ortBrowser.newPage();
   await ortPage.goto(`${origin}/ort.html`);
   ort = await ortPage.evaluate(async () => {
     const o = window.ort;
@@ -96,7 +118,8 @@ if (ortModel) {
     }
     return { times, version: o.env.versions?.web || "?" };
   });
-  await ortPage.close();
+  ort.peak = await rendererPeakMiB(ortBrowser);
+  await ortBrowser.close();
 }
 
 console.log("first load (cold cache):");
@@ -105,12 +128,12 @@ for (const f of served.filter((f) => !f.path.startsWith("/samples"))) {
 }
 console.log(`  total (with the sample)                 ${(total.raw / 1e6).toFixed(2)} MB raw, ${(total.gzip / 1e6).toFixed(2)} MB gzip`);
 console.log(`time to the first prediction: ${(firstPrediction / 1000).toFixed(1)} s`);
-console.log(`inference per image, CPU (wasm): median ${median(cpu.slice(1)).toFixed(0)} ms of ${cpu.length - 1} (first ${cpu[0].toFixed(0)} ms)`);
+console.log(`inference per image, CPU (wasm): median ${median(cpu.slice(1)).toFixed(0)} ms of ${cpu.length - 1} (first ${cpu[0].toFixed(0)} ms); renderer peak memory ${mib(cpuPeak)} (loading, first prediction and ${cpu.length} more)`);
 console.log(`inference per image, ${backendName}: median ${median(gpu.slice(1)).toFixed(0)} ms of ${gpu.length - 1} (first ${gpu[0].toFixed(0)} ms)`);
 if (ort) {
   const mine = median(cpu.slice(1));
   const theirs = median(ort.times.slice(1));
-  console.log(`ONNX Runtime Web ${ort.version} (wasm, 1 thread), the same model: median ${theirs.toFixed(0)} ms of ${ort.times.length - 1} (first ${ort.times[0].toFixed(0)} ms)`);
+  console.log(`ONNX Runtime Web ${ort.version} (wasm, 1 thread), the same model: median ${theirs.toFixed(0)} ms of ${ort.times.length - 1} (first ${ort.times[0].toFixed(0)} ms); renderer peak memory ${mib(ort.peak)} (loading and ${ort.times.length} runs)`);
   console.log(`ours / ONNX Runtime Web (CPU): ${(mine / theirs).toFixed(2)} (ours includes decoding the JPEG, the views and both heads; ORT runs the encoder on a ready tensor)`);
 }
 await browser.close();
