@@ -157,6 +157,22 @@ pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
     layer.forward(x)
 }
 
+/// Multi-head self-attention from the fused projection `qkv` `[B, N, 3D]` (q, k and v
+/// side by side, each head-major) to the heads side by side `[B, N, D]`, as one operation:
+/// with the `autodiff` feature on the CPU ([`Route::Host`], [`Route::Graph`]), each head's
+/// two products written straight into the attention weights and the output around
+/// [`softmax_rows`], and in a graph a backward step that writes the gradients of q, k and
+/// v into one buffer (`crate::graph_kernels`). Elsewhere `None`: the caller composes Burn's
+/// operations.
+pub fn attention_from_qkv(qkv: &Tensor<3>, heads: usize) -> Option<Tensor<3>> {
+    #[cfg(feature = "autodiff")]
+    if matches!(route(qkv), Route::Host | Route::Graph) {
+        return Some(crate::graph_kernels::attention(qkv.clone(), heads));
+    }
+    let _ = (qkv, heads);
+    None
+}
+
 /// Whether [`scaled_softmax`] runs on the kernels here on this route, rather than on
 /// Burn's composed operations.
 pub fn softmax_has_kernels(route: Route) -> bool {

@@ -1,5 +1,6 @@
 //! Matrix products written straight into the buffer of a new CPU tensor, for the linear
-//! layers' graph operation (`crate::graph_kernels`). Built with the `autodiff` feature.
+//! layers' and the attention's graph operations (`crate::graph_kernels`). Built with the
+//! `autodiff` feature.
 //!
 //! Burn's CPU backend gives every matrix product's output a fresh tensor made by
 //! `FlexTensor::empty`: a zeroed byte vector, then copied into a 16-byte-aligned buffer
@@ -7,7 +8,9 @@
 //! the product overwrites it. Profiled on the MSN training step, that took 15 % of the
 //! time (BENCHMARKS.md). Here the output is a vector of `u128` (16-byte aligned, which
 //! Burn's byte buffers take as they are), left uninitialised until the product writes every
-//! element, or filled with the bias that the product is then added to.
+//! element, or filled with the bias that the product is then added to ([`product`]); the
+//! attention's products go into parts of such buffers, zeroed once ([`zeros`],
+//! [`product_into`]).
 //!
 //! The products are `gemm`'s (as Burn's are), whose entry point is `unsafe`: it takes raw
 //! pointers with strides. [`product`] checks every bound it relies on first. This is the
@@ -92,7 +95,7 @@ pub(crate) fn product(
         assert_eq!(bias.len(), n, "one bias per column");
     }
     let len = m * n;
-    if len % 4 != 0 || len == 0 {
+    if !len.is_multiple_of(4) || len == 0 {
         // Not a whole number of u128: Burn's own path (zeroed, then copied once).
         let mut out = vec![0.0f32; len];
         if let Some(bias) = bias {
@@ -102,7 +105,7 @@ pub(crate) fn product(
         }
         // SAFETY: `out` holds the `m * n` initialised values `run` writes (and reads with a
         // bias); `a` and `b` are in bounds (checked above).
-        unsafe { run(out.as_mut_ptr(), a, b, bias.is_some()) };
+        unsafe { run(out.as_mut_ptr(), n, a, b, bias.is_some()) };
         return FlexTensor::from_data(burn::tensor::TensorData::new(out, shape));
     }
     let mut blocks: Vec<u128> = Vec::with_capacity(len / 4);
@@ -120,7 +123,7 @@ pub(crate) fn product(
     // (which gemm then reads), else only written; `a` and `b` are in bounds (checked
     // above). gemm writes all `m * n` of them, so the blocks are initialised after it.
     unsafe {
-        run(out, a, b, bias.is_some());
+        run(out, n, a, b, bias.is_some());
         blocks.set_len(len / 4);
     }
     FlexTensor::new(
@@ -130,14 +133,78 @@ pub(crate) fn product(
     )
 }
 
-/// `out = a b`, or `out += a b` with `accumulate`, `out` row-major `a.rows x b.cols`, on
+/// `a b` written into `dst` as a matrix of `a.rows x b.cols` at row stride `dst_row_stride`
+/// (column stride 1), overwriting what was there; the attention's products, into buffers
+/// of [`zeros`].
+///
+/// # Panics
+/// When the shapes disagree, the rows would overlap, or a matrix (`dst` included) leaves
+/// its data.
+pub(crate) fn product_into(
+    dst: &mut [f32],
+    dst_row_stride: usize,
+    a: MatrixRef<'_>,
+    b: MatrixRef<'_>,
+) {
+    let (m, n) = (a.rows, b.cols);
+    assert_eq!(
+        b.rows, a.cols,
+        "a product of {m}x{} and {}x{n}",
+        a.cols, b.rows
+    );
+    assert!(
+        a.in_bounds() && b.in_bounds(),
+        "a matrix's strides leave its data"
+    );
+    assert!(
+        dst_row_stride >= n,
+        "rows of {n} at a stride of {dst_row_stride} overlap"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    let target = MatrixRef {
+        data: dst,
+        rows: m,
+        cols: n,
+        row_stride: dst_row_stride,
+        col_stride: 1,
+    };
+    assert!(target.in_bounds(), "the product leaves its destination");
+    // SAFETY: `dst` holds the `m x n` matrix at row stride `dst_row_stride` (checked), all
+    // initialised; `a` and `b` are in bounds (checked).
+    unsafe { run(dst.as_mut_ptr(), dst_row_stride, a, b, false) };
+}
+
+/// A new f32 tensor of `shape`, zeros, in a buffer that Burn takes without copying.
+pub(crate) fn zeros(shape: Shape) -> FlexTensor {
+    let len = shape.num_elements();
+    if !len.is_multiple_of(4) {
+        return FlexTensor::from_data(burn::tensor::TensorData::new(vec![0.0f32; len], shape));
+    }
+    FlexTensor::new(
+        Bytes::from_elems(vec![0u128; len / 4]),
+        Layout::contiguous(shape),
+        DType::F32,
+    )
+}
+
+/// `out = a b`, or `out += a b` with `accumulate`, `out` `a.rows x b.cols` at row stride
+/// `out_row_stride` (column stride 1), on
 /// the calling thread (callers already spread their work over the cores). gemm writes every
 /// element of `out`, and reads them only with `accumulate`.
 ///
 /// # Safety
-/// `a` and `b` are in bounds, and `out` addresses `a.rows * b.cols` writable f32,
-/// initialised with `accumulate`; [`product`] checks and provides both.
-unsafe fn run(out: *mut f32, a: MatrixRef<'_>, b: MatrixRef<'_>, accumulate: bool) {
+/// `a` and `b` are in bounds, and `out` addresses the `a.rows x b.cols` writable f32 at
+/// that row stride, initialised with `accumulate`; [`product`] and [`product_into`] check
+/// and provide both.
+unsafe fn run(
+    out: *mut f32,
+    out_row_stride: usize,
+    a: MatrixRef<'_>,
+    b: MatrixRef<'_>,
+    accumulate: bool,
+) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     debug_assert!(a.in_bounds() && b.in_bounds());
     let s = |x: usize| x as isize;
@@ -150,7 +217,7 @@ unsafe fn run(out: *mut f32, a: MatrixRef<'_>, b: MatrixRef<'_>, accumulate: boo
             k,
             out,
             1,
-            s(n),
+            s(out_row_stride),
             accumulate,
             a.data.as_ptr(),
             s(a.col_stride),

@@ -1,7 +1,7 @@
-//! The attention softmax, the GELU, LayerNorm and the linear layers with backward passes of
-//! their own, for the CPU backend in an autodiff graph (training); the linear layers also
-//! outside one (CPU inference). Built with the `autodiff` feature, which the trainer turns
-//! on.
+//! The attention, its softmax, the GELU, LayerNorm and the linear layers with backward
+//! passes of their own, for the CPU backend in an autodiff graph (training); the attention
+//! and the linear layers also outside one (CPU inference). Built with the `autodiff`
+//! feature, which the trainer turns on.
 //!
 //! Burn differentiates both through the operations they are made of. Its attention
 //! (`attention_fallback`, which autodiff backends use) scales the scores, takes the row
@@ -22,6 +22,14 @@
 //! Burn's linear layer allocates each product's output zeroed and copies it once before
 //! the product writes it, and adds the bias in a pass of its own.
 //!
+//! The attention runs from the qkv projection to the heads side by side as one operation:
+//! per image and head, `q k^T` straight into the weights' buffer, the softmax in place,
+//! the weights times `v` straight into the head's columns of the output; backward, `dv`,
+//! `dq` and `dk` straight into their columns of one gradient buffer. Burn's composed path
+//! copies q, k and v out of the projection, allocates every product's output as above,
+//! copies the heads back side by side, and backward zero-fills a buffer as large as the
+//! projection for each of q, k and v and adds the three.
+//!
 //! The operations are a Burn backend extension ([`backend_extension`]): the flex backend
 //! runs the forward kernels; `Autodiff<Flex>` records the backward steps. Only tensors on
 //! those two are sent here ([`crate::cpu_kernels::route`]).
@@ -41,7 +49,7 @@ use crate::cpu_kernels::{
     gelu_and_slope, gelu_in_place, layer_norm_backward_rows, layer_norm_rows, mul_in_place,
     softmax_backward_rows, softmax_rows,
 };
-use crate::gemm_call::{MatrixRef, product};
+use crate::gemm_call::{MatrixRef, product, product_into, zeros};
 
 /// Operations with hand-written kernels (forward on the CPU backend, backward in its
 /// autodiff graphs).
@@ -69,6 +77,11 @@ pub trait GraphKernels: burn::backend::Backend {
         w: FloatTensor<Self>,
         b: FloatTensor<Self>,
     ) -> FloatTensor<Self>;
+
+    /// Multi-head self-attention from the fused projection `qkv` `[B, N, 3D]` (q, k and v
+    /// side by side, each head-major) to the heads side by side, `[B, N, D]`:
+    /// `softmax(q k^T / sqrt(D / heads)) v` per image and head, f32.
+    fn attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self>;
 }
 
 impl GraphKernels for Flex {
@@ -102,6 +115,85 @@ impl GraphKernels for Flex {
     ) -> FloatTensor<Self> {
         linear_forward(&contiguous(x), &contiguous(w), &contiguous(b))
     }
+
+    fn attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
+        attention_forward(&contiguous(qkv), heads).0
+    }
+}
+
+/// One head of one image in a contiguous `[B, N, 3D]` qkv buffer: where its q, k and v
+/// start and how they are laid out.
+#[derive(Debug, Clone, Copy)]
+struct HeadLayout {
+    /// Tokens per image.
+    n: usize,
+    /// The model width D.
+    d: usize,
+    /// The head width D / heads.
+    hd: usize,
+}
+
+impl HeadLayout {
+    fn of(qkv: &FlexTensor, heads: usize) -> Self {
+        let dims = qkv.shape();
+        assert_eq!(dims.num_dims(), 3, "qkv is [B, N, 3D]");
+        let d = dims[2] / 3;
+        assert!(
+            heads > 0 && dims[2] == 3 * d && d.is_multiple_of(heads),
+            "qkv [.., {}] for {heads} heads",
+            dims[2]
+        );
+        HeadLayout {
+            n: dims[1],
+            d,
+            hd: d / heads,
+        }
+    }
+
+    /// Part `which` (0 q, 1 k, 2 v) of head `head` of image `image`, `[N, hd]`.
+    fn part<'a>(&self, qkv: &'a [f32], image: usize, head: usize, which: usize) -> MatrixRef<'a> {
+        MatrixRef {
+            data: &qkv[self.start(image, head, which)..],
+            rows: self.n,
+            cols: self.hd,
+            row_stride: 3 * self.d,
+            col_stride: 1,
+        }
+    }
+
+    /// Where part `which` of head `head` of image `image` starts.
+    fn start(&self, image: usize, head: usize, which: usize) -> usize {
+        image * self.n * 3 * self.d + which * self.d + head * self.hd
+    }
+
+    fn scale(&self) -> f32 {
+        (self.hd as f32).powf(-0.5)
+    }
+}
+
+/// [`GraphKernels::attention`] on a contiguous qkv: the output `[B, N, D]` and the
+/// attention weights `[B, heads, N, N]`.
+fn attention_forward(qkv: &FlexTensor, heads: usize) -> (FlexTensor, FlexTensor) {
+    let layout = HeadLayout::of(qkv, heads);
+    let HeadLayout { n, d, hd } = layout;
+    let images = qkv.shape()[0];
+    let mut probs = zeros([images, heads, n, n].into());
+    let mut out = zeros([images, n, d].into());
+    let x = qkv.storage::<f32>();
+    let (p, o) = (probs.storage_mut::<f32>(), out.storage_mut::<f32>());
+    for image in 0..images {
+        for head in 0..heads {
+            let weights = &mut p[(image * heads + head) * n * n..][..n * n];
+            let q = layout.part(x, image, head, 0);
+            let k = layout.part(x, image, head, 1);
+            product_into(weights, n, q, k.t());
+            softmax_rows(weights, n, layout.scale());
+            let weights = MatrixRef::row_major(weights, n, n);
+            let v = layout.part(x, image, head, 2);
+            product_into(&mut o[image * n * d + head * hd..], d, weights, v);
+        }
+    }
+    (out, probs)
 }
 
 /// [`GraphKernels::linear`] on contiguous tensors.
@@ -127,6 +219,24 @@ fn linear_forward(x: &FlexTensor, w: &FlexTensor, b: &FlexTensor) -> FlexTensor 
 }
 
 impl<C: CheckpointStrategy> GraphKernels for Autodiff<Flex, C> {
+    fn attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
+        match (AttentionBackward { heads })
+            .prepare::<C>([qkv.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let qkv = contiguous(qkv.into_primitive());
+                let (out, probs) = attention_forward(&qkv, heads);
+                prep.finish((qkv, probs), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(<Flex as GraphKernels>::attention(
+                qkv.into_primitive(),
+                heads,
+            )),
+        }
+    }
+
     fn linear(
         x: FloatTensor<Self>,
         w: FloatTensor<Self>,
@@ -327,6 +437,66 @@ impl Backward<Flex, 3> for LayerNormBackward {
     }
 }
 
+/// The backward step of [`GraphKernels::attention`]; its state is the contiguous qkv and
+/// the attention weights.
+#[derive(Debug)]
+struct AttentionBackward {
+    heads: usize,
+}
+
+impl Backward<Flex, 1> for AttentionBackward {
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (qkv, probs) = ops.state;
+        let heads = self.heads;
+        unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
+            let grad = contiguous(grad);
+            let layout = HeadLayout::of(&qkv, heads);
+            let HeadLayout { n, d, hd } = layout;
+            let images = qkv.shape()[0];
+            let (x, p, dy) = (
+                qkv.storage::<f32>(),
+                probs.storage::<f32>(),
+                grad.storage::<f32>(),
+            );
+            // Every element is written: q's, k's and v's parts of every head.
+            let mut dqkv = zeros(qkv.shape());
+            let dx = dqkv.storage_mut::<f32>();
+            let mut d_weights = vec![0.0f32; n * n];
+            for image in 0..images {
+                for head in 0..heads {
+                    let weights = &p[(image * heads + head) * n * n..][..n * n];
+                    let dout = MatrixRef {
+                        data: &dy[image * n * d + head * hd..],
+                        rows: n,
+                        cols: hd,
+                        row_stride: d,
+                        col_stride: 1,
+                    };
+                    let at = |which: usize| layout.start(image, head, which);
+                    let w = MatrixRef::row_major(weights, n, n);
+                    // dv = w^T dout; d(weights) = dout v^T, then back through the softmax.
+                    product_into(&mut dx[at(2)..], 3 * d, w.t(), dout);
+                    let v = layout.part(x, image, head, 2);
+                    product_into(&mut d_weights, n, dout, v.t());
+                    softmax_backward_rows(weights, &mut d_weights, n, layout.scale());
+                    // With s = q k^T: dq = ds k, dk = ds^T q.
+                    let ds = MatrixRef::row_major(&d_weights, n, n);
+                    product_into(&mut dx[at(0)..], 3 * d, ds, layout.part(x, image, head, 1));
+                    product_into(
+                        &mut dx[at(1)..],
+                        3 * d,
+                        ds.t(),
+                        layout.part(x, image, head, 0),
+                    );
+                }
+            }
+            dqkv
+        });
+    }
+}
+
 /// The backward step of [`GraphKernels::linear`]; its state is the input and the weight,
 /// both contiguous.
 #[derive(Debug)]
@@ -412,6 +582,16 @@ pub(crate) fn linear<const D: usize>(x: Tensor<D>, w: Tensor<2>, b: Tensor<1>) -
         x.into_dispatch(),
         w.into_dispatch(),
         b.into_dispatch(),
+    ))
+}
+
+/// Multi-head self-attention from the fused projection `qkv` `[B, N, 3D]` to the heads side
+/// by side `[B, N, D]`, differentiable, by [`crate::gemm_call`] and the softmax kernels;
+/// the same conditions as [`scaled_softmax`].
+pub(crate) fn attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
+    Tensor::from_dispatch(<Dispatch as GraphKernels>::attention(
+        qkv.into_dispatch(),
+        heads,
     ))
 }
 
@@ -671,6 +851,61 @@ mod tests {
         let want = TensorData::new(vec![-0.5f32, 2.0, 1.0, -0.5, 4.0, 5.0], [2, 3]);
         y.into_data()
             .assert_approx_eq::<f32>(&want, Tolerance::absolute(1e-6));
+    }
+
+    /// Attention from `qkv` `[B, N, 3D]` by Burn's operations, as `vit::Attention` composes
+    /// them where the fused operation does not run.
+    fn composed_attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
+        let [b, n, d3] = qkv.dims();
+        let (d, hd) = (d3 / 3, d3 / 3 / heads);
+        let split = |i: usize| {
+            qkv.clone()
+                .narrow(2, i * d, d)
+                .reshape([b, n, heads, hd])
+                .swap_dims(1, 2)
+        };
+        let (q, k, v) = (split(0), split(1), split(2));
+        let scale = (hd as f64).powf(-0.5);
+        let weights = activation::softmax(q.matmul(k.swap_dims(2, 3)).mul_scalar(scale), 3);
+        weights.matmul(v).swap_dims(1, 2).reshape([b, n, d])
+    }
+
+    #[test]
+    fn attention_value_and_gradient_match_burns_composed_attention() {
+        let device = Device::flex();
+        device.seed(17);
+        let ad = device.clone().autodiff();
+        // Weights of whole u128 blocks and not (7 x 7), one head and several.
+        for (b, n, d, heads) in [(2, 5, 12, 3), (1, 7, 8, 2), (3, 4, 6, 1)] {
+            let qkv = Tensor::<3>::random([b, n, 3 * d], Distribution::Normal(0.0, 1.5), &device);
+            let w = Tensor::<3>::random([b, n, d], Distribution::Normal(0.0, 1.0), &device);
+            let run = |ours: bool| {
+                let x = Tensor::<3>::from_data(qkv.clone().into_data(), &ad).require_grad();
+                let w = Tensor::<3>::from_data(w.clone().into_data(), &ad);
+                let y = if ours {
+                    attention(x.clone(), heads)
+                } else {
+                    composed_attention(x.clone(), heads)
+                };
+                let grads = (y.clone() * w).sum().backward();
+                (
+                    y.into_data(),
+                    x.grad(&grads).expect("a gradient for qkv").into_data(),
+                )
+            };
+            let (ours, reference) = (run(true), run(false));
+            let tol = Tolerance::absolute(1e-5);
+            ours.0.assert_approx_eq::<f32>(&reference.0, tol);
+            ours.1.assert_approx_eq::<f32>(&reference.1, tol);
+            // Outside a graph: the CPU backend, and the autodiff one untracked.
+            let plain = attention(qkv.clone(), heads);
+            assert_eq!(route(&plain), Route::Host);
+            plain.into_data().assert_approx_eq::<f32>(&reference.0, tol);
+            let untracked = Tensor::<3>::from_data(qkv.clone().into_data(), &ad);
+            attention(untracked, heads)
+                .into_data()
+                .assert_approx_eq::<f32>(&reference.0, tol);
+        }
     }
 
     #[test]

@@ -50,6 +50,9 @@ impl Attention {
         let h = self.num_heads;
         let hd = d / h;
         let qkv = cpu_kernels::linear(&self.qkv, x);
+        if !keep_weights && let Some(heads) = cpu_kernels::attention_from_qkv(&qkv, h) {
+            return (cpu_kernels::linear(&self.proj, heads), None);
+        }
         let split = |i: usize| {
             qkv.clone()
                 .narrow(2, i * d, d)
