@@ -721,19 +721,14 @@ mod tests {
                 };
                 let grads = (y.clone() * view(w)).sum().backward();
                 let grad = |t: Tensor<1>| t.grad(&grads).expect("a gradient").into_data();
-                (
+                [
                     y.into_data(),
                     x.grad(&grads).expect("a gradient for x").into_data(),
                     grad(norm.gamma.val()),
                     grad(norm.beta.as_ref().unwrap().val()),
-                )
+                ]
             };
-            let (ours, reference) = (run(true), run(false));
-            let tol = Tolerance::absolute(2e-5);
-            ours.0.assert_approx_eq::<f32>(&reference.0, tol);
-            ours.1.assert_approx_eq::<f32>(&reference.1, tol);
-            ours.2.assert_approx_eq::<f32>(&reference.2, tol);
-            ours.3.assert_approx_eq::<f32>(&reference.3, tol);
+            assert_all_close(run(true), run(false), Tolerance::absolute(2e-5));
         }
     }
 
@@ -763,6 +758,17 @@ mod tests {
             .unwrap()[0];
         let exact = 2.0 * (1.0 - 0.25 - (4.0 / 3.5) / 4.0) / s;
         assert!((dx0 as f64 - exact).abs() < 1e-6, "{dx0} against {exact}");
+    }
+
+    /// Each of `ours` within `tol` of the same item of `reference`.
+    fn assert_all_close<const N: usize>(
+        ours: [TensorData; N],
+        reference: [TensorData; N],
+        tol: Tolerance<f32>,
+    ) {
+        for (a, b) in ours.iter().zip(&reference) {
+            a.assert_approx_eq::<f32>(b, tol);
+        }
     }
 
     /// A linear layer with random weights and bias on `device`.
@@ -812,26 +818,15 @@ mod tests {
                     layer.forward(x_in)
                 };
                 let grads = (y.clone() * w).sum().backward();
-                (
+                let bias = layer.bias.as_ref().unwrap().val();
+                [
                     y.into_data(),
                     x.grad(&grads).expect("a gradient for x").into_data(),
                     layer.weight.val().grad(&grads).expect("dW").into_data(),
-                    layer
-                        .bias
-                        .as_ref()
-                        .unwrap()
-                        .val()
-                        .grad(&grads)
-                        .expect("db")
-                        .into_data(),
-                )
+                    bias.grad(&grads).expect("db").into_data(),
+                ]
             };
-            let (ours, reference) = (run(true), run(false));
-            let tol = Tolerance::absolute(1e-4);
-            ours.0.assert_approx_eq::<f32>(&reference.0, tol);
-            ours.1.assert_approx_eq::<f32>(&reference.1, tol);
-            ours.2.assert_approx_eq::<f32>(&reference.2, tol);
-            ours.3.assert_approx_eq::<f32>(&reference.3, tol);
+            assert_all_close(run(true), run(false), Tolerance::absolute(1e-4));
         }
     }
 
@@ -888,23 +883,24 @@ mod tests {
                     composed_attention(x.clone(), heads)
                 };
                 let grads = (y.clone() * w).sum().backward();
-                (
+                [
                     y.into_data(),
                     x.grad(&grads).expect("a gradient for qkv").into_data(),
-                )
+                ]
             };
-            let (ours, reference) = (run(true), run(false));
+            let reference = run(false);
             let tol = Tolerance::absolute(1e-5);
-            ours.0.assert_approx_eq::<f32>(&reference.0, tol);
-            ours.1.assert_approx_eq::<f32>(&reference.1, tol);
+            assert_all_close(run(true), reference.clone(), tol);
             // Outside a graph: the CPU backend, and the autodiff one untracked.
             let plain = attention(qkv.clone(), heads);
             assert_eq!(route(&plain), Route::Host);
-            plain.into_data().assert_approx_eq::<f32>(&reference.0, tol);
+            plain
+                .into_data()
+                .assert_approx_eq::<f32>(&reference[0], tol);
             let untracked = Tensor::<3>::from_data(qkv.clone().into_data(), &ad);
             attention(untracked, heads)
                 .into_data()
-                .assert_approx_eq::<f32>(&reference.0, tol);
+                .assert_approx_eq::<f32>(&reference[0], tol);
         }
     }
 
