@@ -9,8 +9,8 @@
 //! on it in place, and give it back. With autodiff on the CPU ([`Route::Graph`]) and the
 //! crate's `autodiff` feature, `crate::graph_kernels` runs them as operations of the graph
 //! with their own backward passes. With that feature the ViT's linear layers ([`linear`])
-//! also take a path of their own on the CPU, in and out of a graph. Every other device
-//! keeps Burn's own operations.
+//! and its attention ([`attention_from_qkv`]) also take a path of their own on the CPU, in
+//! and out of a graph. Every other device keeps Burn's own operations.
 //!
 //! Accuracy: [`exp`] is within 2 ulp of the exact value over the range softmax uses
 //! (arguments at most 0), [`erf`] within 6e-7 of the exact value (Abramowitz and Stegun
@@ -151,6 +151,8 @@ pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
     #[cfg(feature = "autodiff")]
     if matches!(route(&x), Route::Host | Route::Graph)
         && let Some(bias) = &layer.bias
+        && layer.weight.val().dtype() == DType::F32
+        && bias.val().dtype() == DType::F32
     {
         return crate::graph_kernels::linear(x, layer.weight.val(), bias.val());
     }

@@ -13,8 +13,8 @@
 //! [`product_into`]).
 //!
 //! The products are `gemm`'s (as Burn's are), whose entry point is `unsafe`: it takes raw
-//! pointers with strides. [`product`] checks every bound it relies on first. This is the
-//! model crate's one `unsafe` code.
+//! pointers with strides. [`product`] and [`product_into`] check every bound it relies on
+//! first. This is the model crate's one `unsafe` code.
 
 #![allow(unsafe_code)]
 
@@ -190,9 +190,9 @@ pub(crate) fn zeros(shape: Shape) -> FlexTensor {
 }
 
 /// `out = a b`, or `out += a b` with `accumulate`, `out` `a.rows x b.cols` at row stride
-/// `out_row_stride` (column stride 1), on
-/// the calling thread (callers already spread their work over the cores). gemm writes every
-/// element of `out`, and reads them only with `accumulate`.
+/// `out_row_stride` (column stride 1), on the calling thread (callers already spread their
+/// work over the cores). gemm writes every element of `out`, and reads them only with
+/// `accumulate`.
 ///
 /// # Safety
 /// `a` and `b` are in bounds, and `out` addresses the `a.rows x b.cols` writable f32 at
@@ -209,7 +209,8 @@ unsafe fn run(
     debug_assert!(a.in_bounds() && b.in_bounds());
     let s = |x: usize| x as isize;
     // SAFETY: gemm reads `a` and `b` at the strides given, within their data (checked),
-    // and writes (and with `accumulate` reads) `out` at column stride 1, row stride `n`.
+    // and writes (and with `accumulate` reads) `out` at column stride 1, row stride
+    // `out_row_stride`, within what the caller provides.
     unsafe {
         gemm::gemm(
             m,

@@ -16,15 +16,15 @@
 //!    freed) with its own `mmap` and returns it with `munmap` when freed, and gives the
 //!    top of its heap back once 128 KiB of it are free; the next block of that size then
 //!    costs a page fault and a page-clearing per 4 KiB. The loader allocates such blocks
-//!    for every image (a decoded radiograph is 1-2.5 MB) and the training step for every
-//!    tensor. Serving blocks up to 32 MiB from the heap and keeping up to 512 MiB of free
-//!    heap makes them reusable (the price: up to that much free memory stays with the
-//!    process): the loader on one thread went from 0.118 to 0.090 s per
-//!    epoch of the 16 sample radiographs (BENCHMARKS.md).
+//!    for every image (a decoded radiograph is 1-2.5 MB), the training step for many of
+//!    its tensors. Serving blocks up to 32 MiB from the heap and keeping up to 512 MiB of
+//!    free heap makes them reusable (the price: up to that much free memory stays with
+//!    the process): the loader on one thread went from 0.111-0.121 to 0.095-0.096 s per
+//!    epoch of the 16 sample radiographs, one image's inference by 9 % (BENCHMARKS.md).
 //!
-//! This is the project's one `unsafe` code outside its dependencies: `GlobalAlloc` is an
-//! unsafe trait, and each method forwards to [`System`] under the caller's guarantees;
-//! `mallopt` is a C function.
+//! One of the project's two modules with `unsafe` code (the other is the model crate's
+//! `gemm_call.rs`): `GlobalAlloc` is an unsafe trait, and each method forwards to
+//! [`System`] under the caller's guarantees; `mallopt` is a C function.
 
 #![allow(unsafe_code)]
 
