@@ -165,13 +165,18 @@ pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
 /// two products written straight into the attention weights and the output around
 /// [`softmax_rows`], and in a graph a backward step that writes the gradients of q, k and
 /// v into one buffer (`crate::graph_kernels`). Elsewhere `None`: the caller composes Burn's
-/// operations.
-pub fn attention_from_qkv(qkv: &Tensor<3>, heads: usize) -> Option<Tensor<3>> {
+/// operations. `range` picks which of the `heads` heads are computed: all (`0..heads`), or
+/// a group (`forward_in_pieces`), whose output is those heads' columns of the whole.
+pub fn attention_from_qkv(
+    qkv: &Tensor<3>,
+    heads: usize,
+    range: std::ops::Range<usize>,
+) -> Option<Tensor<3>> {
     #[cfg(feature = "autodiff")]
     if matches!(route(qkv), Route::Host | Route::Graph) {
-        return Some(crate::graph_kernels::attention(qkv.clone(), heads));
+        return Some(crate::graph_kernels::attention(qkv.clone(), heads, range));
     }
-    let _ = (qkv, heads);
+    let _ = (qkv, heads, range);
     None
 }
 

@@ -79,9 +79,15 @@ pub trait GraphKernels: burn::backend::Backend {
     ) -> FloatTensor<Self>;
 
     /// Multi-head self-attention from the fused projection `qkv` `[B, N, 3D]` (q, k and v
-    /// side by side, each head-major) to the heads side by side, `[B, N, D]`:
-    /// `softmax(q k^T / sqrt(D / heads)) v` per image and head, f32.
-    fn attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self>;
+    /// side by side, each head-major) of `heads` heads: heads `first .. first + count`,
+    /// side by side, `[B, N, count * D / heads]`, each `softmax(q k^T / sqrt(D / heads)) v`
+    /// per image, f32.
+    fn attention(
+        qkv: FloatTensor<Self>,
+        heads: usize,
+        first: usize,
+        count: usize,
+    ) -> FloatTensor<Self>;
 }
 
 impl GraphKernels for Flex {
@@ -116,8 +122,13 @@ impl GraphKernels for Flex {
         linear_forward(&contiguous(x), &contiguous(w), &contiguous(b))
     }
 
-    fn attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
-        attention_forward(&contiguous(qkv), heads).0
+    fn attention(
+        qkv: FloatTensor<Self>,
+        heads: usize,
+        first: usize,
+        count: usize,
+    ) -> FloatTensor<Self> {
+        attention_forward(&contiguous(qkv), Heads::new(heads, first, count)).0
     }
 }
 
@@ -171,26 +182,50 @@ impl HeadLayout {
     }
 }
 
-/// [`GraphKernels::attention`] on a contiguous qkv: the output `[B, N, D]` and the
-/// attention weights `[B, heads, N, N]`.
-fn attention_forward(qkv: &FlexTensor, heads: usize) -> (FlexTensor, FlexTensor) {
-    let layout = HeadLayout::of(qkv, heads);
-    let HeadLayout { n, d, hd } = layout;
-    let images = qkv.shape()[0];
-    let mut probs = zeros([images, heads, n, n].into());
-    let mut out = zeros([images, n, d].into());
+/// Which heads [`GraphKernels::attention`] computes: `count` of the `total`, from `first`.
+#[derive(Debug, Clone, Copy)]
+struct Heads {
+    total: usize,
+    first: usize,
+    count: usize,
+}
+
+impl Heads {
+    fn new(total: usize, first: usize, count: usize) -> Self {
+        assert!(
+            first + count <= total,
+            "heads {first}..{} of {total}",
+            first + count
+        );
+        Heads {
+            total,
+            first,
+            count,
+        }
+    }
+}
+
+/// [`GraphKernels::attention`] on a contiguous qkv: the output `[B, N, count * hd]` and the
+/// attention weights `[B, count, N, N]`.
+fn attention_forward(qkv: &FlexTensor, heads: Heads) -> (FlexTensor, FlexTensor) {
+    let layout = HeadLayout::of(qkv, heads.total);
+    let HeadLayout { n, hd, .. } = layout;
+    let (images, width) = (qkv.shape()[0], heads.count * hd);
+    let mut probs = zeros([images, heads.count, n, n].into());
+    let mut out = zeros([images, n, width].into());
     let x = qkv.storage::<f32>();
     let (p, o) = (probs.storage_mut::<f32>(), out.storage_mut::<f32>());
     for image in 0..images {
-        for head in 0..heads {
-            let weights = &mut p[(image * heads + head) * n * n..][..n * n];
+        for slot in 0..heads.count {
+            let head = heads.first + slot;
+            let weights = &mut p[(image * heads.count + slot) * n * n..][..n * n];
             let q = layout.part(x, image, head, 0);
             let k = layout.part(x, image, head, 1);
             product_into(weights, n, q, k.t());
             softmax_rows(weights, n, layout.scale());
             let weights = MatrixRef::row_major(weights, n, n);
             let v = layout.part(x, image, head, 2);
-            product_into(&mut o[image * n * d + head * hd..], d, weights, v);
+            product_into(&mut o[image * n * width + slot * hd..], width, weights, v);
         }
     }
     (out, probs)
@@ -219,7 +254,13 @@ fn linear_forward(x: &FlexTensor, w: &FlexTensor, b: &FlexTensor) -> FlexTensor 
 }
 
 impl<C: CheckpointStrategy> GraphKernels for Autodiff<Flex, C> {
-    fn attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
+    fn attention(
+        qkv: FloatTensor<Self>,
+        heads: usize,
+        first: usize,
+        count: usize,
+    ) -> FloatTensor<Self> {
+        let heads = Heads::new(heads, first, count);
         match (AttentionBackward { heads })
             .prepare::<C>([qkv.node()])
             .compute_bound()
@@ -232,7 +273,9 @@ impl<C: CheckpointStrategy> GraphKernels for Autodiff<Flex, C> {
             }
             OpsKind::UnTracked(prep) => prep.finish(<Flex as GraphKernels>::attention(
                 qkv.into_primitive(),
-                heads,
+                heads.total,
+                first,
+                count,
             )),
         }
     }
@@ -441,7 +484,7 @@ impl Backward<Flex, 3> for LayerNormBackward {
 /// the attention weights.
 #[derive(Debug)]
 struct AttentionBackward {
-    heads: usize,
+    heads: Heads,
 }
 
 impl Backward<Flex, 1> for AttentionBackward {
@@ -452,26 +495,27 @@ impl Backward<Flex, 1> for AttentionBackward {
         let heads = self.heads;
         unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
             let grad = contiguous(grad);
-            let layout = HeadLayout::of(&qkv, heads);
+            let layout = HeadLayout::of(&qkv, heads.total);
             let HeadLayout { n, d, hd } = layout;
-            let images = qkv.shape()[0];
+            let (images, width) = (qkv.shape()[0], heads.count * hd);
             let (x, p, dy) = (
                 qkv.storage::<f32>(),
                 probs.storage::<f32>(),
                 grad.storage::<f32>(),
             );
-            // Every element is written: q's, k's and v's parts of every head.
+            // The computed heads' q, k and v columns are written; the others stay zero.
             let mut dqkv = zeros(qkv.shape());
             let dx = dqkv.storage_mut::<f32>();
             let mut d_weights = vec![0.0f32; n * n];
             for image in 0..images {
-                for head in 0..heads {
-                    let weights = &p[(image * heads + head) * n * n..][..n * n];
+                for slot in 0..heads.count {
+                    let head = heads.first + slot;
+                    let weights = &p[(image * heads.count + slot) * n * n..][..n * n];
                     let dout = MatrixRef {
-                        data: &dy[image * n * d + head * hd..],
+                        data: &dy[image * n * width + slot * hd..],
                         rows: n,
                         cols: hd,
-                        row_stride: d,
+                        row_stride: width,
                         col_stride: 1,
                     };
                     let at = |which: usize| layout.start(image, head, which);
@@ -585,13 +629,15 @@ pub(crate) fn linear<const D: usize>(x: Tensor<D>, w: Tensor<2>, b: Tensor<1>) -
     ))
 }
 
-/// Multi-head self-attention from the fused projection `qkv` `[B, N, 3D]` to the heads side
-/// by side `[B, N, D]`, differentiable, by [`crate::gemm_call`] and the softmax kernels;
-/// the same conditions as [`scaled_softmax`].
-pub(crate) fn attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
+/// Multi-head self-attention from the fused projection `qkv` `[B, N, 3D]` of `heads` heads:
+/// the heads of `range` side by side, `[B, N, range.len() * D / heads]`, differentiable, by
+/// [`crate::gemm_call`] and the softmax kernels; the same conditions as [`scaled_softmax`].
+pub(crate) fn attention(qkv: Tensor<3>, heads: usize, range: std::ops::Range<usize>) -> Tensor<3> {
     Tensor::from_dispatch(<Dispatch as GraphKernels>::attention(
         qkv.into_dispatch(),
         heads,
+        range.start,
+        range.len(),
     ))
 }
 
@@ -870,17 +916,26 @@ mod tests {
         let device = Device::flex();
         device.seed(17);
         let ad = device.clone().autodiff();
-        // Weights of whole u128 blocks and not (7 x 7), one head and several.
-        for (b, n, d, heads) in [(2, 5, 12, 3), (1, 7, 8, 2), (3, 4, 6, 1)] {
+        // Weights of whole u128 blocks and not (7 x 7), one head and several, all heads and
+        // a range of them (the output's columns of those heads).
+        for (b, n, d, heads, range) in [
+            (2, 5, 12, 3, 0..3),
+            (1, 7, 8, 2, 0..2),
+            (3, 4, 6, 1, 0..1),
+            (2, 5, 12, 3, 1..3),
+            (1, 7, 8, 2, 1..2),
+        ] {
+            let hd = d / heads;
+            let width = range.len() * hd;
             let qkv = Tensor::<3>::random([b, n, 3 * d], Distribution::Normal(0.0, 1.5), &device);
-            let w = Tensor::<3>::random([b, n, d], Distribution::Normal(0.0, 1.0), &device);
+            let w = Tensor::<3>::random([b, n, width], Distribution::Normal(0.0, 1.0), &device);
             let run = |ours: bool| {
                 let x = Tensor::<3>::from_data(qkv.clone().into_data(), &ad).require_grad();
                 let w = Tensor::<3>::from_data(w.clone().into_data(), &ad);
                 let y = if ours {
-                    attention(x.clone(), heads)
+                    attention(x.clone(), heads, range.clone())
                 } else {
-                    composed_attention(x.clone(), heads)
+                    composed_attention(x.clone(), heads).narrow(2, range.start * hd, width)
                 };
                 let grads = (y.clone() * w).sum().backward();
                 [
@@ -892,13 +947,13 @@ mod tests {
             let tol = Tolerance::absolute(1e-5);
             assert_all_close(run(true), reference.clone(), tol);
             // Outside a graph: the CPU backend, and the autodiff one untracked.
-            let plain = attention(qkv.clone(), heads);
+            let plain = attention(qkv.clone(), heads, range.clone());
             assert_eq!(route(&plain), Route::Host);
             plain
                 .into_data()
                 .assert_approx_eq::<f32>(&reference[0], tol);
             let untracked = Tensor::<3>::from_data(qkv.clone().into_data(), &ad);
-            attention(untracked, heads)
+            attention(untracked, heads, range.clone())
                 .into_data()
                 .assert_approx_eq::<f32>(&reference[0], tol);
         }

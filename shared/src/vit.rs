@@ -50,7 +50,7 @@ impl Attention {
         let h = self.num_heads;
         let hd = d / h;
         let qkv = cpu_kernels::linear(&self.qkv, x);
-        if !keep_weights && let Some(heads) = cpu_kernels::attention_from_qkv(&qkv, h) {
+        if !keep_weights && let Some(heads) = cpu_kernels::attention_from_qkv(&qkv, h, 0..h) {
             return (cpu_kernels::linear(&self.proj, heads), None);
         }
         let split = |i: usize| {
@@ -203,6 +203,9 @@ impl Block {
         let heads = Tensor::cat(
             pieces.run(groups, &|i| {
                 let (first, len) = piece(i, groups, h);
+                if let Some(out) = cpu_kernels::attention_from_qkv(&qkv, h, first..first + len) {
+                    return out;
+                }
                 let part = |which: usize| {
                     qkv.clone()
                         .narrow(2, which * d + first * hd, len * hd)
