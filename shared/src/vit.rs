@@ -83,10 +83,10 @@ fn attention_weights(q: Tensor<4>, k: Tensor<4>) -> Tensor<4> {
 }
 
 /// Scaled dot-product attention `softmax(q k^T / sqrt(hd)) v`: `[B, H, N, hd]` each ->
-/// `[B, H, N, hd]`. On the CPU backend (without autodiff, and in a graph with the
-/// `autodiff` feature), two matrix products around [`cpu_kernels::scaled_softmax`];
-/// elsewhere the backend's fused kernel (the same composed operations on autodiff
-/// backends).
+/// `[B, H, N, hd]`, where [`cpu_kernels::attention_from_qkv`] does not run (without the
+/// `autodiff` feature, as in the page, or off the CPU). On the CPU backend without
+/// autodiff, two matrix products around [`cpu_kernels::scaled_softmax`]; elsewhere the
+/// backend's fused kernel (the same composed operations on autodiff backends).
 fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
     if cpu_kernels::softmax_has_kernels(cpu_kernels::route(&q)) {
         return attention_weights(q, k).matmul(v);
