@@ -151,10 +151,11 @@ pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
     #[cfg(feature = "autodiff")]
     if matches!(route(&x), Route::Host | Route::Graph)
         && let Some(bias) = &layer.bias
-        && layer.weight.val().dtype() == DType::F32
-        && bias.val().dtype() == DType::F32
     {
-        return crate::graph_kernels::linear(x, layer.weight.val(), bias.val());
+        let (w, b) = (layer.weight.val(), bias.val());
+        if w.dtype() == DType::F32 && b.dtype() == DType::F32 {
+            return crate::graph_kernels::linear(x, w, b);
+        }
     }
     layer.forward(x)
 }

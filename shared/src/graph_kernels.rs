@@ -128,7 +128,7 @@ impl GraphKernels for Flex {
         first: usize,
         count: usize,
     ) -> FloatTensor<Self> {
-        attention_forward(&contiguous(qkv), Heads::new(heads, first, count)).0
+        attention_forward(&contiguous(qkv), Heads::new(heads, first, count), false).0
     }
 }
 
@@ -205,20 +205,38 @@ impl Heads {
     }
 }
 
-/// [`GraphKernels::attention`] on a contiguous qkv: the output `[B, N, count * hd]` and the
-/// attention weights `[B, count, N, N]`.
-fn attention_forward(qkv: &FlexTensor, heads: Heads) -> (FlexTensor, FlexTensor) {
+/// [`GraphKernels::attention`] on a contiguous qkv: the output `[B, N, count * hd]` and,
+/// with `keep_weights` (for the backward step), the attention weights `[B, count, N, N]`;
+/// without, each head's weights go through one scratch block.
+fn attention_forward(
+    qkv: &FlexTensor,
+    heads: Heads,
+    keep_weights: bool,
+) -> (FlexTensor, Option<FlexTensor>) {
     let layout = HeadLayout::of(qkv, heads.total);
     let HeadLayout { n, hd, .. } = layout;
     let (images, width) = (qkv.shape()[0], heads.count * hd);
-    let mut probs = zeros([images, heads.count, n, n].into());
+    let mut probs = keep_weights.then(|| zeros([images, heads.count, n, n].into()));
+    let mut scratch = Vec::new();
+    let p: &mut [f32] = match &mut probs {
+        Some(probs) => probs.storage_mut::<f32>(),
+        None => {
+            scratch.resize(n * n, 0.0f32);
+            &mut scratch
+        }
+    };
     let mut out = zeros([images, n, width].into());
     let x = qkv.storage::<f32>();
-    let (p, o) = (probs.storage_mut::<f32>(), out.storage_mut::<f32>());
+    let o = out.storage_mut::<f32>();
     for image in 0..images {
         for slot in 0..heads.count {
             let head = heads.first + slot;
-            let weights = &mut p[(image * heads.count + slot) * n * n..][..n * n];
+            let at = if keep_weights {
+                (image * heads.count + slot) * n * n
+            } else {
+                0
+            };
+            let weights = &mut p[at..][..n * n];
             let q = layout.part(x, image, head, 0);
             let k = layout.part(x, image, head, 1);
             product_into(weights, n, q, k.t());
@@ -268,7 +286,8 @@ impl<C: CheckpointStrategy> GraphKernels for Autodiff<Flex, C> {
         {
             OpsKind::Tracked(prep) => {
                 let qkv = contiguous(qkv.into_primitive());
-                let (out, probs) = attention_forward(&qkv, heads);
+                let (out, probs) = attention_forward(&qkv, heads, true);
+                let probs = probs.expect("the weights, kept");
                 prep.finish((qkv, probs), out)
             }
             OpsKind::UnTracked(prep) => prep.finish(<Flex as GraphKernels>::attention(
