@@ -98,7 +98,7 @@ const cpuPeak = await rendererPeakMiB(browser);
 const gpu = await timing("webgpu", 3);
 const backendName = await page.evaluate(() => window.cxrMsn.backend());
 
-// ONNX Runtime Web on the same model, in the same browser.
+// ONNX Runtime Web on the same model, in a browser of its own (its own renderer peak memory).
 let ort = null;
 if (ortModel) {
   const ortBrowser = await launch();
