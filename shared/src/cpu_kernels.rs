@@ -18,6 +18,7 @@
 //! rounding. Tests check each against an f64 reference.
 
 use burn::backend::DispatchDevice;
+use burn::nn::conv::Conv2d;
 use burn::nn::{LayerNorm, Linear};
 use burn::tensor::activation;
 use burn::tensor::{DType, Tensor, TensorData};
@@ -158,6 +159,60 @@ pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
         }
     }
     layer.forward(x)
+}
+
+/// The patch embedding: `conv` (kernel = stride = `P`, no padding, one group) over
+/// `images` `[B, C, H, W]`, as tokens `[B, (H / P) (W / P), D]` in row-major patch order
+/// (what `conv.forward(images).flatten(2, 3).swap_dims(1, 2)` gives). With the `autodiff`
+/// feature on the CPU ([`Route::Host`], [`Route::Graph`]) and for a conv with a bias, the
+/// patches' pixels are laid side by side, `[B, (H / P) (W / P), C P P]`, and go through
+/// [`linear`]'s product with the kernel as a `[C P P, D]` matrix: one product, where Burn's
+/// convolution takes about twice as long, forward and backward (BENCHMARKS.md). Elsewhere
+/// Burn's convolution.
+pub fn patch_embed(conv: &Conv2d, images: Tensor<4>) -> Tensor<3> {
+    #[cfg(feature = "autodiff")]
+    if let Some(tokens) = patch_embed_by_product(conv, &images) {
+        return tokens;
+    }
+    conv.forward(images).flatten::<3>(2, 3).swap_dims(1, 2)
+}
+
+/// [`patch_embed`] as a matrix product, or `None` where it does not apply: another
+/// route, a conv that is not a plain patch embedding, or no bias.
+#[cfg(feature = "autodiff")]
+fn patch_embed_by_product(conv: &Conv2d, images: &Tensor<4>) -> Option<Tensor<3>> {
+    let [p, q] = conv.kernel_size;
+    let plain = p == q
+        && p > 0
+        && conv.stride == conv.kernel_size
+        && conv.dilation == [1, 1]
+        && conv.groups == 1
+        && matches!(conv.padding, burn::nn::PaddingConfig2d::Valid);
+    let bias = conv.bias.as_ref()?.val();
+    let weight = conv.weight.val();
+    if !plain
+        || !matches!(route(images), Route::Host | Route::Graph)
+        || weight.dtype() != DType::F32
+        || bias.dtype() != DType::F32
+    {
+        return None;
+    }
+    let [b, c, h, w] = images.dims();
+    let (gh, gw) = (h / p, w / p);
+    let [d, _, _, _] = weight.dims();
+    // The convolution leaves out the rows and columns past the last whole patch.
+    let mut images = images.clone();
+    if gh * p != h || gw * p != w {
+        images = images.narrow(2, 0, gh * p).narrow(3, 0, gw * p);
+    }
+    // [B, C, gh, P, gw, P] -> [B, gh, gw, C, P, P]: each patch's pixels in the order of
+    // the kernel's [C, P, P].
+    let patches = images
+        .reshape([b, c, gh, p, gw, p])
+        .permute([0, 2, 4, 1, 3, 5])
+        .reshape([b, gh * gw, c * p * p]);
+    let kernel = weight.reshape([d, c * p * p]).transpose();
+    Some(crate::graph_kernels::linear(patches, kernel, bias))
 }
 
 /// Multi-head self-attention from the fused projection `qkv` `[B, N, 3D]` (q, k and v

@@ -348,9 +348,8 @@ impl<C: CheckpointStrategy> GraphKernels for Autodiff<Flex, C> {
         {
             OpsKind::Tracked(prep) => {
                 let mut y = contiguous(x.into_primitive());
-                let mut slopes = vec![0.0f32; y.shape().num_elements()];
-                gelu_and_slope(y.storage_mut::<f32>(), &mut slopes);
-                let slopes = FlexTensor::from_data(TensorData::new(slopes, y.shape()));
+                let mut slopes = zeros(y.shape());
+                gelu_and_slope(y.storage_mut::<f32>(), slopes.storage_mut::<f32>());
                 prep.finish(slopes, y)
             }
             OpsKind::UnTracked(prep) => {
@@ -375,24 +374,22 @@ impl<C: CheckpointStrategy> GraphKernels for Autodiff<Flex, C> {
                 let beta = contiguous(beta.into_primitive());
                 let x = contiguous(x.into_primitive());
                 let shape = x.shape();
-                let n = shape.num_elements();
-                let mut y = vec![0.0f32; n];
-                let mut normalized = vec![0.0f32; n];
-                let mut inv_std = vec![0.0f32; n / last_dim(&gamma).max(1)];
+                let rows = shape.num_elements() / last_dim(&gamma).max(1);
+                let mut y = zeros(shape.clone());
+                let mut normalized = zeros(shape);
+                let mut inv_std = zeros([rows].into());
                 layer_norm_rows(
                     x.storage::<f32>(),
                     gamma.storage::<f32>(),
                     beta.storage::<f32>(),
                     eps,
-                    &mut y,
-                    &mut normalized,
-                    &mut inv_std,
+                    y.storage_mut::<f32>(),
+                    normalized.storage_mut::<f32>(),
+                    inv_std.storage_mut::<f32>(),
                 );
-                let y = FlexTensor::from_data(TensorData::new(y, shape.clone()));
-                let rows = inv_std.len();
                 let state = LayerNormState {
-                    normalized: FlexTensor::from_data(TensorData::new(normalized, shape)),
-                    inv_std: FlexTensor::from_data(TensorData::new(inv_std, [rows])),
+                    normalized,
+                    inv_std,
                     gamma,
                 };
                 prep.finish(state, y)
@@ -577,13 +574,13 @@ impl Backward<Flex, 3> for LinearBackward {
         let dy = MatrixRef::row_major(grad.storage::<f32>(), rows, d_out);
         if let Some(node) = b_node {
             // db = the column sums of dy.
-            let mut sums = vec![0.0f32; d_out];
+            let mut db = zeros([d_out].into());
+            let sums = db.storage_mut::<f32>();
             for row in grad.storage::<f32>().chunks_exact(d_out.max(1)) {
                 for (s, g) in sums.iter_mut().zip(row) {
                     *s += g;
                 }
             }
-            let db = FlexTensor::from_data(TensorData::new(sums, [d_out]));
             grads.register::<Flex>(node.id, db);
         }
         if let Some(node) = w_node {
@@ -975,6 +972,53 @@ mod tests {
             attention(untracked, heads, range.clone())
                 .into_data()
                 .assert_approx_eq::<f32>(&reference[0], tol);
+        }
+    }
+
+    #[test]
+    fn patch_embedding_matches_burns_convolution_in_and_out_of_a_graph() {
+        use burn::nn::conv::Conv2dConfig;
+        let device = Device::flex();
+        device.seed(9);
+        let ad = device.clone().autodiff();
+        // Whole patches, and a size the patches do not divide (the convolution leaves the
+        // last rows and columns out).
+        for (dims, p, d) in [([2, 3, 32, 32], 8, 12), ([1, 2, 20, 27], 6, 5)] {
+            let conv = Conv2dConfig::new([dims[1], d], [p, p])
+                .with_stride([p, p])
+                .init(&ad);
+            let images = Tensor::<4>::random(dims, Distribution::Normal(0.0, 1.0), &device);
+            let grid = (dims[2] / p) * (dims[3] / p);
+            let w = Tensor::<3>::random([dims[0], grid, d], Distribution::Normal(0.0, 1.0), &ad);
+            // Value, dW and db of sum(w * tokens), by the product and by Burn's convolution.
+            let run = |ours: bool| {
+                let images = Tensor::<4>::from_data(images.clone().into_data(), &ad);
+                let tokens = if ours {
+                    crate::cpu_kernels::patch_embed(&conv, images)
+                } else {
+                    conv.forward(images).flatten::<3>(2, 3).swap_dims(1, 2)
+                };
+                assert_eq!(tokens.dims(), [dims[0], grid, d]);
+                let grads = (tokens.clone() * w.clone()).sum().backward();
+                let bias = conv.bias.as_ref().unwrap().val();
+                [
+                    tokens.into_data(),
+                    conv.weight.val().grad(&grads).expect("dW").into_data(),
+                    bias.grad(&grads).expect("db").into_data(),
+                ]
+            };
+            assert_all_close(run(true), run(false), Tolerance::absolute(1e-4));
+            // Outside a graph.
+            let plain = burn::module::Module::valid(&conv);
+            assert_all_close(
+                [crate::cpu_kernels::patch_embed(&plain, images.clone()).into_data()],
+                [plain
+                    .forward(images)
+                    .flatten::<3>(2, 3)
+                    .swap_dims(1, 2)
+                    .into_data()],
+                Tolerance::absolute(1e-4),
+            );
         }
     }
 

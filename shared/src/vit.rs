@@ -343,12 +343,7 @@ impl VisionTransformer {
         let g = s / self.patch_size;
 
         // [B, D, g, g] -> [B, g*g, D]
-        let patches = self
-            .patch_embed
-            .proj
-            .forward(images)
-            .flatten::<3>(2, 3)
-            .swap_dims(1, 2);
+        let patches = cpu_kernels::patch_embed(&self.patch_embed.proj, images);
         let pos = resize_position_grid(self.pos_embed.val(), g);
         let patches = patches + pos.clone().narrow(1, 1, g * g);
         let patches = match keep {
