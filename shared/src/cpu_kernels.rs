@@ -8,9 +8,10 @@
 //! tensor's buffer out of the backend (no copy for a tensor that nothing else holds), work
 //! on it in place, and give it back. With autodiff on the CPU ([`Route::Graph`]) and the
 //! crate's `autodiff` feature, `crate::graph_kernels` runs them as operations of the graph
-//! with their own backward passes. With that feature the ViT's linear layers ([`linear`])
-//! and its attention ([`attention_from_qkv`]) also take a path of their own on the CPU, in
-//! and out of a graph. Every other device keeps Burn's own operations.
+//! with their own backward passes. With that feature the ViT's linear layers ([`linear`]),
+//! its patch embedding ([`patch_embed`]) and its attention ([`attention_from_qkv`]) also
+//! take a path of their own on the CPU, in and out of a graph. Every other device keeps
+//! Burn's own operations.
 //!
 //! Accuracy: [`exp`] is within 2 ulp of the exact value over the range softmax uses
 //! (arguments at most 0), [`erf`] within 6e-7 of the exact value (Abramowitz and Stegun
