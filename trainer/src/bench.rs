@@ -10,7 +10,6 @@ use clap::{Args, Subcommand};
 use cxr_msn::config::{Normalization, ViewConfig};
 use cxr_msn::decode::DecodeLimits;
 
-use burn::optim::AdamWConfig;
 use burn::tensor::{Device, Distribution, Tensor};
 use cxr_msn::config::{Method, MsnConfig, Profile, VitConfig, VitPreset};
 use cxr_msn::ehr::FeatureSet;
@@ -194,10 +193,7 @@ pub fn run_step(args: &StepBench) -> Result<Timing> {
     let device = chosen.device.autodiff();
     device.seed(0);
     let mut model = Pretrained::init(&config, &device)?;
-    let mut optim = AdamWConfig::new()
-        .with_epsilon(1e-8)
-        .with_weight_decay(0.0)
-        .init();
+    let mut optim = crate::fused_adamw::adamw();
     let (b, c, v) = (args.batch_size, config.vit.channels, &config.views);
     let ehr_in = config.ehr.as_ref().map(|e| e.feature_set.width());
     // MAE takes the target view only.

@@ -18,6 +18,7 @@ pub mod features;
 pub mod files;
 pub mod finetune;
 pub mod finite;
+pub mod fused_adamw;
 pub mod images;
 pub mod interrupt;
 pub mod loader;

@@ -29,7 +29,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::store::ModuleRecord;
 use burn::tensor::{Device, Tensor, TensorData};
 use clap::Args;
@@ -52,6 +52,7 @@ use crate::data::Split;
 use crate::device::{DeviceArg, choose};
 use crate::files::write_atomic;
 use crate::finite;
+use crate::fused_adamw;
 use crate::images::file_decoder;
 use crate::interrupt;
 use crate::loader::{Batch, Loader, LoaderConfig, Views};
@@ -632,10 +633,7 @@ pub fn run(args: &PretrainArgs, log: &mut dyn std::io::Write) -> Result<f64> {
     )?;
 
     let o = &config.optim;
-    let mut optim = AdamWConfig::new()
-        .with_epsilon(1e-8)
-        .with_weight_decay(0.0)
-        .init();
+    let mut optim = fused_adamw::adamw();
     let optim_path = resume_file(&args.out, "optimizer", state.steps_done);
     if state.steps_done > 0 && optim_path.exists() {
         let bytes = std::fs::read(&optim_path)
