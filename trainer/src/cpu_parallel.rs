@@ -123,7 +123,10 @@ pub fn pieces_for(device: &Device, images: usize) -> OnCores {
 pub fn encode(encoder: &VisionTransformer, images: Tensor<4>) -> Tensor<2> {
     let pieces = pieces_for(&images.device(), images.dims()[0]);
     if pieces.count > 1 {
-        return encoder.forward_in_pieces(images, &pieces);
+        // On one of the pool's threads, which then takes part in every piece's work: from
+        // outside the pool, each of the 36 runs of pieces (three per block) would wake the
+        // pool and put the calling thread to sleep until it is done.
+        return rayon::scope(|_| encoder.forward_in_pieces(images, &pieces));
     }
     forward_in_parts(images, |part| encoder.forward(part, None))
 }
