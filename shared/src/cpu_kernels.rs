@@ -167,9 +167,9 @@ pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
 /// (what `conv.forward(images).flatten(2, 3).swap_dims(1, 2)` gives). With the `autodiff`
 /// feature on the CPU ([`Route::Host`], [`Route::Graph`]) and for a conv with a bias, the
 /// patches' pixels are laid side by side, `[B, (H / P) (W / P), C P P]`, and go through
-/// [`linear`]'s product with the kernel as a `[C P P, D]` matrix: one product, where Burn's
-/// convolution takes about twice as long, forward and backward (BENCHMARKS.md). Elsewhere
-/// Burn's convolution.
+/// [`linear`]'s product with the kernel as a `[C P P, D]` matrix: one product, where
+/// Burn's convolution took about twice as many of the training step's samples, forward and
+/// backward (BENCHMARKS.md). Elsewhere Burn's convolution.
 pub fn patch_embed(conv: &Conv2d, images: Tensor<4>) -> Tensor<3> {
     #[cfg(feature = "autodiff")]
     if let Some(tokens) = patch_embed_by_product(conv, &images) {
