@@ -200,6 +200,10 @@ fn patch_embed_by_product(conv: &Conv2d, images: &Tensor<4>) -> Option<Tensor<3>
     }
     let [b, c, h, w] = images.dims();
     let (gh, gw) = (h / p, w / p);
+    if gh == 0 || gw == 0 {
+        // Smaller than one patch: whatever the convolution makes of it.
+        return None;
+    }
     let [d, _, _, _] = weight.dims();
     // The convolution leaves out the rows and columns past the last whole patch.
     let mut images = images.clone();
