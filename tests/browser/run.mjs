@@ -20,7 +20,7 @@
 
 import { createServer } from "node:http";
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { extname, join, resolve } from "node:path";
 import { chromium } from "playwright-core";
@@ -549,5 +549,6 @@ await check("no request left the page's origin, and each was one of the site's o
 await browser.close();
 await gpuBrowser.close();
 server.close();
+rmSync(tmp, { recursive: true, force: true });
 console.log(`\n${results.length - failures} passed, ${failures} failed; screenshots in ${shots}`);
 process.exit(failures ? 1 : 0);
