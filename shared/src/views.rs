@@ -710,6 +710,9 @@ mod tests {
             (0.0, 30.0, 12.0, 17.0, 5, 1),
             // Enlarging a small crop.
             (50.0, 40.0, 11.0, 7.0, 30, 23),
+            // Fewer source columns than one transposed tile, at the right edge.
+            (56.5, 2.0, 4.5, 6.0, 3, 5),
+            (58.0, 20.0, 3.0, 9.0, 11, 10),
         ];
         for (x, y, width, height, out_w, out_h) in cases {
             let crop = CropBox {
