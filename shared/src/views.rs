@@ -354,10 +354,11 @@ fn horizontal_sums(interleaved: &[f32], cols: &Taps, col_lo: usize, x: usize) ->
 /// Side of the square tiles [`Transpose`] turns; [`ROW_BLOCK`] is one side.
 const TILE: usize = 8;
 
-/// Transposes 8 x 8 tiles of floats: with eight AVX register shuffles per row where the CPU
-/// has AVX2 (x86-64), element by element elsewhere. [`Resample`] turns rows into columns and
-/// back with it; a loop over elements compiles to scattered stores or to one load and one
-/// store per element, which took a quarter of the downscale's time.
+/// Transposes 8 x 8 tiles of floats: with 24 AVX register shuffles per tile (pulp's safe
+/// intrinsics) where the CPU has AVX2 (x86-64), element by element elsewhere. [`Resample`]
+/// turns rows into columns and back with it; a loop over elements compiled to scattered
+/// stores, or to one load and one store per element, which took a quarter of the
+/// downscale's time each (BENCHMARKS.md).
 #[derive(Clone, Copy)]
 struct Transpose {
     #[cfg(target_arch = "x86_64")]
