@@ -214,6 +214,20 @@ impl MultimodalMsn {
         Ok(())
     }
 
+    /// [`Self::check_batch`], then [`Self::check_masks`]: what the pretraining forward
+    /// passes require before any work.
+    ///
+    /// # Panics
+    /// With the first problem either finds.
+    pub fn assert_valid(&self, batch: &MsnBatch, masks: &[Option<TokenMask>]) {
+        if let Err(e) = self
+            .check_batch(batch)
+            .and_then(|_| self.check_masks(batch, masks))
+        {
+            panic!("invalid MSN batch: {e}");
+        }
+    }
+
     /// Draws the token masks of a batch's anchor groups from `rng`: every group under
     /// [`MaskScope::AllAnchors`], only the first (224 px) group under
     /// [`MaskScope::LargeAnchorOnly`], none when the mask ratio is 0.
@@ -255,12 +269,7 @@ impl MultimodalMsn {
         masks: &[Option<TokenMask>],
         config: &MsnConfig,
     ) -> MsnForward {
-        if let Err(e) = self
-            .check_batch(&batch)
-            .and_then(|_| self.check_masks(&batch, masks))
-        {
-            panic!("invalid MSN batch: {e}");
-        }
+        self.assert_valid(&batch, masks);
         let targets = self.project_targets(self.target_vit.forward(batch.target, None));
         let fused = self.anchor_embeddings(batch.anchors, batch.ehr, masks);
         let anchors = self.project_anchors(fused, config);

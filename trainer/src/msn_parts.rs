@@ -43,12 +43,7 @@ pub fn forward(
     config: &MsnConfig,
     ranges: &[(usize, usize)],
 ) -> SplitForward {
-    if let Err(e) = model
-        .check_batch(&batch)
-        .and_then(|_| model.check_masks(&batch, masks))
-    {
-        panic!("invalid MSN batch: {e}");
-    }
+    model.assert_valid(&batch, masks);
     let b = batch.target.dims()[0];
     check_ranges(ranges, b);
 
