@@ -9,6 +9,7 @@ use burn::tensor::{Device, Tensor};
 use crate::config::{EhrConfig, VitConfig};
 use crate::error::ShapeError;
 use crate::heads::{EhrFusion, FusedClassifier, LinearClassifier};
+use crate::pixels::Pixels;
 use crate::prototype_head::PrototypeHead;
 use crate::vit::{Pieces, VisionTransformer};
 
@@ -72,11 +73,12 @@ impl Classifier {
     /// Scores images `[B, C, S, S]` with optional EHR `[B, ehr_in]`.
     pub fn forward(
         &self,
-        images: Tensor<4>,
+        images: impl Into<Pixels>,
         ehr: Option<Tensor<2>>,
         attention: bool,
     ) -> Result<ClassifierOutput, ShapeError> {
-        self.check(images.dims(), ehr.as_ref())?;
+        let images = images.into();
+        self.check(&images, ehr.as_ref())?;
         let out = self.encoder.forward_detailed(images, None, attention);
         Ok(self.heads(out.cls, ehr, out.attention))
     }
@@ -85,19 +87,21 @@ impl Classifier {
     /// ([`VisionTransformer::forward_in_pieces`]): for one image on a CPU's cores.
     pub fn forward_in_pieces(
         &self,
-        images: Tensor<4>,
+        images: impl Into<Pixels>,
         ehr: Option<Tensor<2>>,
         pieces: &dyn Pieces,
     ) -> Result<ClassifierOutput, ShapeError> {
-        self.check(images.dims(), ehr.as_ref())?;
+        let images = images.into();
+        self.check(&images, ehr.as_ref())?;
         let cls = self.encoder.forward_in_pieces(images, pieces);
         Ok(self.heads(cls, ehr, Vec::new()))
     }
 
     /// Checks images `[B, C, S, S]` against the encoder and EHR `[B, ehr_in]` against the
     /// image + EHR head, when both are there.
-    fn check(&self, dims: [usize; 4], ehr: Option<&Tensor<2>>) -> Result<(), ShapeError> {
-        self.encoder.check_input(dims)?;
+    fn check(&self, images: &Pixels, ehr: Option<&Tensor<2>>) -> Result<(), ShapeError> {
+        self.encoder.check_input(images)?;
+        let dims = images.dims();
         if let (Some(head), Some(e)) = (&self.fused_head, ehr) {
             let want = [dims[0], head.fusion.ehr_in()];
             if e.dims() != want {

@@ -22,8 +22,10 @@ use burn::backend::DispatchDevice;
 use burn::nn::conv::Conv2d;
 use burn::nn::{LayerNorm, Linear};
 use burn::tensor::activation;
+use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Tensor, TensorData};
 
+use crate::pixels::{Pixels, fold_patch_kernel};
 use crate::simd;
 
 /// Where an operation on a tensor is computed.
@@ -164,24 +166,62 @@ pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
 
 /// The patch embedding: `conv` (kernel = stride = `P`, no padding, one group) over
 /// `images` `[B, C, H, W]`, as tokens `[B, (H / P) (W / P), D]` in row-major patch order
-/// (what `conv.forward(images).flatten(2, 3).swap_dims(1, 2)` gives). With the `autodiff`
-/// feature on the CPU ([`Route::Host`], [`Route::Graph`]) and for a conv with a bias, the
-/// patches' pixels are laid side by side, `[B, (H / P) (W / P), C P P]`, and go through
-/// [`linear`]'s product with the kernel as a `[C P P, D]` matrix: one product, where
-/// Burn's convolution took about twice as many of the training step's samples, forward and
-/// backward (BENCHMARKS.md). Elsewhere Burn's convolution.
-pub fn patch_embed(conv: &Conv2d, images: Tensor<4>) -> Tensor<3> {
+/// (what `conv.forward(images).flatten(2, 3).swap_dims(1, 2)` gives). Grey images
+/// ([`Pixels::Grey`]) go through the kernel folded with their normalisation
+/// ([`fold_patch_kernel`]), `[D, 1, P, P]`. With the `autodiff` feature on the CPU
+/// ([`Route::Host`], [`Route::Graph`]) and for a conv with a bias, the patches' pixels are
+/// laid side by side, `[B, (H / P) (W / P), C P P]`, and go through [`linear`]'s product
+/// with the kernel as a `[C P P, D]` matrix: one product, where Burn's convolution took
+/// about twice as many of the training step's samples, forward and backward
+/// (BENCHMARKS.md). Elsewhere Burn's convolution.
+pub fn patch_embed(conv: &Conv2d, images: Pixels) -> Tensor<3> {
+    let (images, weight, bias) = match images {
+        Pixels::Normalized(images) => {
+            #[cfg(feature = "autodiff")]
+            if let Some(bias) = &conv.bias
+                && let Some(tokens) =
+                    patch_embed_by_product(conv, &images, conv.weight.val(), bias.val())
+            {
+                return tokens;
+            }
+            return conv.forward(images).flatten::<3>(2, 3).swap_dims(1, 2);
+        }
+        Pixels::Grey {
+            grey,
+            normalization,
+        } => {
+            let bias = match &conv.bias {
+                Some(b) => b.val(),
+                None => Tensor::zeros([conv.weight.dims()[0]], &grey.device()),
+            };
+            let (weight, bias) = fold_patch_kernel(conv.weight.val(), bias, &normalization);
+            (grey, weight, bias)
+        }
+    };
     #[cfg(feature = "autodiff")]
-    if let Some(tokens) = patch_embed_by_product(conv, &images) {
+    if let Some(tokens) = patch_embed_by_product(conv, &images, weight.clone(), bias.clone()) {
         return tokens;
     }
-    conv.forward(images).flatten::<3>(2, 3).swap_dims(1, 2)
+    let options = ConvOptions::new(conv.stride, [0, 0], conv.dilation, conv.groups);
+    debug_assert!(
+        matches!(conv.padding, burn::nn::PaddingConfig2d::Valid),
+        "a patch embedding has no padding"
+    );
+    burn::tensor::module::conv2d(images, weight, Some(bias), options)
+        .flatten::<3>(2, 3)
+        .swap_dims(1, 2)
 }
 
-/// [`patch_embed`] as a matrix product, or `None` where it does not apply: another
-/// route, a conv that is not a plain patch embedding, or no bias.
+/// [`patch_embed`] as a matrix product with the kernel `weight` `[D, C, P, P]` and `bias`
+/// `[D]` (`conv`'s own, or folded), or `None` where it does not apply: another route, or a
+/// conv that is not a plain patch embedding.
 #[cfg(feature = "autodiff")]
-fn patch_embed_by_product(conv: &Conv2d, images: &Tensor<4>) -> Option<Tensor<3>> {
+fn patch_embed_by_product(
+    conv: &Conv2d,
+    images: &Tensor<4>,
+    weight: Tensor<4>,
+    bias: Tensor<1>,
+) -> Option<Tensor<3>> {
     let [p, q] = conv.kernel_size;
     let plain = p == q
         && p > 0
@@ -189,8 +229,6 @@ fn patch_embed_by_product(conv: &Conv2d, images: &Tensor<4>) -> Option<Tensor<3>
         && conv.dilation == [1, 1]
         && conv.groups == 1
         && matches!(conv.padding, burn::nn::PaddingConfig2d::Valid);
-    let bias = conv.bias.as_ref()?.val();
-    let weight = conv.weight.val();
     if !plain
         || !matches!(route(images), Route::Host | Route::Graph)
         || weight.dtype() != DType::F32

@@ -23,6 +23,7 @@ use crate::ema;
 use crate::error::ConfigError;
 use crate::loss::l2_normalize;
 use crate::msn::MsnBatch;
+use crate::pixels::Pixels;
 use crate::vit::VisionTransformer;
 
 /// The DINO projection head: a 3-layer MLP with exact GELU (no BatchNorm), an L2-normalised
@@ -203,7 +204,7 @@ impl Dino {
         let second = groups
             .next()
             .expect("DINO needs a second global view (the random anchor)");
-        let globals = Tensor::cat(vec![batch.target, second.images], 0);
+        let globals = Pixels::cat(vec![batch.target, second.images]);
         let teacher = self
             .teacher_head
             .forward(self.teacher_vit.forward(globals.clone(), None))

@@ -994,7 +994,7 @@ mod tests {
             let run = |ours: bool| {
                 let images = Tensor::<4>::from_data(images.clone().into_data(), &ad);
                 let tokens = if ours {
-                    crate::cpu_kernels::patch_embed(&conv, images)
+                    crate::cpu_kernels::patch_embed(&conv, images.into())
                 } else {
                     conv.forward(images).flatten::<3>(2, 3).swap_dims(1, 2)
                 };
@@ -1011,9 +1011,83 @@ mod tests {
             // Outside a graph.
             let plain = burn::module::Module::valid(&conv);
             assert_all_close(
-                [crate::cpu_kernels::patch_embed(&plain, images.clone()).into_data()],
+                [crate::cpu_kernels::patch_embed(&plain, images.clone().into()).into_data()],
                 [plain
                     .forward(images)
+                    .flatten::<3>(2, 3)
+                    .swap_dims(1, 2)
+                    .into_data()],
+                Tolerance::absolute(1e-4),
+            );
+        }
+    }
+
+    /// Grey images through the folded kernel against Burn's convolution over the grey
+    /// plane repeated and normalised by hand: the same tokens and the same gradients of the
+    /// conv's own weight and bias, in a graph and outside one.
+    #[test]
+    fn grey_patch_embedding_matches_the_convolution_of_the_normalised_channels() {
+        use crate::config::Normalization;
+        use crate::pixels::Pixels;
+        use burn::nn::conv::Conv2dConfig;
+        let device = Device::flex();
+        device.seed(10);
+        let ad = device.clone().autodiff();
+        let by_hand = |grey: Tensor<4>, norm: &Normalization| {
+            let channels: Vec<Tensor<4>> = norm
+                .mean
+                .iter()
+                .zip(&norm.std)
+                .map(|(&m, &s)| (grey.clone() - m) / s)
+                .collect();
+            Tensor::cat(channels, 1)
+        };
+        for (norm, b, side, p, d) in [
+            (Normalization::imagenet(3), 2, 32, 8, 12),
+            (Normalization::cxr(1), 1, 20, 6, 5),
+        ] {
+            let c = norm.mean.len();
+            let conv = Conv2dConfig::new([c, d], [p, p])
+                .with_stride([p, p])
+                .init(&ad);
+            let grey =
+                Tensor::<4>::random([b, 1, side, side], Distribution::Uniform(0.0, 1.0), &device);
+            let grid = (side / p) * (side / p);
+            let w = Tensor::<3>::random([b, grid, d], Distribution::Normal(0.0, 1.0), &ad);
+            let run = |folded: bool| {
+                let grey = Tensor::<4>::from_data(grey.clone().into_data(), &ad);
+                let tokens = if folded {
+                    crate::cpu_kernels::patch_embed(
+                        &conv,
+                        Pixels::Grey {
+                            grey,
+                            normalization: norm.clone(),
+                        },
+                    )
+                } else {
+                    conv.forward(by_hand(grey, &norm))
+                        .flatten::<3>(2, 3)
+                        .swap_dims(1, 2)
+                };
+                assert_eq!(tokens.dims(), [b, grid, d]);
+                let grads = (tokens.clone() * w.clone()).sum().backward();
+                let bias = conv.bias.as_ref().unwrap().val();
+                [
+                    tokens.into_data(),
+                    conv.weight.val().grad(&grads).expect("dW").into_data(),
+                    bias.grad(&grads).expect("db").into_data(),
+                ]
+            };
+            assert_all_close(run(true), run(false), Tolerance::absolute(1e-4));
+            let plain = burn::module::Module::valid(&conv);
+            let grey_in = Pixels::Grey {
+                grey: grey.clone(),
+                normalization: norm.clone(),
+            };
+            assert_all_close(
+                [crate::cpu_kernels::patch_embed(&plain, grey_in).into_data()],
+                [plain
+                    .forward(by_hand(grey.clone(), &norm))
                     .flatten::<3>(2, 3)
                     .swap_dims(1, 2)
                     .into_data()],

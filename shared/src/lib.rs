@@ -23,7 +23,9 @@
 //!   that prefill the EHR form;
 //! - [`views`]: seeded MSN views (random resized crops, flips), evaluation and fine-tuning
 //!   transforms;
-//! - [`preprocess`]: grey views to normalised `[B, C, S, S]` batches;
+//! - [`preprocess`]: grey views to `[B, 1, S, S]` batches;
+//! - [`pixels`]: images as the encoder takes them, normalised channels or one grey
+//!   channel whose normalisation the patch embedding folds into its kernel;
 //! - [`labels`]: the MIMIC, CheXpert and NIH label sets and their orders;
 //! - [`classifier`]: the downstream model (encoder + image and image + EHR heads);
 //! - [`prototype_head`]: MSN's projection head and prototypes in a classifier file, and the
@@ -58,6 +60,7 @@ pub mod mae;
 pub mod masking;
 pub mod msn;
 pub mod novelty;
+pub mod pixels;
 pub mod preprocess;
 pub mod pretrained;
 pub mod prototype_head;

@@ -19,6 +19,7 @@ use crate::config::{MaeConfig, MsnConfig};
 use crate::error::ConfigError;
 use crate::init::deit_linear;
 use crate::masking::TokenMask;
+use crate::pixels::Pixels;
 use crate::vit::{Block, VisionTransformer};
 
 /// The MAE decoder. Parameter names follow the MAE reference (`decoder_embed`,
@@ -238,8 +239,16 @@ impl MaeDecoder {
 }
 
 impl Mae {
-    /// The loss of one batch of images `[B, C, S, S]` with the patches of `mask` kept.
-    pub fn forward_loss(&self, images: Tensor<4>, mask: &TokenMask, norm_pix: bool) -> MaeOutput {
+    /// The loss of one batch of images `[B, C, S, S]` with the patches of `mask` kept. The
+    /// targets are the normalised pixels of every channel, grey images' too
+    /// ([`Pixels::normalized`]).
+    pub fn forward_loss(
+        &self,
+        images: impl Into<Pixels>,
+        mask: &TokenMask,
+        norm_pix: bool,
+    ) -> MaeOutput {
+        let images = images.into();
         let [_, _, s, _] = images.dims();
         let device = images.device();
         let patch = self.encoder.patch_size;
@@ -251,7 +260,7 @@ impl Mae {
         let prediction = self.decoder.forward(tokens, mask, s / patch);
         let loss = mae_loss(
             prediction.clone(),
-            patchify(images, patch),
+            patchify(images.normalized(), patch),
             removed_patches(mask, &device),
             norm_pix,
         );

@@ -22,6 +22,7 @@ use crate::error::{ConfigError, ShapeError};
 use crate::heads::{EhrFusion, ProjectionHead};
 use crate::loss::{MsnLossOutput, msn_loss};
 use crate::masking::TokenMask;
+use crate::pixels::Pixels;
 use crate::vit::VisionTransformer;
 
 /// The full pretraining model: anchor branch, EMA target branch and prototypes.
@@ -46,14 +47,14 @@ pub struct MultimodalMsn {
 #[derive(Debug, Clone)]
 pub struct AnchorGroup {
     /// The views.
-    pub images: Tensor<4>,
+    pub images: Pixels,
 }
 
 /// The inputs of one pretraining step.
 #[derive(Debug, Clone)]
 pub struct MsnBatch {
     /// Target views `[B, C, 224, 224]`.
-    pub target: Tensor<4>,
+    pub target: Pixels,
     /// Anchor views grouped by size, larger first (the 224 anchor, then the focal views).
     pub anchors: Vec<AnchorGroup>,
     /// Encoded EHR `[B, ehr_in]`; required exactly when the model has an EHR branch.
@@ -83,15 +84,15 @@ impl MsnBatch {
             .map(|group| {
                 let views = group.images.dims()[0] / b;
                 let rows = (0..views)
-                    .map(|j| group.images.clone().narrow(0, j * b + start, len))
+                    .map(|j| group.images.clone().narrow(j * b + start, len))
                     .collect();
                 AnchorGroup {
-                    images: Tensor::cat(rows, 0),
+                    images: Pixels::cat(rows),
                 }
             })
             .collect();
         MsnBatch {
-            target: self.target.clone().narrow(0, start, len),
+            target: self.target.clone().narrow(start, len),
             anchors,
             ehr: self.ehr.clone().map(|e| e.narrow(0, start, len)),
         }
@@ -147,7 +148,7 @@ impl MultimodalMsn {
             })
         };
         let tdims = batch.target.dims();
-        self.anchor_vit.check_input(tdims)?;
+        self.anchor_vit.check_input(&batch.target)?;
         let b = tdims[0];
         if b == 0 {
             return mismatch("target batch", "at least one image".into(), "0".into());
@@ -157,7 +158,7 @@ impl MultimodalMsn {
         }
         for group in &batch.anchors {
             let dims = group.images.dims();
-            self.anchor_vit.check_input(dims)?;
+            self.anchor_vit.check_input(&group.images)?;
             if dims[0] % b != 0 || dims[0] == 0 {
                 return mismatch(
                     "anchor group",

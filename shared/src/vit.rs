@@ -24,6 +24,7 @@ use crate::config::VitConfig;
 use crate::cpu_kernels;
 use crate::error::ShapeError;
 use crate::init::{deit_linear, normal_002};
+use crate::pixels::Pixels;
 
 /// Splits an image into non-overlapping patches and embeds each (a strided convolution).
 #[derive(Module, Debug)]
@@ -307,8 +308,29 @@ impl VisionTransformer {
         g * g
     }
 
-    /// Checks an input batch `[B, C, H, W]` against the model.
-    pub fn check_input(&self, dims: [usize; 4]) -> Result<(), ShapeError> {
+    /// Checks an input batch against the model: `[B, C, S, S]` as the encoder sees it
+    /// ([`Pixels::dims`]), grey images as one channel with a mean and a standard deviation
+    /// for each of the C.
+    pub fn check_input(&self, images: &Pixels) -> Result<(), ShapeError> {
+        let dims = images.dims();
+        if let Pixels::Grey {
+            grey,
+            normalization,
+        } = images
+        {
+            let held = grey.dims()[1];
+            if held != 1 || normalization.std.len() != normalization.mean.len() {
+                return Err(ShapeError::Mismatch {
+                    what: "grey ViT input".into(),
+                    expected: "one channel, and one standard deviation per mean".into(),
+                    got: format!(
+                        "{held} channels, {} means and {} standard deviations",
+                        normalization.mean.len(),
+                        normalization.std.len()
+                    ),
+                });
+            }
+        }
         let [_, c, h, w] = dims;
         if c != self.channels || h != w || h == 0 || h % self.patch_size != 0 {
             return Err(ShapeError::Mismatch {
@@ -323,21 +345,22 @@ impl VisionTransformer {
         Ok(())
     }
 
-    /// [CLS] embeddings `[B, D]` of images `[B, C, S, S]`.
+    /// [CLS] embeddings `[B, D]` of images `[B, C, S, S]` ([`Pixels`]: normalised
+    /// channels, or a grey plane `[B, 1, S, S]` with its normalisation).
     ///
     /// `keep`: optional `[B, K]` indices (in `0..N`, N = (S/16)^2) of the patch tokens each
     /// sample keeps; the rest are dropped. [CLS] is always kept.
     ///
     /// # Panics
     /// On inputs that fail [`Self::check_input`]; call it first on untrusted shapes.
-    pub fn forward(&self, images: Tensor<4>, keep: Option<Tensor<2, Int>>) -> Tensor<2> {
+    pub fn forward(&self, images: impl Into<Pixels>, keep: Option<Tensor<2, Int>>) -> Tensor<2> {
         self.forward_detailed(images, keep, false).cls
     }
 
     /// The tokens that enter the first block, `[B, 1 + kept patches, D]` ([CLS] first):
     /// patch embeddings plus the (resized) position embedding, the kept subset of them, and
     /// [CLS] with its position.
-    fn tokens_in(&self, images: Tensor<4>, keep: Option<Tensor<2, Int>>) -> Tensor<3> {
+    fn tokens_in(&self, images: Pixels, keep: Option<Tensor<2, Int>>) -> Tensor<3> {
         let [b, _, s, _] = images.dims();
         let d = self.dim();
         let g = s / self.patch_size;
@@ -363,10 +386,11 @@ impl VisionTransformer {
     /// attention weights of every block (for explanation maps).
     pub fn forward_detailed(
         &self,
-        images: Tensor<4>,
+        images: impl Into<Pixels>,
         keep: Option<Tensor<2, Int>>,
         attention: bool,
     ) -> VitOutput {
+        let images = images.into();
         let [b, _, _, _] = images.dims();
         let d = self.dim();
         let mut x = self.tokens_in(images, keep);
@@ -392,7 +416,8 @@ impl VisionTransformer {
     ///
     /// # Panics
     /// On inputs that fail [`Self::check_input`].
-    pub fn forward_in_pieces(&self, images: Tensor<4>, pieces: &dyn Pieces) -> Tensor<2> {
+    pub fn forward_in_pieces(&self, images: impl Into<Pixels>, pieces: &dyn Pieces) -> Tensor<2> {
+        let images = images.into();
         let [b, _, _, _] = images.dims();
         let d = self.dim();
         let x = self.tokens_in(images, None);

@@ -48,13 +48,13 @@ fn batch(config: &MsnConfig, b: usize, device: &Device) -> MsnBatch {
     let c = config.vit.channels;
     let (l, f) = (config.views.large_size, config.views.focal_size);
     MsnBatch {
-        target: random([b, c, l, l], device),
+        target: random([b, c, l, l], device).into(),
         anchors: vec![
             AnchorGroup {
-                images: random([b, c, l, l], device),
+                images: random([b, c, l, l], device).into(),
             },
             AnchorGroup {
-                images: random([config.views.focal_views * b, c, f, f], device),
+                images: random([config.views.focal_views * b, c, f, f], device).into(),
             },
         ],
         ehr: config.ehr.as_ref().map(|e| {
@@ -410,11 +410,11 @@ fn vanilla_msn_has_no_ehr_branch_and_batches_are_checked() {
     b.ehr = None;
     assert!(model.check_batch(&b).is_err());
     let mut b = batch(&multi, 2, &device);
-    b.anchors[1].images = random([3, 3, 96, 96], &device);
+    b.anchors[1].images = random([3, 3, 96, 96], &device).into();
     let err = model.check_batch(&b).unwrap_err().to_string();
     assert!(err.contains("multiple"), "{err}");
     let mut b = batch(&multi, 2, &device);
-    b.target = random([2, 1, 224, 224], &device);
+    b.target = random([2, 1, 224, 224], &device).into();
     assert!(model.check_batch(&b).is_err(), "channel count is checked");
 }
 

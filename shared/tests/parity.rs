@@ -284,11 +284,13 @@ fn multimodal_pretraining_forward_matches_pytorch() {
         0,
     );
     let batch = MsnBatch {
-        target: target.clone(),
+        target: target.clone().into(),
         anchors: vec![
-            AnchorGroup { images: target },
             AnchorGroup {
-                images: io.images("focal_images", &device),
+                images: target.into(),
+            },
+            AnchorGroup {
+                images: io.images("focal_images", &device).into(),
             },
         ],
         ehr: Some(io.tensor("ehr", &device)),

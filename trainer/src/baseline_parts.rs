@@ -23,6 +23,7 @@ use cxr_msn::dino::Dino;
 use cxr_msn::mae::Mae;
 use cxr_msn::masking::TokenMask;
 use cxr_msn::msn::MsnBatch;
+use cxr_msn::pixels::Pixels;
 
 use crate::split_backward::{Part, check_ranges, finish_backward, forward_parts};
 
@@ -109,7 +110,7 @@ pub fn dino(
 /// not cover the batch in order.
 pub fn mae(
     model: &Mae,
-    images: Tensor<4>,
+    images: Pixels,
     mask: &TokenMask,
     norm_pix: bool,
     ranges: &[(usize, usize)],
@@ -121,7 +122,7 @@ pub fn mae(
         "MAE's split loss needs the same number of removed patches in every image"
     );
     let (loss, _) = weighted_mean(model, b, ranges, |replica, start, len| {
-        let part = images.clone().narrow(0, start, len);
+        let part = images.clone().narrow(start, len);
         let out = replica.forward_loss(part, &mask.part(b, start, len), norm_pix);
         (out.loss, ())
     });
@@ -211,7 +212,7 @@ mod tests {
             let whole_total = whole.clone().into_scalar::<f32>();
             let whole_grads = GradientsParams::from_grads(whole.backward(), &model);
 
-            let split = mae(&model, images.clone(), &mask, norm_pix, &RANGES);
+            let split = mae(&model, images.clone().into(), &mask, norm_pix, &RANGES);
             assert_close(whole_total, split.total.clone().into_scalar(), "loss");
             let split_grads = split.backward(&model);
             let compared = assert_same_gradients(&model, &whole_grads, &split_grads);

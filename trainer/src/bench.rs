@@ -14,6 +14,7 @@ use burn::tensor::{Device, Distribution, Tensor};
 use cxr_msn::config::{Method, MsnConfig, Profile, VitConfig, VitPreset};
 use cxr_msn::ehr::FeatureSet;
 use cxr_msn::msn::{AnchorGroup, MsnBatch};
+use cxr_msn::pixels::Pixels;
 use cxr_msn::rand::SeedableRng;
 use cxr_msn::rand::rngs::StdRng;
 
@@ -164,9 +165,13 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-/// Random values of `shape` on `device`, uniform in [-1, 1) (normalised pixels).
-fn random(shape: [usize; 4], device: &Device) -> Tensor<4> {
-    Tensor::random(shape, Distribution::Uniform(-1.0, 1.0), device)
+/// Random grey images `[B, 1, S, S]` on `device`, uniform in [0, 1), with ImageNet's
+/// normalisation over `channels`: what the loader hands the encoder.
+fn random_grey(b: usize, size: usize, channels: usize, device: &Device) -> Pixels {
+    Pixels::Grey {
+        grey: Tensor::random([b, 1, size, size], Distribution::Uniform(0.0, 1.0), device),
+        normalization: Normalization::imagenet(channels),
+    }
 }
 
 /// Times pretraining steps on random views.
@@ -199,12 +204,12 @@ pub fn run_step(args: &StepBench) -> Result<Timing> {
     // MAE takes the target view only.
     let anchor_views = if method == Method::Mae { 0 } else { 1 };
     let batch = || MsnBatch {
-        target: random([b, c, v.large_size, v.large_size], &device),
+        target: random_grey(b, v.large_size, c, &device),
         anchors: [(anchor_views, v.large_size), (v.focal_views, v.focal_size)]
             .into_iter()
             .filter(|(n, _)| *n > 0)
             .map(|(n, size)| AnchorGroup {
-                images: random([n * b, c, size, size], &device),
+                images: random_grey(n * b, size, c, &device),
             })
             .collect(),
         ehr: ehr_in.map(|n| Tensor::random([b, n], Distribution::Uniform(0.0, 1.0), &device)),
@@ -253,7 +258,7 @@ pub fn run_infer(args: &InferBench) -> Result<Timing> {
     let size = vit.image_size;
     let mut times = Vec::with_capacity(args.repeats);
     for i in 0..args.run.warmup + args.repeats {
-        let images = random([args.batch_size, 3, size, size], &device);
+        let images = random_grey(args.batch_size, size, 3, &device);
         let start = Instant::now();
         let features = encode(&encoder, images);
         // Reading the result back waits for the device.

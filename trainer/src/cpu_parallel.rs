@@ -12,6 +12,7 @@
 
 use burn::backend::DispatchDevice;
 use burn::tensor::{Device, Tensor};
+use cxr_msn::pixels::Pixels;
 use cxr_msn::vit::{Pieces, VisionTransformer};
 use rayon::prelude::*;
 
@@ -120,7 +121,8 @@ pub fn pieces_for(device: &Device, images: usize) -> OnCores {
 /// spread over the cores on the CPU: a batch in parts ([`forward_in_parts`]), a single
 /// image with each block cut into pieces ([`pieces_for`]). Elsewhere one call on the whole
 /// batch.
-pub fn encode(encoder: &VisionTransformer, images: Tensor<4>) -> Tensor<2> {
+pub fn encode(encoder: &VisionTransformer, images: impl Into<Pixels>) -> Tensor<2> {
+    let images = images.into();
     let pieces = pieces_for(&images.device(), images.dims()[0]);
     if pieces.count > 1 {
         // On one of the pool's threads, which then takes part in every piece's work: from
@@ -128,7 +130,11 @@ pub fn encode(encoder: &VisionTransformer, images: Tensor<4>) -> Tensor<2> {
         // pool and put the calling thread to sleep until it is done.
         return rayon::scope(|_| encoder.forward_in_pieces(images, &pieces));
     }
-    forward_in_parts(images, |part| encoder.forward(part, None))
+    let device = images.device();
+    let parts = map_ranges(&device, images.dims()[0], |start, len| {
+        encoder.forward(images.clone().narrow(start, len), None)
+    });
+    Tensor::cat(parts, 0)
 }
 
 #[cfg(test)]

@@ -84,7 +84,7 @@ pub fn score_items(
         let parts = map_ranges(device, b, |start, len| {
             let part = |t: Tensor<2>| t.narrow(0, start, len);
             model.forward(
-                images.clone().narrow(0, start, len),
+                images.clone().narrow(start, len),
                 ehr.clone().map(part),
                 false,
             )

@@ -127,7 +127,7 @@ pub fn run(args: &FinetuneArgs) -> Result<String> {
                 let parts: Vec<_> =
                     forward_parts(&model.encoder, &ranges, |encoder, start, len| {
                         (
-                            vec![encoder.forward(images.clone().narrow(0, start, len), None)],
+                            vec![encoder.forward(images.clone().narrow(start, len), None)],
                             (),
                         )
                     })

@@ -117,11 +117,12 @@ impl LoaderConfig {
 pub struct Batch {
     /// Indices of the items in this batch, in order.
     pub items: Vec<usize>,
-    /// MSN: target views `[B, C, 224, 224]`; otherwise the one view per image.
+    /// MSN: target views `[B, 1, 224, 224]` (grey, with the normalisation the encoder
+    /// applies); otherwise the one view per image.
     pub images: BatchData,
-    /// MSN only: the random anchors `[B, C, 224, 224]`.
+    /// MSN only: the random anchors `[B, 1, 224, 224]`.
     pub anchors: Option<BatchData>,
-    /// MSN only: focal anchors `[F*B, C, 96, 96]`, view-major.
+    /// MSN only: focal anchors `[F*B, 1, 96, 96]`, view-major.
     pub focal: Option<BatchData>,
     /// EHR `[B, ehr_in]`, row-major (empty when the items carry none).
     pub ehr: Vec<f32>,

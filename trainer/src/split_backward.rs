@@ -249,13 +249,13 @@ pub(crate) mod fixtures {
             Tensor::<4>::random([n, 3, size, size], Distribution::Uniform(-1.0, 1.0), device)
         };
         MsnBatch {
-            target: images(b, v.large_size),
+            target: images(b, v.large_size).into(),
             anchors: vec![
                 AnchorGroup {
-                    images: images(b, v.large_size),
+                    images: images(b, v.large_size).into(),
                 },
                 AnchorGroup {
-                    images: images(v.focal_views * b, v.focal_size),
+                    images: images(v.focal_views * b, v.focal_size).into(),
                 },
             ],
             ehr: config.ehr.as_ref().map(|e| {

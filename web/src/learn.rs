@@ -18,6 +18,7 @@ use burn::tensor::Tensor;
 use cxr_msn::config::{LossConfig, MaskScope};
 use cxr_msn::image::GreyImage;
 use cxr_msn::masking::TokenMask;
+use cxr_msn::pixels::Pixels;
 use cxr_msn::preprocess::BatchData;
 use cxr_msn::prototype_head::{PrototypeHead, cosine, encoder_signature};
 use cxr_msn::rand::SeedableRng;
@@ -217,8 +218,8 @@ impl Engine {
         })
     }
 
-    /// Views as a normalised batch `[N, C, S, S]`.
-    fn batch(&self, views: &[&GreyImage]) -> Result<Tensor<4>, String> {
+    /// Views as the encoder's input: grey `[N, 1, S, S]` with the model's normalisation.
+    fn batch(&self, views: &[&GreyImage]) -> Result<Pixels, String> {
         Ok(BatchData::pack(views, &self.meta.normalization)
             .map_err(|e| e.to_string())?
             .to_tensor(&self.device))
