@@ -168,13 +168,20 @@ pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
 /// `images` `[B, C, H, W]`, as tokens `[B, (H / P) (W / P), D]` in row-major patch order
 /// (what `conv.forward(images).flatten(2, 3).swap_dims(1, 2)` gives). Grey images
 /// ([`Pixels::Grey`]) go through the kernel folded with their normalisation
-/// ([`fold_patch_kernel`]), `[D, 1, P, P]`. With the `autodiff` feature on the CPU
-/// ([`Route::Host`], [`Route::Graph`]) and for a conv with a bias, the patches' pixels are
-/// laid side by side, `[B, (H / P) (W / P), C P P]`, and go through [`linear`]'s product
-/// with the kernel as a `[C P P, D]` matrix: one product, where Burn's convolution took
-/// about twice as many of the training step's samples, forward and backward
-/// (BENCHMARKS.md). Elsewhere Burn's convolution.
+/// ([`fold_patch_kernel`]), `[D, 1, P, P]` (unless the conv pads: padding applies to the
+/// normalised channels, so they are made). With the `autodiff` feature on the CPU
+/// ([`Route::Host`], [`Route::Graph`]) and for a conv with a bias (or grey images), the
+/// patches' pixels are laid side by side, `[B, (H / P) (W / P), C P P]`, and go through
+/// [`linear`]'s product with the kernel as a `[C P P, D]` matrix: one product, where
+/// Burn's convolution took about twice as many of the training step's samples, forward and
+/// backward (BENCHMARKS.md). Elsewhere Burn's convolution.
 pub fn patch_embed(conv: &Conv2d, images: Pixels) -> Tensor<3> {
+    // A padded convolution pads the normalised channels, not the grey plane: no fold then.
+    let valid = matches!(conv.padding, burn::nn::PaddingConfig2d::Valid);
+    let images = match images {
+        grey @ Pixels::Grey { .. } if !valid => Pixels::Normalized(grey.normalized()),
+        images => images,
+    };
     let (images, weight, bias) = match images {
         Pixels::Normalized(images) => {
             #[cfg(feature = "autodiff")]
@@ -203,10 +210,6 @@ pub fn patch_embed(conv: &Conv2d, images: Pixels) -> Tensor<3> {
         return tokens;
     }
     let options = ConvOptions::new(conv.stride, [0, 0], conv.dilation, conv.groups);
-    debug_assert!(
-        matches!(conv.padding, burn::nn::PaddingConfig2d::Valid),
-        "a patch embedding has no padding"
-    );
     burn::tensor::module::conv2d(images, weight, Some(bias), options)
         .flatten::<3>(2, 3)
         .swap_dims(1, 2)

@@ -975,6 +975,22 @@ mod tests {
         }
     }
 
+    /// The tokens and the gradients of `sum(w * tokens)` with respect to `conv`'s weight
+    /// and bias.
+    fn value_and_conv_grads(
+        conv: &burn::nn::conv::Conv2d,
+        tokens: Tensor<3>,
+        w: &Tensor<3>,
+    ) -> [TensorData; 3] {
+        let grads = (tokens.clone() * w.clone()).sum().backward();
+        let bias = conv.bias.as_ref().unwrap().val();
+        [
+            tokens.into_data(),
+            conv.weight.val().grad(&grads).expect("dW").into_data(),
+            bias.grad(&grads).expect("db").into_data(),
+        ]
+    }
+
     #[test]
     fn patch_embedding_matches_burns_convolution_in_and_out_of_a_graph() {
         use burn::nn::conv::Conv2dConfig;
@@ -999,13 +1015,7 @@ mod tests {
                     conv.forward(images).flatten::<3>(2, 3).swap_dims(1, 2)
                 };
                 assert_eq!(tokens.dims(), [dims[0], grid, d]);
-                let grads = (tokens.clone() * w.clone()).sum().backward();
-                let bias = conv.bias.as_ref().unwrap().val();
-                [
-                    tokens.into_data(),
-                    conv.weight.val().grad(&grads).expect("dW").into_data(),
-                    bias.grad(&grads).expect("db").into_data(),
-                ]
+                value_and_conv_grads(&conv, tokens, &w)
             };
             assert_all_close(run(true), run(false), Tolerance::absolute(1e-4));
             // Outside a graph.
@@ -1028,20 +1038,11 @@ mod tests {
     #[test]
     fn grey_patch_embedding_matches_the_convolution_of_the_normalised_channels() {
         use crate::config::Normalization;
-        use crate::pixels::Pixels;
+        use crate::pixels::{Pixels, channels_by_hand as by_hand};
         use burn::nn::conv::Conv2dConfig;
         let device = Device::flex();
         device.seed(10);
         let ad = device.clone().autodiff();
-        let by_hand = |grey: Tensor<4>, norm: &Normalization| {
-            let channels: Vec<Tensor<4>> = norm
-                .mean
-                .iter()
-                .zip(&norm.std)
-                .map(|(&m, &s)| (grey.clone() - m) / s)
-                .collect();
-            Tensor::cat(channels, 1)
-        };
         for (norm, b, side, p, d) in [
             (Normalization::imagenet(3), 2, 32, 8, 12),
             (Normalization::cxr(1), 1, 20, 6, 5),
@@ -1070,13 +1071,7 @@ mod tests {
                         .swap_dims(1, 2)
                 };
                 assert_eq!(tokens.dims(), [b, grid, d]);
-                let grads = (tokens.clone() * w.clone()).sum().backward();
-                let bias = conv.bias.as_ref().unwrap().val();
-                [
-                    tokens.into_data(),
-                    conv.weight.val().grad(&grads).expect("dW").into_data(),
-                    bias.grad(&grads).expect("db").into_data(),
-                ]
+                value_and_conv_grads(&conv, tokens, &w)
             };
             assert_all_close(run(true), run(false), Tolerance::absolute(1e-4));
             let plain = burn::module::Module::valid(&conv);

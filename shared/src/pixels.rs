@@ -166,3 +166,75 @@ pub fn fold_patch_kernel(
         .reshape([d]);
     (scaled.sum_dim(1), bias - shift)
 }
+
+/// The grey plane `[B, 1, S, S]` repeated and normalised one channel at a time, for tests
+/// to compare the fold with.
+#[cfg(test)]
+pub(crate) fn channels_by_hand(grey: Tensor<4>, norm: &Normalization) -> Tensor<4> {
+    let channels: Vec<Tensor<4>> = norm
+        .mean
+        .iter()
+        .zip(&norm.std)
+        .map(|(&m, &s)| (grey.clone() - m) / s)
+        .collect();
+    Tensor::cat(channels, 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::nn::PaddingConfig2d;
+    use burn::nn::conv::Conv2dConfig;
+    use burn::tensor::Distribution;
+
+    fn grey_and_normalized(b: usize, side: usize, norm: &Normalization) -> (Pixels, Tensor<4>) {
+        let device = Device::default();
+        let grey =
+            Tensor::<4>::random([b, 1, side, side], Distribution::Uniform(0.0, 1.0), &device);
+        let by_hand = channels_by_hand(grey.clone(), norm);
+        let pixels = Pixels::Grey {
+            grey,
+            normalization: norm.clone(),
+        };
+        (pixels, by_hand)
+    }
+
+    /// The normalised channels made from grey images are the formula's, and the batch
+    /// operations keep the grey plane and its normalisation together.
+    #[test]
+    fn grey_images_are_seen_as_their_normalised_channels() {
+        let norm = Normalization::cxr(3);
+        let (pixels, by_hand) = grey_and_normalized(4, 6, &norm);
+        assert_eq!(pixels.dims(), [4, 3, 6, 6]);
+        pixels
+            .clone()
+            .normalized()
+            .into_data()
+            .assert_approx_eq::<f32>(&by_hand.clone().into_data(), Default::default());
+        let parts = vec![pixels.clone().narrow(0, 1), pixels.clone().narrow(1, 3)];
+        let joined = Pixels::cat(parts);
+        assert_eq!(joined.dims(), [4, 3, 6, 6]);
+        joined
+            .normalized()
+            .into_data()
+            .assert_approx_eq::<f32>(&by_hand.into_data(), Default::default());
+    }
+
+    /// A padded convolution pads the normalised channels with zeros, which no fold of the
+    /// kernel can give: grey images are expanded for it, and match the channels made by hand.
+    #[test]
+    fn a_padded_patch_embedding_sees_the_normalised_channels() {
+        let norm = Normalization::imagenet(3);
+        let (pixels, by_hand) = grey_and_normalized(2, 8, &norm);
+        let conv = Conv2dConfig::new([3, 5], [4, 4])
+            .with_stride([4, 4])
+            .with_padding(PaddingConfig2d::Explicit(2, 2, 2, 2))
+            .init(&Device::default());
+        let tokens = crate::cpu_kernels::patch_embed(&conv, pixels);
+        let expected = conv.forward(by_hand).flatten::<3>(2, 3).swap_dims(1, 2);
+        assert_eq!(tokens.dims(), expected.dims());
+        tokens
+            .into_data()
+            .assert_approx_eq::<f32>(&expected.into_data(), Default::default());
+    }
+}
