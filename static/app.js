@@ -9,6 +9,8 @@
 // A small JavaScript API for pages that embed this one: `window.cxrMsn` (see README);
 // learn.js reaches the loaded model through it too.
 
+import { drawGrey } from "./draw.js";
+
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const MODEL_CACHE = "cxr-msn-models-v1";
@@ -165,13 +167,7 @@ function prefillFromHeader(info) {
 
 // Draws the 224x224 view and, when asked, the attention map over it.
 function drawView(canvas, pixels, attention, grid, show) {
-  const ctx = canvas.getContext("2d");
-  const img = ctx.createImageData(224, 224);
-  for (let i = 0; i < 224 * 224; i++) {
-    const p = pixels[i];
-    img.data[4 * i] = p; img.data[4 * i + 1] = p; img.data[4 * i + 2] = p; img.data[4 * i + 3] = 255;
-  }
-  ctx.putImageData(img, 0, 0);
+  const ctx = drawGrey(canvas, pixels, 224);
   if (!show || !grid) return;
   // Stretched to the image's own range and squared, so the few patches [CLS] attends to
   // most stand out.

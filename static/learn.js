@@ -15,6 +15,8 @@
 // URL parameters: mode=learn (this tab alone, for a lesson), map=URL (another map file on
 // the page's origin), sample=FILE (the bundled sample to start with).
 
+import { drawGrey } from "./draw.js";
+
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const SVG_NS = "http://www.w3.org/2000/svg";
@@ -163,20 +165,6 @@ function baseOf(image) {
 
 // ---------------------------------------------------------------------------------------
 // Drawing
-
-// Draws grey pixels (row-major bytes) into a canvas of size x size.
-function drawGrey(canvas, pixels, size) {
-  canvas.width = size;
-  canvas.height = size;
-  const ctx = canvas.getContext("2d");
-  const img = ctx.createImageData(size, size);
-  for (let i = 0; i < size * size; i++) {
-    const p = pixels[i];
-    img.data[4 * i] = p; img.data[4 * i + 1] = p; img.data[4 * i + 2] = p; img.data[4 * i + 3] = 255;
-  }
-  ctx.putImageData(img, 0, 0);
-  return ctx;
-}
 
 // Darkens the patches not in `kept` (null: all kept) and draws the patch grid.
 function drawPatches(ctx, size, grid, kept, lines = true) {
