@@ -69,18 +69,15 @@ where
         .collect()
 }
 
-/// `f(input)` for an `f` that treats the items of dimension 0 independently (inference),
-/// computed part by part as [`map_ranges`] splits it and concatenated back: the same
-/// tensor as one call on the whole batch, up to floating-point summation order.
-pub fn forward_in_parts<const D: usize, const O: usize, F>(input: Tensor<D>, f: F) -> Tensor<O>
+/// The outputs `f(start, len)` of items `start .. start + len` of a batch of `batch`
+/// items on `device`, for an `f` that treats the items independently (inference), computed
+/// part by part as [`map_ranges`] splits the batch and concatenated back: the same tensor
+/// as one call on the whole batch, up to floating-point summation order.
+pub fn forward_in_parts<const O: usize, F>(device: &Device, batch: usize, f: F) -> Tensor<O>
 where
-    F: Fn(Tensor<D>) -> Tensor<O> + Sync,
+    F: Fn(usize, usize) -> Tensor<O> + Sync,
 {
-    let device = input.device();
-    let batch = input.dims()[0];
-    let mut outs = map_ranges(&device, batch, |start, len| {
-        f(input.clone().narrow(0, start, len))
-    });
+    let mut outs = map_ranges(device, batch, f);
     if outs.len() == 1 {
         return outs.pop().expect("one part");
     }
@@ -130,11 +127,9 @@ pub fn encode(encoder: &VisionTransformer, images: impl Into<Pixels>) -> Tensor<
         // pool and put the calling thread to sleep until it is done.
         return rayon::scope(|_| encoder.forward_in_pieces(images, &pieces));
     }
-    let device = images.device();
-    let parts = map_ranges(&device, images.dims()[0], |start, len| {
+    forward_in_parts(&images.device(), images.dims()[0], |start, len| {
         encoder.forward(images.clone().narrow(start, len), None)
-    });
-    Tensor::cat(parts, 0)
+    })
 }
 
 #[cfg(test)]
@@ -197,7 +192,9 @@ mod tests {
         let f =
             |t: Tensor<3>| burn::tensor::activation::softmax(t.matmul(w.clone().unsqueeze()), 2);
         let whole: TensorData = f(x.clone()).into_data();
-        let parts: TensorData = forward_in_parts(x, f).into_data();
+        let parts: TensorData =
+            forward_in_parts(&device, 7, |start, len| f(x.clone().narrow(0, start, len)))
+                .into_data();
         assert_eq!(parts.shape(), whole.shape());
         parts.assert_approx_eq::<f32>(&whole, burn::tensor::Tolerance::absolute(1e-6));
     }
