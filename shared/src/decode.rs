@@ -75,7 +75,7 @@ use std::fmt;
 
 use crate::ehr::{Sex, ViewPosition};
 pub use crate::error::DecodeError;
-use crate::image::GreyImage;
+use crate::image::{GreyImage, Image, Intensity};
 
 /// The file formats [`decode`] reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,11 +222,12 @@ pub struct DicomTags {
     pub transfer_syntax: String,
 }
 
-/// A decoded image and what was learnt on the way.
+/// A decoded image and what was learnt on the way; `T` is its pixel type (floats, or
+/// 16-bit levels from [`decode_downscaled16`]).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Decoded {
+pub struct Decoded<T = f32> {
     /// The grey image, intensities in [0, 1], 0 = black as displayed.
-    pub image: GreyImage,
+    pub image: Image<T>,
     /// The format the bytes were in.
     pub format: ImageFormat,
     /// Bits per sample in the file: the PNG bit depth, the JPEG sample precision, the DICOM
@@ -245,7 +246,7 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<Decoded, DecodeErro
 
 /// [`decode`], then downscaled so that the shorter side is at most `shorter_side` pixels
 /// ([`resize_shorter_side`](crate::views::resize_shorter_side); smaller images are returned
-/// as they are). An 8-bit grey JPEG (most radiographs) is resampled straight from the
+/// as they are). An 8-bit grey JPEG or PNG (most radiographs) is resampled straight from the
 /// decoder's bytes, skipping the full-size float image that [`decode`] builds; the result
 /// equals `resize_shorter_side(&decode(..)?.image, ..)` up to float rounding.
 pub fn decode_downscaled(
@@ -253,19 +254,38 @@ pub fn decode_downscaled(
     limits: &DecodeLimits,
     shorter_side: usize,
 ) -> Result<Decoded, DecodeError> {
-    let side = shorter_side.max(1);
-    let mut decoded = decode_with(bytes, limits, Some(side))?;
-    if decoded.image.width.min(decoded.image.height) > side {
-        decoded.image = crate::views::resize_shorter_side(&decoded.image, side);
-    }
-    Ok(decoded)
+    decode_with(bytes, limits, Some(shorter_side.max(1)))
 }
 
-fn decode_with(
+/// [`decode_downscaled`] with the image as 16-bit levels
+/// ([`Grey16`](crate::image::Grey16)), as the trainer's loader keeps it: an 8-bit grey JPEG
+/// or PNG is resampled straight to levels; any other image is decoded and downscaled as
+/// floats, then rounded to the nearest level. The levels are those of
+/// `decode_downscaled`'s floats rounded, up to float rounding.
+pub fn decode_downscaled16(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+    shorter_side: usize,
+) -> Result<Decoded<u16>, DecodeError> {
+    decode_with(bytes, limits, Some(shorter_side.max(1)))
+}
+
+/// `img` downscaled so that its shorter side is `shorter_side` when its own is longer
+/// ([`resize_shorter_side`](crate::views::resize_shorter_side)), in pixel type `O`.
+pub(crate) fn fit<O: Intensity>(img: GreyImage, shorter_side: Option<usize>) -> Image<O> {
+    match shorter_side {
+        Some(side) if img.width.min(img.height) > side => {
+            O::from_grey(crate::views::resize_shorter_side(&img, side))
+        }
+        _ => O::from_grey(img),
+    }
+}
+
+fn decode_with<O: Intensity>(
     bytes: &[u8],
     limits: &DecodeLimits,
     shorter_side: Option<usize>,
-) -> Result<Decoded, DecodeError> {
+) -> Result<Decoded<O>, DecodeError> {
     if bytes.is_empty() {
         return Err(DecodeError::Empty);
     }
@@ -273,7 +293,7 @@ fn decode_with(
         .ok_or_else(|| DecodeError::UnknownFormat(describe_unknown(bytes)))?;
     match format {
         ImageFormat::Png => {
-            let (image, bit_depth) = codecs::decode_png(bytes, limits)?;
+            let (image, bit_depth) = codecs::decode_png(bytes, limits, shorter_side)?;
             Ok(Decoded {
                 image,
                 format,
@@ -290,7 +310,15 @@ fn decode_with(
                 dicom: None,
             })
         }
-        ImageFormat::Dicom => pixels::decode_dicom(bytes, limits),
+        ImageFormat::Dicom => {
+            let decoded = pixels::decode_dicom(bytes, limits)?;
+            Ok(Decoded {
+                image: fit(decoded.image, shorter_side),
+                format: decoded.format,
+                bit_depth: decoded.bit_depth,
+                dicom: decoded.dicom,
+            })
+        }
     }
 }
 

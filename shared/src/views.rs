@@ -15,7 +15,9 @@
 use rand::{Rng, RngExt};
 
 use crate::config::ViewConfig;
-use crate::image::GreyImage;
+use std::marker::PhantomData;
+
+use crate::image::{GreyImage, Image, Intensity};
 use crate::simd;
 
 /// A crop rectangle in source pixels: top-left corner and size.
@@ -141,10 +143,10 @@ impl Taps {
     }
 }
 
-/// Resamples the `crop` of `img` to `out_w` x `out_h` pixels (bilinear, antialiased when
-/// shrinking), optionally mirrored left-right.
-pub fn resize_crop(
-    img: &GreyImage,
+/// Resamples the `crop` of `img` (floats or 16-bit levels) to `out_w` x `out_h` pixels
+/// (bilinear, antialiased when shrinking), optionally mirrored left-right.
+pub fn resize_crop<T: Intensity>(
+    img: &Image<T>,
     crop: CropBox,
     out_w: usize,
     out_h: usize,
@@ -152,12 +154,13 @@ pub fn resize_crop(
 ) -> GreyImage {
     let pixels = Resample {
         source: (&img.pixels, img.width, img.height),
-        value: |p| p,
-        gain: 1.0,
+        value: T::raw,
+        gain: 1.0 / T::UNIT,
         crop,
         out: (out_w, out_h),
         flip,
         transpose: Transpose::new(),
+        output: PhantomData,
     }
     .run();
     GreyImage {
@@ -169,8 +172,14 @@ pub fn resize_crop(
 
 /// 8-bit grey samples (`width * height`, row-major; intensity `v / 255`) resized so that the
 /// shorter side is `shorter` pixels, as [`resize_shorter_side`] resizes the image they make;
-/// equal to it up to float rounding, without a full-size float copy of the samples.
-pub fn downscale_grey8(samples: &[u8], width: usize, height: usize, shorter: usize) -> GreyImage {
+/// equal to it up to float rounding (and, for 16-bit levels, the rounding to a level),
+/// without a full-size float copy of the samples.
+pub fn downscale_grey8<O: Intensity>(
+    samples: &[u8],
+    width: usize,
+    height: usize,
+    shorter: usize,
+) -> Image<O> {
     let (out_w, out_h) = shorter_side_size(width, height, shorter);
     let whole = CropBox {
         x: 0.0,
@@ -181,14 +190,15 @@ pub fn downscale_grey8(samples: &[u8], width: usize, height: usize, shorter: usi
     let pixels = Resample {
         source: (samples, width, height),
         value: f32::from,
-        gain: 1.0 / 255.0,
+        gain: O::UNIT / 255.0,
         crop: whole,
         out: (out_w, out_h),
         flip: false,
         transpose: Transpose::new(),
+        output: PhantomData,
     }
     .run();
-    GreyImage {
+    Image {
         width: out_w,
         height: out_h,
         pixels,
@@ -199,7 +209,7 @@ pub fn downscale_grey8(samples: &[u8], width: usize, height: usize, shorter: usi
 const ROW_BLOCK: usize = 8;
 
 /// The separable resampling behind [`resize_crop`] and [`downscale_grey8`]: the `crop` of
-/// the source resampled to `out` pixels, mirrored left-right when `flip` is set
+/// the source resampled to `out` pixels of type `O`, mirrored left-right when `flip` is set
 /// ([`Self::run`]).
 ///
 /// The vertical pass comes first, one output row at a time, over the source columns the
@@ -215,7 +225,7 @@ const ROW_BLOCK: usize = 8;
 /// Both passes run at the CPU's widest vector width ([`simd::widest`]); each output pixel's
 /// arithmetic is the same at every width (no fused multiply-adds), so the result is too.
 #[derive(Clone)]
-struct Resample<'a, T, V> {
+struct Resample<'a, T, V, O> {
     /// `(samples, width, height)`, row-major.
     source: (&'a [T], usize, usize),
     /// Reads a sample as a float.
@@ -227,21 +237,23 @@ struct Resample<'a, T, V> {
     out: (usize, usize),
     flip: bool,
     transpose: Transpose,
+    /// Each output pixel is [`Intensity::from_scaled`] of its weighted sum times `gain`.
+    output: PhantomData<O>,
 }
 
-impl<T: Copy, V: Fn(T) -> f32> Resample<'_, T, V> {
+impl<T: Copy, V: Fn(T) -> f32, O: Intensity> Resample<'_, T, V, O> {
     /// The output pixels, row-major.
-    fn run(self) -> Vec<f32> {
+    fn run(self) -> Vec<O> {
         simd::widest(self)
     }
 }
 
-impl<T: Copy, V: Fn(T) -> f32> pulp::NullaryFnOnce for Resample<'_, T, V> {
-    type Output = Vec<f32>;
+impl<T: Copy, V: Fn(T) -> f32, O: Intensity> pulp::NullaryFnOnce for Resample<'_, T, V, O> {
+    type Output = Vec<O>;
 
     /// The body, inlined into each of [`simd::widest`]'s copies.
     #[inline(always)]
-    fn call(self) -> Vec<f32> {
+    fn call(self) -> Vec<O> {
         let Self {
             source: (pixels, width, height),
             value,
@@ -250,6 +262,7 @@ impl<T: Copy, V: Fn(T) -> f32> pulp::NullaryFnOnce for Resample<'_, T, V> {
             out: (out_w, out_h),
             flip,
             transpose,
+            output: _,
         } = self;
         let cols = Taps::new(width, crop.x, crop.width, out_w);
         let rows = Taps::new(height, crop.y, crop.height, out_h);
@@ -329,7 +342,9 @@ impl<T: Copy, V: Fn(T) -> f32> pulp::NullaryFnOnce for Resample<'_, T, V> {
             if flip && out_w > 0 {
                 done.chunks_exact_mut(out_w).for_each(<[f32]>::reverse);
             }
-            out.extend_from_slice(done);
+            // Converted here, in one run over the rows (identity for floats): per tile, the
+            // conversion to 16-bit levels compiled to scalar code.
+            out.extend(done.iter().map(|&v| O::from_scaled(v)));
         }
         out
     }
@@ -446,8 +461,8 @@ fn transpose_avx(avx: pulp::core_arch::x86::Avx, tile: [[f32; TILE]; TILE]) -> [
 }
 
 /// One RandomResizedCrop view: crop box, flip with probability `flip_p`, resize to `size`.
-pub fn random_view(
-    img: &GreyImage,
+pub fn random_view<T: Intensity>(
+    img: &Image<T>,
     size: usize,
     scale: (f64, f64),
     views: &ViewConfig,
@@ -459,7 +474,7 @@ pub fn random_view(
 }
 
 /// All pretraining views of one image: target, random anchor, then the focal anchors.
-pub fn msn_views(img: &GreyImage, views: &ViewConfig, rng: &mut impl Rng) -> MsnViews {
+pub fn msn_views<T: Intensity>(img: &Image<T>, views: &ViewConfig, rng: &mut impl Rng) -> MsnViews {
     let large = |rng: &mut _| random_view(img, views.large_size, views.large_scale, views, rng);
     let target = large(rng);
     let anchor = large(rng);
@@ -475,7 +490,7 @@ pub fn msn_views(img: &GreyImage, views: &ViewConfig, rng: &mut impl Rng) -> Msn
 
 /// Resizes so that the shorter side is `shorter` pixels, keeping the aspect ratio
 /// (torchvision `Resize(int)`: the longer side is truncated, not rounded).
-pub fn resize_shorter_side(img: &GreyImage, shorter: usize) -> GreyImage {
+pub fn resize_shorter_side<T: Intensity>(img: &Image<T>, shorter: usize) -> GreyImage {
     let (out_w, out_h) = shorter_side_size(img.width, img.height, shorter);
     let whole = CropBox {
         x: 0.0,
@@ -542,7 +557,7 @@ pub fn into_loaded(img: GreyImage) -> GreyImage {
 
 /// The evaluation transform: shorter side to 256, centre crop 224. Give it the image as
 /// loaded ([`into_loaded`]) to see what the trainer's evaluation sees.
-pub fn eval_view(img: &GreyImage) -> GreyImage {
+pub fn eval_view<T: Intensity>(img: &Image<T>) -> GreyImage {
     center_crop(&resize_shorter_side(img, 256), 224)
 }
 
@@ -572,7 +587,11 @@ impl Default for AffineConfig {
 
 /// The fine-tuning view: shorter side to 256, flip, random affine about the centre
 /// (bilinear, black outside the image), centre crop 224.
-pub fn train_view(img: &GreyImage, cfg: &AffineConfig, rng: &mut impl Rng) -> GreyImage {
+pub fn train_view<T: Intensity>(
+    img: &Image<T>,
+    cfg: &AffineConfig,
+    rng: &mut impl Rng,
+) -> GreyImage {
     let resized = resize_shorter_side(img, 256);
     let flip = rng.random_bool(cfg.flip_probability);
     let angle = rng.random_range(-cfg.degrees..=cfg.degrees).to_radians();
@@ -657,7 +676,7 @@ mod tests {
             )
             .unwrap();
             let want = resize_shorter_side(&image, side);
-            let got = downscale_grey8(&bytes, w, h, side);
+            let got = downscale_grey8::<f32>(&bytes, w, h, side);
             assert_eq!((got.width, got.height), (want.width, want.height));
             assert_eq!(got.width.min(got.height), side);
             let worst = got
@@ -666,6 +685,17 @@ mod tests {
                 .zip(&want.pixels)
                 .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
             assert!(worst < 1e-6, "{w}x{h} -> {side}: {worst}");
+            // Straight to 16-bit levels: the floats' nearest levels, but for a float's
+            // rounding at a half level.
+            let levels = downscale_grey8::<u16>(&bytes, w, h, side);
+            assert_eq!((levels.width, levels.height), (want.width, want.height));
+            for (l, v) in levels.pixels.iter().zip(&want.pixels) {
+                let exact = f64::from(*v) * 65535.0;
+                assert!(
+                    (f64::from(*l) - exact).abs() <= 0.5 + 0.1,
+                    "{w}x{h} -> {side}: level {l} for {exact}"
+                );
+            }
         }
     }
 
@@ -758,6 +788,7 @@ mod tests {
                 out: (96, 96),
                 flip: true,
                 transpose,
+                output: PhantomData,
             })
         };
         let whole = CropBox {
@@ -775,8 +806,24 @@ mod tests {
                 out: (113, 92),
                 flip: false,
                 transpose,
+                output: PhantomData,
             })
         };
+        // The loader's path: 8-bit samples straight to 16-bit levels.
+        let levels = |transpose| -> Vec<Vec<u16>> {
+            simd::at_every_width(Resample {
+                source: (&bytes, 333, 271),
+                value: f32::from,
+                gain: 257.0,
+                crop: whole,
+                out: (113, 92),
+                flip: false,
+                transpose,
+                output: PhantomData,
+            })
+        };
+        let levels = [levels(Transpose::new()), levels(Transpose::scalar())].concat();
+        assert!(levels.iter().all(|l| l == &levels[0]));
         let both = |outs: Vec<Vec<f32>>, scalar: Vec<Vec<f32>>| [outs, scalar].concat();
         let float = both(float(Transpose::new()), float(Transpose::scalar()));
         let grey8 = both(grey8(Transpose::new()), grey8(Transpose::scalar()));

@@ -5,7 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use cxr_msn::decode::{DecodeLimits, Decoded, ImageFormat, decode, decode_downscaled};
+use cxr_msn::decode::{
+    DecodeLimits, Decoded, ImageFormat, decode, decode_downscaled, decode_downscaled16,
+};
 use cxr_msn::ehr::{Sex, ViewPosition};
 use cxr_msn::error::DecodeError;
 use cxr_msn::views::{LOAD_SHORTER_SIDE, eval_view, into_loaded, resize_shorter_side};
@@ -898,6 +900,32 @@ fn downscaled_decoding_matches_the_full_decode_resized() {
                 mean < 1e-7 && worst < 1e-6,
                 "{name} at {side}: mean {mean:.2e}, worst {worst:.2e}"
             );
+            // The loader's 16-bit levels: the nearest level to each float, but where the
+            // floats' rounding (mean 1e-7, worst 1e-6) straddles a half level.
+            let levels = decode_downscaled16(&bytes, &limits, side)
+                .unwrap_or_else(|e| panic!("{name} at {side}, 16-bit: {e}"));
+            assert_eq!(
+                (levels.format, levels.bit_depth),
+                (full.format, full.bit_depth)
+            );
+            let levels = &levels.image;
+            assert_eq!((levels.width, levels.height), (want.width, want.height));
+            let mut off = 0usize;
+            for (l, v) in levels.pixels.iter().zip(&want.pixels) {
+                let exact = f64::from(*v) * 65535.0;
+                let distance = (f64::from(*l) - exact).abs();
+                // The floats' own worst error above, in levels.
+                let slack = 65535.0 * 1e-6;
+                assert!(
+                    distance <= 0.5 + slack,
+                    "{name} at {side}: level {l} for {exact}"
+                );
+                off += usize::from(distance > 0.5);
+            }
+            assert!(
+                (off as f64) < 0.02 * n,
+                "{name} at {side}: {off} of {n} levels not the nearest"
+            );
         }
     }
 }
@@ -931,6 +959,18 @@ fn the_evaluation_view_is_the_same_by_every_loading_path() {
             .zip(&direct.pixels)
             .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
         assert!(worst < 1e-5, "{name}: {worst}");
+        // The loader keeps 16-bit levels: at most half a level (7.6e-6) more.
+        let loader = eval_view(
+            &decode_downscaled16(&bytes, &limits, LOAD_SHORTER_SIDE)
+                .unwrap()
+                .image,
+        );
+        let worst = page
+            .pixels
+            .iter()
+            .zip(&loader.pixels)
+            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(worst < 1e-5, "{name}, the loader's levels: {worst}");
         // Loading first is not a no-op: the view of the whole image differs.
         let unloaded = eval_view(&whole);
         assert!(

@@ -14,6 +14,7 @@ import json
 import platform
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -49,13 +50,44 @@ def fmt(t):
     return f"{t['median_s']:.3f} ({t['min_s']:.3f}-{t['max_s']:.3f})"
 
 
+def nih_format_copies(manifest, folder):
+    """The manifest's images as NIH ChestX-ray14 stores its own (1024 x 1024, 8-bit grey
+    PNG), written into `folder` with PIL; returns the new manifest's path."""
+    from PIL import Image
+
+    lines = Path(manifest).read_text().splitlines()
+    rows = [lines[0]]
+    for i, line in enumerate(lines[1:]):
+        path, rest = line.split(",", 1)
+        out = Path(folder) / f"{i:05d}.png"
+        Image.open(path).convert("L").resize((1024, 1024), Image.BILINEAR).save(out)
+        rows.append(f"{out},{rest}")
+    new = Path(folder) / "manifest.csv"
+    new.write_text("\n".join(rows) + "\n")
+    return new
+
+
+def loader_table(a, ref, title, manifest):
+    args = ["--data", str(manifest), "--count", "16", "--batch-size", "8", "--repeats", str(a.repeats)]
+    ours = {r["what"].split(", ", 1)[1]: r for r in run([a.bin, "bench", "loader", *args, "--json"])}
+    theirs = {r["what"].split(", ", 1)[1]: r for r in run([*ref, "loader", *args])}
+    print(f"| {title} | ours (s/epoch) | PIL + torchvision (s/epoch) | PIL / ours (speed-up) |")
+    print("|---|---|---|---|")
+    for mine, ref_name in [("1 thread, decode every time", "1 thread"), ("all cores, decode every time", "all cores"),
+                           ("all cores, cache warm", "all cores")]:
+        o, t = ours[mine], theirs[ref_name]
+        print(f"| {mine} vs {ref_name} | {fmt(o)} | {fmt(t)} | **{t['median_s'] / o['median_s']:.2f}x** |")
+    print(f"\n{o['images']} images per epoch; ours: {o['device']}; reference: {t['device']}\n")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--bin", required=True, help="the release cxr-msn binary")
     p.add_argument("--python", default=sys.executable)
     p.add_argument("--data", help="manifest CSV of images for the loader comparison")
     p.add_argument("--device", default="cpu", help="cpu, or gpu (ours: wgpu; PyTorch: cuda)")
-    p.add_argument("--only", nargs="*", default=["step", "infer", "loader"])
+    p.add_argument("--only", nargs="*", default=["step", "infer", "loader", "loader-png"],
+                   help="loader: the manifest's images; loader-png: the same as NIH-format PNGs")
     p.add_argument("--step-batch", type=int, default=8)
     p.add_argument("--repeats", type=int, default=5)
     a = p.parse_args()
@@ -89,16 +121,12 @@ def main():
         print(f"\nours: {ours['device']}; PyTorch: {theirs['device']}\n")
 
     if "loader" in a.only and a.data:
-        args = ["--data", a.data, "--count", "16", "--batch-size", "8", "--repeats", str(a.repeats)]
-        ours = {r["what"].split(", ", 1)[1]: r for r in run([a.bin, "bench", "loader", *args, "--json"])}
-        theirs = {r["what"].split(", ", 1)[1]: r for r in run([*ref, "loader", *args])}
-        print("| data pipeline (decode + 2 x 224 + 10 x 96 views) | ours (s/epoch) | PIL + torchvision (s/epoch) | PIL / ours (speed-up) |")
-        print("|---|---|---|---|")
-        for mine, ref_name in [("1 thread, decode every time", "1 thread"), ("all cores, decode every time", "all cores"),
-                               ("all cores, cache warm", "all cores")]:
-            o, t = ours[mine], theirs[ref_name]
-            print(f"| {mine} vs {ref_name} | {fmt(o)} | {fmt(t)} | **{t['median_s'] / o['median_s']:.2f}x** |")
-        print(f"\n{o['images']} images per epoch; ours: {o['device']}; reference: {t['device']}\n")
+        loader_table(a, ref, "data pipeline (decode + 2 x 224 + 10 x 96 views)", a.data)
+
+    if "loader-png" in a.only and a.data:
+        with tempfile.TemporaryDirectory() as folder:
+            loader_table(a, ref, "the same, the images as NIH-format PNGs (1024 px, 8-bit grey)",
+                         nih_format_copies(a.data, folder))
 
 
 if __name__ == "__main__":

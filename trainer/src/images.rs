@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, Result};
-use cxr_msn::decode::{DecodeError, DecodeLimits, Decoded, decode, decode_downscaled};
-use cxr_msn::image::GreyImage;
+use cxr_msn::decode::{DecodeError, DecodeLimits, Decoded, decode, decode_downscaled16};
+use cxr_msn::image::{GreyImage, Image};
 
 use crate::loader::DecodeFn;
 
@@ -16,21 +16,21 @@ pub fn decode_file(path: &Path, limits: &DecodeLimits) -> Result<GreyImage> {
     read_and(path, |bytes| decode(bytes, limits))
 }
 
-/// The loader's decode function: [`decode_file`], downscaled to the loader's shorter side
-/// (see [`decode_downscaled`](cxr_msn::decode::decode_downscaled)).
+/// The loader's decode function: [`decode_file`], downscaled to the loader's shorter side,
+/// as 16-bit levels (see [`decode_downscaled16`]).
 pub fn file_decoder(limits: DecodeLimits) -> Arc<DecodeFn> {
     Arc::new(move |path: &Path, shorter_side: usize| {
         read_and(path, |bytes| {
-            decode_downscaled(bytes, &limits, shorter_side)
+            decode_downscaled16(bytes, &limits, shorter_side)
         })
     })
 }
 
 /// Reads `path` and decodes its bytes with `decode`, naming the file in any error.
-fn read_and(
+fn read_and<T>(
     path: &Path,
-    decode: impl FnOnce(&[u8]) -> Result<Decoded, DecodeError>,
-) -> Result<GreyImage> {
+    decode: impl FnOnce(&[u8]) -> Result<Decoded<T>, DecodeError>,
+) -> Result<Image<T>> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let decoded = decode(&bytes).with_context(|| format!("{}", path.display()))?;
     Ok(decoded.image)

@@ -9,10 +9,13 @@
 //! `shorter_side` pixels (512 by default), which is as much detail as the views use (see
 //! [`decode_downscaled`](cxr_msn::decode::decode_downscaled)).
 //!
+//! Pictures: a loaded image is kept as 16-bit levels ([`Grey16`]), half the bytes of floats
+//! for the views to read; the views themselves are floats.
+//!
 //! Cache: with a cache folder, each image is decoded once and kept, so downscaled, as a small
-//! raw 16-bit file keyed by the source path, size and modification time; later epochs read
-//! that instead of decoding a full-size JPEG again. With or without the cache the views are
-//! drawn from the same picture (up to the cache's 16-bit rounding).
+//! raw file of those 16-bit levels keyed by the source path, size and modification time;
+//! later epochs read that instead of decoding a full-size JPEG again. With or without the
+//! cache the views are drawn from the same picture, to the bit.
 
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -24,7 +27,7 @@ use std::thread::JoinHandle;
 
 use anyhow::{Context, Result, bail};
 use cxr_msn::config::{Normalization, ViewConfig};
-use cxr_msn::image::GreyImage;
+use cxr_msn::image::{Grey16, GreyImage};
 use cxr_msn::preprocess::BatchData;
 use cxr_msn::rand::SeedableRng;
 use cxr_msn::rand::rngs::StdRng;
@@ -130,10 +133,10 @@ pub struct Batch {
     pub labels: Vec<Option<f32>>,
 }
 
-/// Reads an image file into a grey image. The second argument is the loader's
-/// [`LoaderConfig::shorter_side`]: the decoder may skip detail beyond it (the loader
+/// Reads an image file into a grey image of 16-bit levels. The second argument is the
+/// loader's [`LoaderConfig::shorter_side`]: the decoder may skip detail beyond it (the loader
 /// downscales whatever is still larger).
-pub type DecodeFn = dyn Fn(&Path, usize) -> Result<GreyImage> + Send + Sync;
+pub type DecodeFn = dyn Fn(&Path, usize) -> Result<Grey16> + Send + Sync;
 
 /// Batches of one epoch, in order, prepared by worker threads.
 pub struct EpochBatches {
@@ -327,12 +330,12 @@ impl Drop for EpochBatches {
 
 /// Loads one image, downscaled to the configured shorter side, through the cache when there
 /// is one.
-fn load_image(item: &Item, config: &LoaderConfig, decode: &DecodeFn) -> Result<GreyImage> {
+fn load_image(item: &Item, config: &LoaderConfig, decode: &DecodeFn) -> Result<Grey16> {
     let side = config.shorter_side;
-    let decode = || -> Result<GreyImage> {
+    let decode = || -> Result<Grey16> {
         let img = decode(&item.path, side)?;
         Ok(if img.width.min(img.height) > side {
-            resize_shorter_side(&img, side)
+            Grey16::from_grey(resize_shorter_side(&img, side))
         } else {
             img
         })
@@ -363,20 +366,18 @@ fn load_image(item: &Item, config: &LoaderConfig, decode: &DecodeFn) -> Result<G
 
 const GREY16_MAGIC: &[u8; 8] = b"CXRGREY1";
 
-/// Raw cache format: magic, width and height (u32 LE), then u16 LE intensities.
-fn grey16_encode(img: &GreyImage) -> Vec<u8> {
+/// Raw cache format: magic, width and height (u32 LE), then the 16-bit levels (u16 LE).
+fn grey16_encode(img: &Grey16) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 + 2 * img.pixels.len());
     out.extend_from_slice(GREY16_MAGIC);
     out.extend_from_slice(&(img.width as u32).to_le_bytes());
     out.extend_from_slice(&(img.height as u32).to_le_bytes());
-    for p in &img.pixels {
-        out.extend_from_slice(&((p.clamp(0.0, 1.0) * 65535.0).round() as u16).to_le_bytes());
-    }
+    out.extend(img.pixels.iter().flat_map(|p| p.to_le_bytes()));
     out
 }
 
 /// Reads the cache format; `None` for anything malformed (the entry is then rebuilt).
-fn grey16_decode(bytes: &[u8]) -> Option<GreyImage> {
+fn grey16_decode(bytes: &[u8]) -> Option<Grey16> {
     let header = bytes.get(..16)?;
     if &header[..8] != GREY16_MAGIC {
         return None;
@@ -389,9 +390,9 @@ fn grey16_decode(bytes: &[u8]) -> Option<GreyImage> {
     }
     let pixels = body
         .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]) as f32 / 65535.0)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
         .collect();
-    GreyImage::new(width, height, pixels)
+    Grey16::new(width, height, pixels)
 }
 
 fn build_batch(
@@ -466,7 +467,9 @@ mod tests {
             let pixels = (0..w * h)
                 .map(|i| ((i % w) as f32 + k as f32) / (w + k) as f32)
                 .collect();
-            Ok(GreyImage::new(w, h, pixels).expect("size matches"))
+            Ok(Grey16::from_grey(
+                GreyImage::new(w, h, pixels).expect("size matches"),
+            ))
         })
     }
 
@@ -578,15 +581,9 @@ mod tests {
         assert_eq!(cached.len(), 1);
         let failing: Arc<DecodeFn> = Arc::new(|_: &Path, _| bail!("must not decode again"));
         let second = load_image(&item, &c, &*failing).unwrap();
-        assert_eq!((second.width, second.height), (first.width, first.height));
-        let worst = first
-            .pixels
-            .iter()
-            .zip(&second.pixels)
-            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
-        assert!(
-            worst <= 0.5 / 65535.0 + 1e-7,
-            "16-bit cache rounding only: {worst}"
+        assert_eq!(
+            second, first,
+            "the cache keeps the picture's levels exactly"
         );
         // Without the cache the views start from the same downscaled picture.
         let mut uncached = c.clone();

@@ -9,7 +9,7 @@ use jpeg_decoder::ColorTransform;
 
 use super::{DecodeLimits, ImageFormat, luma_bt601};
 use crate::error::DecodeError;
-use crate::image::GreyImage;
+use crate::image::{GreyImage, Image, Intensity};
 
 fn corrupt(format: ImageFormat, detail: impl Into<String>) -> DecodeError {
     DecodeError::Corrupt {
@@ -64,11 +64,15 @@ fn grey_from_samples(samples: &[u16], channels: usize, max: f64) -> Vec<f32> {
         .collect()
 }
 
-/// Decodes a PNG file; returns the grey image and the file's bit depth (1 to 16).
-pub(super) fn decode_png(
+/// Decodes a PNG file; returns the grey image and the file's bit depth (1 to 16). With
+/// `shorter_side`, the image is also downscaled to that shorter side when its own is longer
+/// ([`super::fit`]); an 8-bit grey image (NIH ChestX-ray14's) is then resampled straight
+/// from its bytes to `O`, without a full-size float copy.
+pub(super) fn decode_png<O: Intensity>(
     bytes: &[u8],
     limits: &DecodeLimits,
-) -> Result<(GreyImage, u8), DecodeError> {
+    shorter_side: Option<usize>,
+) -> Result<(Image<O>, u8), DecodeError> {
     const F: ImageFormat = ImageFormat::Png;
     let png_err = |e: png::DecodingError| match e {
         png::DecodingError::LimitsExceeded => corrupt(
@@ -109,6 +113,14 @@ pub(super) fn decode_png(
         }
     };
     let data = buf.get(..frame.buffer_size()).unwrap_or(&buf);
+    let (w, h) = (width as usize, height as usize);
+    if let (1, png::BitDepth::Eight, Some(side)) = (channels, frame.bit_depth, shorter_side)
+        && w.min(h) > side
+        && data.len() == w * h
+    {
+        let image = crate::views::downscale_grey8(data, w, h, side);
+        return Ok((image, file_bit_depth));
+    }
     let (samples, max): (Vec<u16>, f64) = match frame.bit_depth {
         png::BitDepth::Sixteen => (
             data.chunks_exact(2)
@@ -124,7 +136,6 @@ pub(super) fn decode_png(
             ));
         }
     };
-    let (w, h) = (width as usize, height as usize);
     if samples.len() != w * h * channels {
         return Err(corrupt(
             F,
@@ -137,7 +148,7 @@ pub(super) fn decode_png(
     let pixels = grey_from_samples(&samples, channels, max);
     let image = GreyImage::new(w, h, pixels)
         .ok_or_else(|| corrupt(F, "pixel count does not match the size"))?;
-    Ok((image, file_bit_depth))
+    Ok((super::fit(image, shorter_side), file_bit_depth))
 }
 
 /// The frame header (SOFn) of a JPEG stream.
@@ -369,8 +380,9 @@ fn decode_grey_dct(
         .set_strict_mode(true);
     // Entropy-coded data never holds FF D9 (an FF there is followed by 00 or a restart
     // marker), so what follows the frame header holds one only as the end of the image.
+    // Searched from the end, where it is, so a whole file is not read twice.
     let rest = bytes.get(header.end..).unwrap_or_default();
-    if !rest.windows(2).any(|w| w == [0xFF, 0xD9]) {
+    if !rest.windows(2).rev().any(|w| w == [0xFF, 0xD9]) {
         return Err(corrupt(
             format,
             "JPEG stream ends before its end-of-image marker (EOI)",
@@ -399,14 +411,14 @@ fn decode_grey_dct(
 }
 
 /// Decodes a JPEG file; returns the grey image and the sample precision. With
-/// `shorter_side`, the image is also downscaled to that shorter side when its own is longer;
-/// an 8-bit grey frame is then resampled straight from its bytes, without a full-size float
-/// copy.
-pub(super) fn decode_jpeg_file(
+/// `shorter_side`, the image is also downscaled to that shorter side when its own is longer
+/// ([`super::fit`]); an 8-bit grey frame is then resampled straight from its bytes to `O`,
+/// without a full-size float copy.
+pub(super) fn decode_jpeg_file<O: Intensity>(
     bytes: &[u8],
     limits: &DecodeLimits,
     shorter_side: Option<usize>,
-) -> Result<(GreyImage, u8), DecodeError> {
+) -> Result<(Image<O>, u8), DecodeError> {
     let frame = decode_jpeg(bytes, limits, ImageFormat::Jpeg, None)?;
     let precision = frame.precision;
     let max = f64::from((1u32 << precision) - 1);
@@ -418,8 +430,9 @@ pub(super) fn decode_jpeg_file(
         }
         (samples, _) => {
             let pixels = grey_from_samples(&samples.into_u16(), frame.components, max);
-            GreyImage::new(frame.width, frame.height, pixels)
-                .ok_or_else(|| corrupt(ImageFormat::Jpeg, "pixel count does not match the size"))?
+            let image = GreyImage::new(frame.width, frame.height, pixels)
+                .ok_or_else(|| corrupt(ImageFormat::Jpeg, "pixel count does not match the size"))?;
+            super::fit(image, shorter_side)
         }
     };
     Ok((image, precision))
