@@ -12,11 +12,11 @@
 //! shrinking (PIL's BILINEAR filter), so small focal crops of large radiographs keep their
 //! detail honestly. Every random choice comes from the caller's generator.
 
+use std::marker::PhantomData;
+
 use rand::{Rng, RngExt};
 
 use crate::config::ViewConfig;
-use std::marker::PhantomData;
-
 use crate::image::{GreyImage, Image, Intensity};
 use crate::simd;
 

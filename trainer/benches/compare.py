@@ -85,7 +85,9 @@ def main():
     p.add_argument("--bin", required=True, help="the release cxr-msn binary")
     p.add_argument("--python", default=sys.executable)
     p.add_argument("--data", help="manifest CSV of images for the loader comparison")
-    p.add_argument("--device", default="cpu", help="cpu, or gpu (ours: wgpu; PyTorch: cuda)")
+    p.add_argument("--device", default="cpu",
+                   help="cpu; gpu (ours: wgpu; PyTorch: cuda); ndarray (ours: Burn's ndarray "
+                        "backend, built with the ndarray feature; PyTorch: cpu)")
     p.add_argument("--only", nargs="*", default=["step", "infer", "loader", "loader-png"],
                    help="loader: the manifest's images; loader-png: the same as NIH-format PNGs")
     p.add_argument("--step-batch", type=int, default=8)

@@ -15,6 +15,10 @@ pub enum DeviceArg {
     Cpu,
     /// The wgpu adapter, even a software one (for tests); an error when there is none.
     Gpu,
+    /// Burn's ndarray CPU backend (deprecated upstream), with Burn's stock operations: for
+    /// benchmarks (the `ndarray` feature).
+    #[cfg(feature = "ndarray")]
+    Ndarray,
 }
 
 /// The device picked, and what it is.
@@ -37,6 +41,16 @@ fn cpu(reason: &str) -> Chosen {
 pub fn choose(arg: DeviceArg) -> Result<Chosen> {
     if arg == DeviceArg::Cpu {
         return Ok(cpu(""));
+    }
+    #[cfg(feature = "ndarray")]
+    if arg == DeviceArg::Ndarray {
+        // Deprecated upstream, and measured for that reason: what the backend Burn leaves
+        // behind did with this model (BENCHMARKS.md).
+        #[allow(deprecated)]
+        return Ok(Chosen {
+            device: Device::ndarray(),
+            description: "CPU (ndarray backend, Burn's stock operations)".into(),
+        });
     }
     match gpu() {
         Ok((device, name, software)) => {
