@@ -228,6 +228,9 @@ pub struct DicomTags {
 pub struct Decoded<T = f32> {
     /// The grey image, intensities in [0, 1], 0 = black as displayed.
     pub image: Image<T>,
+    /// `(width, height)` of the image in the file, before any downscaling
+    /// ([`decode_downscaled`]).
+    pub original_size: (usize, usize),
     /// The format the bytes were in.
     pub format: ImageFormat,
     /// Bits per sample in the file: the PNG bit depth, the JPEG sample precision, the DICOM
@@ -293,20 +296,22 @@ fn decode_with<O: Intensity>(
         .ok_or_else(|| DecodeError::UnknownFormat(describe_unknown(bytes)))?;
     match format {
         ImageFormat::Png => {
-            let (image, bit_depth) = codecs::decode_png(bytes, limits, shorter_side)?;
+            let file = codecs::decode_png(bytes, limits, shorter_side)?;
             Ok(Decoded {
-                image,
+                image: file.image,
+                original_size: file.original_size,
                 format,
-                bit_depth,
+                bit_depth: file.bit_depth,
                 dicom: None,
             })
         }
         ImageFormat::Jpeg => {
-            let (image, bit_depth) = codecs::decode_jpeg_file(bytes, limits, shorter_side)?;
+            let file = codecs::decode_jpeg_file(bytes, limits, shorter_side)?;
             Ok(Decoded {
-                image,
+                image: file.image,
+                original_size: file.original_size,
                 format,
-                bit_depth,
+                bit_depth: file.bit_depth,
                 dicom: None,
             })
         }
@@ -314,6 +319,7 @@ fn decode_with<O: Intensity>(
             let decoded = pixels::decode_dicom(bytes, limits)?;
             Ok(Decoded {
                 image: fit(decoded.image, shorter_side),
+                original_size: decoded.original_size,
                 format: decoded.format,
                 bit_depth: decoded.bit_depth,
                 dicom: decoded.dicom,

@@ -139,6 +139,14 @@ fn dicom_pipeline_steps_are_visible_in_the_fixtures() {
     let decoded = |name: &str| decode_default(&read(&data_dir().join("dicom").join(name)));
     // MONOCHROME1 is inverted: the min-max mapped lowest stored value is white.
     let a = decoded("a_explicit.dcm").unwrap();
+    // Downscaled, a DICOM frame keeps its stored size on record.
+    let (w, h) = (a.image.width, a.image.height);
+    let side = w.min(h) / 2;
+    let bytes = read(&data_dir().join("dicom").join("a_explicit.dcm"));
+    let small = decode_downscaled(&bytes, &DecodeLimits::default(), side).unwrap();
+    assert_eq!(small.image.width.min(small.image.height), side);
+    assert_eq!((small.original_size, a.original_size), ((w, h), (w, h)));
+    assert_eq!(small.dicom, a.dicom);
     let max = a.image.pixels.iter().cloned().fold(f32::MIN, f32::max);
     let min = a.image.pixels.iter().cloned().fold(f32::MAX, f32::min);
     assert_eq!((min, max), (0.0, 1.0));
@@ -877,6 +885,9 @@ fn downscaled_decoding_matches_the_full_decode_resized() {
             let got = decode_downscaled(&bytes, &limits, side)
                 .unwrap_or_else(|e| panic!("{name} at {side}: {e}"));
             assert_eq!((got.format, got.bit_depth), (full.format, full.bit_depth));
+            // The file's size, whatever the size decoded to.
+            assert_eq!(full.original_size, (full.image.width, full.image.height));
+            assert_eq!(got.original_size, full.original_size, "{name} at {side}");
             let want = if shorter > side {
                 resize_shorter_side(&full.image, side)
             } else {
@@ -905,8 +916,8 @@ fn downscaled_decoding_matches_the_full_decode_resized() {
             let levels = decode_downscaled16(&bytes, &limits, side)
                 .unwrap_or_else(|e| panic!("{name} at {side}, 16-bit: {e}"));
             assert_eq!(
-                (levels.format, levels.bit_depth),
-                (full.format, full.bit_depth)
+                (levels.format, levels.bit_depth, levels.original_size),
+                (full.format, full.bit_depth, full.original_size)
             );
             let levels = &levels.image;
             assert_eq!((levels.width, levels.height), (want.width, want.height));

@@ -4,7 +4,9 @@
 // (an .onnx file) and ORT_DIR (onnxruntime-web's dist/), ONNX Runtime Web runs that model
 // in the same run, on its wasm backend (one thread, like ours), in a browser of its own, so
 // that each side's peak memory (the resident high-water mark, VmHWM, of the renderer
-// process running it, read from /proc: Linux only) is its own.
+// process running it, read from /proc: Linux only) is its own. After a warm-up run each,
+// the two sides are timed in turn, one run each per round, so that the machine's drift
+// reaches both alike; the ratio is of the medians, with the rounds' own ratios beside it.
 //
 //   DIST=../../dist node bench.mjs
 //   scripts/bench-browser      (exports the page's own model to ONNX, installs onnxruntime-web)
@@ -51,16 +53,24 @@ const FLAGS = ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--d
 const launch = () => chromium.launch({ executablePath: "/usr/bin/chromium", args: FLAGS });
 const browser = await launch();
 
-// The largest resident high-water mark among the browser's renderer processes, in MiB: the
-// peak memory of the one page it runs (null where /proc or the process list is missing).
-async function rendererPeakMiB(b) {
+// The browser's renderer processes.
+async function rendererPids(b) {
   const cdp = await b.newBrowserCDPSession();
   const { processInfo } = await cdp.send("SystemInfo.getProcessInfo");
   await cdp.detach();
+  return processInfo.filter((p) => p.type === "renderer").map((p) => p.id);
+}
+
+// The largest resident high-water mark among `pids`, in MiB: the peak memory of the one
+// page their browser runs (null where /proc or the process list is missing). Read after
+// each run and the largest reading kept: here VmHWM fell while a page sat idle (399 to
+// 274 MiB while the other browser started; the kernel reclaims cold pages and the mark
+// follows the resident set down until it is next updated).
+function peakMiB(pids) {
   let peak = null;
-  for (const p of processInfo.filter((p) => p.type === "renderer")) {
+  for (const pid of pids) {
     try {
-      const kb = Number(readFileSync(`/proc/${p.id}/status`, "utf8").match(/VmHWM:\s+(\d+) kB/)[1]);
+      const kb = Number(readFileSync(`/proc/${pid}/status`, "utf8").match(/VmHWM:\s+(\d+) kB/)[1]);
       peak = Math.max(peak ?? 0, kb / 1024);
     } catch { /* the process ended, or no /proc */ }
   }
@@ -69,6 +79,9 @@ async function rendererPeakMiB(b) {
 const mib = (x) => (x === null ? "?" : `${x.toFixed(0)} MiB`);
 
 const median = (xs) => xs.slice().sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const spread = (xs) => `median ${median(xs).toFixed(0)} ms (${Math.min(...xs).toFixed(0)}-${Math.max(...xs).toFixed(0)}) of ${xs.length}`;
+// Rounds of the CPU comparison with ONNX Runtime Web.
+const ROUNDS = 9;
 
 // First visit: everything from a cold cache to the first result card.
 const page = await browser.newPage();
@@ -93,34 +106,67 @@ async function timing(backend, runs) {
     return times;
   }, runs);
 }
-const cpu = await timing("cpu", 6);
-const cpuPeak = await rendererPeakMiB(browser);
-const gpu = await timing("webgpu", 3);
-const backendName = await page.evaluate(() => window.cxrMsn.backend());
+// Ours on the CPU backend, one image scored per call.
+await page.selectOption("#backend", "cpu");
+await page.waitForFunction(() => /^Ready: .* on CPU/.test(document.getElementById("model-status").textContent),
+  null, { timeout: 300000 });
+await page.evaluate(async () => {
+  window.benchBlob = await (await fetch("samples/NORMAL2-IM-1438-0001.jpeg")).blob();
+});
+const oursOnce = () => page.evaluate(async () => {
+  const t = performance.now();
+  await window.cxrMsn.score(window.benchBlob, { sex: "F", age: 4 });
+  return performance.now() - t;
+});
+
+const ourPids = await rendererPids(browser);
+let cpuPeak = peakMiB(ourPids);
 
 // ONNX Runtime Web on the same model, in a browser of its own (its own renderer peak memory).
 let ort = null;
+let ortBrowser = null;
+let ortOnce = null;
 if (ortModel) {
-  const ortBrowser = await launch();
+  ortBrowser = await launch();
   const ortPage = await ortBrowser.newPage();
   await ortPage.goto(`${origin}/ort.html`);
-  ort = await ortPage.evaluate(async () => {
+  const version = await ortPage.evaluate(async () => {
     const o = window.ort;
     o.env.wasm.wasmPaths = "/ort/";
     o.env.wasm.numThreads = 1;
     const session = await o.InferenceSession.create("/ort-model.onnx", { executionProviders: ["wasm"] });
     const input = new o.Tensor("float32", Float32Array.from({ length: 3 * 224 * 224 }, () => Math.random() * 2 - 1), [1, 3, 224, 224]);
-    const times = [];
-    for (let i = 0; i < 6; i++) {
-      const t = performance.now();
-      await session.run({ images: input });
-      times.push(performance.now() - t);
-    }
-    return { times, version: o.env.versions?.web || "?" };
+    window.bench = { session, input };
+    return o.env.versions?.web || "?";
   });
-  ort.peak = await rendererPeakMiB(ortBrowser);
-  await ortBrowser.close();
+  ortOnce = () => ortPage.evaluate(async () => {
+    const t = performance.now();
+    await window.bench.session.run({ images: window.bench.input });
+    return performance.now() - t;
+  });
+  ort = { version, times: [], pids: await rendererPids(ortBrowser), peak: null };
 }
+const runOurs = async () => {
+  const t = await oursOnce();
+  cpuPeak = Math.max(cpuPeak ?? 0, peakMiB(ourPids) ?? 0) || null;
+  return t;
+};
+const runOrt = async () => {
+  const t = await ortOnce();
+  ort.peak = Math.max(ort.peak ?? 0, peakMiB(ort.pids) ?? 0) || null;
+  return t;
+};
+
+// A warm-up run each, then the rounds.
+const cpu = [await runOurs()];
+if (ort) ort.times.push(await runOrt());
+for (let i = 0; i < ROUNDS; i++) {
+  cpu.push(await runOurs());
+  if (ort) ort.times.push(await runOrt());
+}
+if (ort) await ortBrowser.close();
+const gpu = await timing("webgpu", 3);
+const backendName = await page.evaluate(() => window.cxrMsn.backend());
 
 console.log("first load (cold cache):");
 for (const f of served.filter((f) => !f.path.startsWith("/samples"))) {
@@ -128,13 +174,14 @@ for (const f of served.filter((f) => !f.path.startsWith("/samples"))) {
 }
 console.log(`  total (with the sample)                 ${(total.raw / 1e6).toFixed(2)} MB raw, ${(total.gzip / 1e6).toFixed(2)} MB gzip`);
 console.log(`time to the first prediction: ${(firstPrediction / 1000).toFixed(1)} s`);
-console.log(`inference per image, CPU (wasm): median ${median(cpu.slice(1)).toFixed(0)} ms of ${cpu.length - 1} (first ${cpu[0].toFixed(0)} ms); renderer peak memory ${mib(cpuPeak)} (loading, first prediction and ${cpu.length} more)`);
+console.log(`inference per image, CPU (wasm): ${spread(cpu.slice(1))} (first ${cpu[0].toFixed(0)} ms); renderer peak memory ${mib(cpuPeak)} (loading, first prediction and ${cpu.length} more)`);
 console.log(`inference per image, ${backendName}: median ${median(gpu.slice(1)).toFixed(0)} ms of ${gpu.length - 1} (first ${gpu[0].toFixed(0)} ms)`);
 if (ort) {
   const mine = median(cpu.slice(1));
   const theirs = median(ort.times.slice(1));
-  console.log(`ONNX Runtime Web ${ort.version} (wasm, 1 thread), the same model: median ${theirs.toFixed(0)} ms of ${ort.times.length - 1} (first ${ort.times[0].toFixed(0)} ms); renderer peak memory ${mib(ort.peak)} (loading and ${ort.times.length} runs)`);
-  console.log(`ours / ONNX Runtime Web (CPU): ${(mine / theirs).toFixed(2)} (ours includes decoding the JPEG, the views and both heads; ORT runs the encoder on a ready tensor)`);
+  const rounds = cpu.slice(1).map((t, i) => t / ort.times[i + 1]);
+  console.log(`ONNX Runtime Web ${ort.version} (wasm, 1 thread), the same model: ${spread(ort.times.slice(1))} (first ${ort.times[0].toFixed(0)} ms); renderer peak memory ${mib(ort.peak)} (loading and ${ort.times.length} runs)`);
+  console.log(`ours / ONNX Runtime Web (CPU): ${(mine / theirs).toFixed(2)}, the rounds ${Math.min(...rounds).toFixed(2)}-${Math.max(...rounds).toFixed(2)}, ${ROUNDS} rounds alternated (ours includes decoding the JPEG, the views and both heads; ORT runs the encoder on a ready tensor)`);
 }
 await browser.close();
 server.close();

@@ -7,12 +7,12 @@
 use burn::tensor::{Device, Tensor, TensorData};
 use cxr_msn::checkpoint::{ModelKind, ModelMeta, load_classifier, read_meta};
 use cxr_msn::classifier::Classifier;
-use cxr_msn::decode::{DecodeLimits, decode};
+use cxr_msn::decode::{DecodeLimits, decode_downscaled};
 use cxr_msn::ehr::{EhrField, EhrRecord, Orientation, Sex, ViewPosition};
 use cxr_msn::image::GreyImage;
 use cxr_msn::preprocess::BatchData;
 use cxr_msn::prototype_head::PrototypeHead;
-use cxr_msn::views::{eval_view, into_loaded};
+use cxr_msn::views::{LOAD_SHORTER_SIDE, eval_view};
 use cxr_msn::vit::cls_attention_map;
 use serde::{Deserialize, Serialize};
 
@@ -75,8 +75,8 @@ impl EhrInput {
 pub struct Prepared {
     /// The evaluation view (224 x 224 grey), what the model sees.
     pub view: GreyImage,
-    /// The decoded image as the trainer loads it ([`into_loaded`]: shorter side at most
-    /// 512); learn mode draws pretraining views from it.
+    /// The decoded image as the trainer loads it (shorter side at most
+    /// [`LOAD_SHORTER_SIDE`]); learn mode draws pretraining views from it.
     pub image: GreyImage,
     /// What the file holds, for the page.
     pub info: ImageInfo,
@@ -87,9 +87,9 @@ pub struct Prepared {
 pub struct ImageInfo {
     /// `PNG`, `JPEG` or `DICOM`.
     pub format: String,
-    /// Size in pixels.
+    /// Width in pixels, as stored in the file.
     pub width: usize,
-    /// Size in pixels.
+    /// Height in pixels, as stored in the file.
     pub height: usize,
     /// Bits per sample.
     pub bit_depth: u8,
@@ -173,9 +173,14 @@ pub fn check_model(bytes: &[u8]) -> Result<ModelMeta, String> {
     Ok(meta)
 }
 
-/// Reads an image file: decode (PNG, JPEG, DICOM), then the evaluation view.
+/// Reads an image file: decode (PNG, JPEG, DICOM) straight to the loaded size, as
+/// `predict` and the trainer do, then the evaluation view.
 pub fn prepare(bytes: &[u8]) -> Result<Prepared, String> {
-    let decoded = decode(bytes, &DecodeLimits::default()).map_err(|e| e.to_string())?;
+    // Loaded as the trainer loads images, so that the page scores as `predict` and `eval`
+    // do, and learn mode's views are ones training could draw; an 8-bit grey JPEG or PNG
+    // is resampled from the decoder's bytes, without a full-size float image.
+    let decoded = decode_downscaled(bytes, &DecodeLimits::default(), LOAD_SHORTER_SIDE)
+        .map_err(|e| e.to_string())?;
     let from_header = decoded
         .dicom
         .as_ref()
@@ -190,14 +195,12 @@ pub fn prepare(bytes: &[u8]) -> Result<Prepared, String> {
         .unwrap_or_default();
     let info = ImageInfo {
         format: format!("{:?}", decoded.format).to_uppercase(),
-        width: decoded.image.width,
-        height: decoded.image.height,
+        width: decoded.original_size.0,
+        height: decoded.original_size.1,
         bit_depth: decoded.bit_depth,
         from_header,
     };
-    // Loaded as the trainer loads images, so that the page scores as `predict` and `eval`
-    // do, and learn mode's views are ones training could draw.
-    let image = into_loaded(decoded.image);
+    let image = decoded.image;
     Ok(Prepared {
         view: eval_view(&image),
         image,

@@ -64,7 +64,17 @@ fn grey_from_samples(samples: &[u16], channels: usize, max: f64) -> Vec<f32> {
         .collect()
 }
 
-/// Decodes a PNG file; returns the grey image and the file's bit depth (1 to 16). With
+/// A PNG or JPEG file decoded ([`decode_png`], [`decode_jpeg_file`]).
+pub(super) struct FileImage<O> {
+    /// The grey image, downscaled when asked.
+    pub image: Image<O>,
+    /// The PNG bit depth (1 to 16) or the JPEG sample precision.
+    pub bit_depth: u8,
+    /// `(width, height)` of the image in the file.
+    pub original_size: (usize, usize),
+}
+
+/// Decodes a PNG file: the grey image, the file's bit depth (1 to 16) and its size. With
 /// `shorter_side`, the image is also downscaled to that shorter side when its own is longer
 /// ([`super::fit`]); an 8-bit grey image (NIH ChestX-ray14's) is then resampled straight
 /// from its bytes to `O`, without a full-size float copy.
@@ -72,7 +82,7 @@ pub(super) fn decode_png<O: Intensity>(
     bytes: &[u8],
     limits: &DecodeLimits,
     shorter_side: Option<usize>,
-) -> Result<(Image<O>, u8), DecodeError> {
+) -> Result<FileImage<O>, DecodeError> {
     const F: ImageFormat = ImageFormat::Png;
     let png_err = |e: png::DecodingError| match e {
         png::DecodingError::LimitsExceeded => corrupt(
@@ -118,8 +128,11 @@ pub(super) fn decode_png<O: Intensity>(
         && w.min(h) > side
         && data.len() == w * h
     {
-        let image = crate::views::downscale_grey8(data, w, h, side);
-        return Ok((image, file_bit_depth));
+        return Ok(FileImage {
+            image: crate::views::downscale_grey8(data, w, h, side),
+            bit_depth: file_bit_depth,
+            original_size: (w, h),
+        });
     }
     let (samples, max): (Vec<u16>, f64) = match frame.bit_depth {
         png::BitDepth::Sixteen => (
@@ -148,7 +161,11 @@ pub(super) fn decode_png<O: Intensity>(
     let pixels = grey_from_samples(&samples, channels, max);
     let image = GreyImage::new(w, h, pixels)
         .ok_or_else(|| corrupt(F, "pixel count does not match the size"))?;
-    Ok((super::fit(image, shorter_side), file_bit_depth))
+    Ok(FileImage {
+        image: super::fit(image, shorter_side),
+        bit_depth: file_bit_depth,
+        original_size: (w, h),
+    })
 }
 
 /// The frame header (SOFn) of a JPEG stream.
@@ -410,7 +427,7 @@ fn decode_grey_dct(
     })
 }
 
-/// Decodes a JPEG file; returns the grey image and the sample precision. With
+/// Decodes a JPEG file: the grey image, the sample precision and its size. With
 /// `shorter_side`, the image is also downscaled to that shorter side when its own is longer
 /// ([`super::fit`]); an 8-bit grey frame is then resampled straight from its bytes to `O`,
 /// without a full-size float copy.
@@ -418,8 +435,9 @@ pub(super) fn decode_jpeg_file<O: Intensity>(
     bytes: &[u8],
     limits: &DecodeLimits,
     shorter_side: Option<usize>,
-) -> Result<(Image<O>, u8), DecodeError> {
+) -> Result<FileImage<O>, DecodeError> {
     let frame = decode_jpeg(bytes, limits, ImageFormat::Jpeg, None)?;
+    let original_size = (frame.width, frame.height);
     let precision = frame.precision;
     let max = f64::from((1u32 << precision) - 1);
     let image = match (frame.samples, shorter_side) {
@@ -435,7 +453,11 @@ pub(super) fn decode_jpeg_file<O: Intensity>(
             super::fit(image, shorter_side)
         }
     };
-    Ok((image, precision))
+    Ok(FileImage {
+        image,
+        bit_depth: precision,
+        original_size,
+    })
 }
 
 /// A decoded JPEG 2000 frame: one plane of `width * height` samples per component, rounded

@@ -60,6 +60,7 @@ pub(super) fn decode_dicom(bytes: &[u8], limits: &DecodeLimits) -> Result<Decode
     let image = GreyImage::new(module.columns, module.rows, pixels)
         .ok_or_else(|| corrupt("pixel count does not match Rows x Columns"))?;
     Ok(Decoded {
+        original_size: (image.width, image.height),
         image,
         format: F,
         bit_depth: module.bits_stored as u8,
