@@ -941,10 +941,12 @@ fn downscaled_decoding_matches_the_full_decode_resized() {
     }
 }
 
-/// The page decodes a whole file and brings it to the loaded size (`into_loaded`), `predict`
-/// and the trainer's loader decode straight to it (`decode_downscaled`, which resamples
-/// 8-bit grey JPEGs from the decoder's bytes): the evaluation view must be the same, or a
-/// file would score differently in the browser, in `predict` and in `eval`.
+/// Three ways to the loaded size: the whole file decoded and brought down (`into_loaded`,
+/// as the contact sheet does), decoded straight to it (`decode_downscaled`, which resamples
+/// 8-bit grey JPEGs and PNGs from the decoder's bytes: `predict`, `eval` and the page) and
+/// straight to 16-bit levels (`decode_downscaled16`: the trainer's loader). The evaluation
+/// view must be the same, or a file would score differently in training, in `predict` and
+/// in the browser.
 #[test]
 fn the_evaluation_view_is_the_same_by_every_loading_path() {
     let limits = DecodeLimits::default();

@@ -64,8 +64,9 @@ async function rendererPids(b) {
 // The largest resident high-water mark among `pids`, in MiB: the peak memory of the one
 // page their browser runs (null where /proc or the process list is missing). Read after
 // each run and the largest reading kept: here VmHWM fell while a page sat idle (399 to
-// 274 MiB while the other browser started; the kernel reclaims cold pages and the mark
-// follows the resident set down until it is next updated).
+// 274 MiB while the other browser started), most likely as the kernel reclaimed cold
+// pages: Linux reports the larger of a mark it updates only at some events and the
+// current resident set.
 function peakMiB(pids) {
   let peak = null;
   for (const pid of pids) {
