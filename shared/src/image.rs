@@ -103,10 +103,7 @@ impl Intensity for f32 {
         scaled
     }
 
-    fn to_unit(self) -> f32 {
-        self
-    }
-
+    /// The image itself, without a copy.
     fn from_grey(img: GreyImage) -> GreyImage {
         img
     }
