@@ -423,6 +423,12 @@ window.cxrMsn = {
     const bytes = new Uint8Array(await blob.arrayBuffer());
     return JSON.parse(await state.model.predict(bytes, JSON.stringify(ehr)));
   },
+  // The encoder's [CLS] embedding of a File or Blob (an array of the model's width): the
+  // view `score` sees, without the heads.
+  async embed(blob) {
+    const bytes = new Uint8Array(await blob.arrayBuffer());
+    return JSON.parse(await state.model.embed(bytes));
+  },
   backend: () => state.model && state.model.backend(),
   // The loaded CxrModel and its summary (for learn.js); a `cxr-msn-model` event fires on
   // the document each time a model is loaded.

@@ -215,28 +215,35 @@ await check("a non-image, a corrupt image and a damaged model get clear messages
 });
 
 let cpuScores = null;
-await check("the browser's scores equal `cxr-msn predict` on the same file and model (1e-4)", async () => {
+await check("the browser's scores and embedding equal `cxr-msn predict` on the same file and model (1e-4)", async () => {
   const page = await browser.newPage();
   watchRequests(page, allUrls);
   await page.goto(`${origin}/index.html?notice=0&backend=cpu`);
   await ready(page);
   const sample = join(dist, "samples/NORMAL2-IM-1438-0001.jpeg");
-  const prediction = await page.evaluate(async () => {
+  const [prediction, embedding] = await page.evaluate(async () => {
     const blob = await (await fetch("samples/NORMAL2-IM-1438-0001.jpeg")).blob();
-    return window.cxrMsn.score(blob, { sex: "F", age: 4, view: "AP" });
+    return [await window.cxrMsn.score(blob, { sex: "F", age: 4, view: "AP" }), await window.cxrMsn.embed(blob)];
   });
   cpuScores = prediction;
   assert(prediction.image.length === 14 && prediction.image_ehr.length === 14, "both heads");
   if (!bin) throw new Error("set CXR_MSN_BIN to the native cxr-msn binary");
   const out = join(tmp, "native.csv");
+  const embOut = join(tmp, "native-embeddings.csv");
   execFileSync(bin, ["predict", "--device", "cpu", "--model", join(dist, "model.safetensors"), "--input", sample,
-    "--out", out, "--sex", "F", "--age", "4", "--view", "AP"]);
+    "--out", out, "--sex", "F", "--age", "4", "--view", "AP", "--embeddings", embOut]);
   const [, row] = readFileSync(out, "utf8").trim().split("\n");
   const native = row.split(",").slice(1).map(Number);
   const browserScores = [...prediction.image, ...prediction.image_ehr];
   const worst = Math.max(...native.map((v, i) => Math.abs(v - browserScores[i])));
   assert(native.length === 28 && worst < 1e-4, `largest difference ${worst}`);
   console.log(`     largest difference, browser (wasm CPU) vs native: ${worst.toExponential(2)}`);
+  const [, embRow] = readFileSync(embOut, "utf8").trim().split("\n");
+  const nativeEmbedding = embRow.split(",").slice(1).map(Number);
+  assert(embedding.length === nativeEmbedding.length && embedding.length > 0, `embedding width ${embedding.length} vs ${nativeEmbedding.length}`);
+  const worstEmb = Math.max(...nativeEmbedding.map((v, i) => Math.abs(v - embedding[i])));
+  assert(worstEmb < 1e-4, `embedding largest difference ${worstEmb}`);
+  console.log(`     largest difference of the ${embedding.length}-wide embedding, browser vs native: ${worstEmb.toExponential(2)}`);
   await page.close();
 });
 

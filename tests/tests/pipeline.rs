@@ -280,6 +280,8 @@ fn pretraining_runs_saves_each_epoch_and_continues_where_it_stopped() {
         .arg(dir.join("data/images"))
         .arg("--out")
         .arg(run.join("predictions.csv"))
+        .arg("--embeddings")
+        .arg(run.join("embeddings.csv"))
         .output()
         .unwrap();
     assert!(
@@ -295,6 +297,45 @@ fn pretraining_runs_saves_each_epoch_and_continues_where_it_stopped() {
         lines[1].split(',').count(),
         1 + 14 + 14,
         "image and image + EHR scores"
+    );
+    // The embeddings are the image-only head's input: its weights applied to them by hand
+    // (sigmoid(e W + b) in f64) give the scores `predict` wrote.
+    let embeddings = std::fs::read_to_string(run.join("embeddings.csv")).unwrap();
+    let embeddings: Vec<&str> = embeddings.lines().collect();
+    assert_eq!(embeddings.len(), 1 + 20);
+    assert!(embeddings[0].starts_with("path,cls_0,cls_1,"));
+    let bytes = std::fs::read(run.join("probe/classifier.safetensors")).unwrap();
+    let (clf, _) = cxr_msn::checkpoint::load_classifier(&bytes, &Device::flex()).unwrap();
+    let [d, labels] = clf.image_head.fc.weight.val().dims();
+    let w: Vec<f32> = clf
+        .image_head
+        .fc
+        .weight
+        .val()
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec()
+        .unwrap();
+    let b: Vec<f32> = match &clf.image_head.fc.bias {
+        Some(b) => b.val().into_data().convert::<f32>().try_to_vec().unwrap(),
+        None => vec![0.0; labels],
+    };
+    let mut worst = 0.0f64;
+    for (scores, features) in lines[1..].iter().zip(&embeddings[1..]) {
+        let scores: Vec<&str> = scores.split(',').collect();
+        let features: Vec<&str> = features.split(',').collect();
+        assert_eq!(scores[0], features[0], "the rows name the same file");
+        let e: Vec<f64> = features[1..].iter().map(|v| v.parse().unwrap()).collect();
+        assert_eq!(e.len(), d);
+        for (l, wrote) in scores[1..=labels].iter().enumerate() {
+            let logit = b[l] as f64 + (0..d).map(|i| e[i] * w[i * labels + l] as f64).sum::<f64>();
+            let p = 1.0 / (1.0 + (-logit).exp());
+            worst = worst.max((p - wrote.parse::<f64>().unwrap()).abs());
+        }
+    }
+    assert!(
+        worst < 1e-5,
+        "scores from the written embeddings differ by {worst}"
     );
 
     // Fine-tuning end to end writes its metrics and a classifier.

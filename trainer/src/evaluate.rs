@@ -235,6 +235,10 @@ pub struct PredictArgs {
     /// readable images are still scored and written, and the command fails at the end.
     #[arg(long)]
     pub skip_bad_images: bool,
+    /// Also write each image's [CLS] embedding (the encoder's features, the heads' input)
+    /// to this CSV: path, then `cls_0` .. `cls_{D-1}`.
+    #[arg(long)]
+    pub embeddings: Option<PathBuf>,
 }
 
 fn image_files(input: &Path) -> Result<Vec<PathBuf>> {
@@ -269,10 +273,18 @@ fn image_files(input: &Path) -> Result<Vec<PathBuf>> {
 struct Row {
     image: Vec<f32>,
     fused: Option<Vec<f32>>,
+    /// The [CLS] embedding, when `--embeddings` asks for it.
+    embedding: Option<Vec<f32>>,
 }
 
 /// Scores image files and writes the CSV; returns a short report.
 pub fn run_predict(args: &PredictArgs) -> Result<String> {
+    if args.embeddings.as_ref() == Some(&args.out) {
+        bail!(
+            "--embeddings and --out are both {}: give the embeddings a file of their own",
+            args.out.display()
+        );
+    }
     let device = choose(args.device)?.device;
     let (model, meta) = model_files::classifier(&args.model, &device)?;
     let given = EhrRecord {
@@ -298,6 +310,11 @@ pub fn run_predict(args: &PredictArgs) -> Result<String> {
         }
     }
     csv.push('\n');
+    let mut embeddings = String::from("path");
+    for i in 0..meta.config.vit.dim {
+        let _ = write!(embeddings, ",cls_{i}");
+    }
+    embeddings.push('\n');
     let files = image_files(&args.input)?;
     // A single file has its forward pass cut across the cores instead.
     let pieces = pieces_for(&device, files.len());
@@ -334,6 +351,10 @@ pub fn run_predict(args: &PredictArgs) -> Result<String> {
         Ok(Ok(Row {
             image: to_vec(out.image_probs)?,
             fused: out.fused_probs.map(to_vec).transpose()?,
+            embedding: match args.embeddings {
+                Some(_) => Some(to_vec(out.embedding)?),
+                None => None,
+            },
         }))
     };
     let rows: Vec<_> = files.par_iter().map(score).collect();
@@ -363,6 +384,13 @@ pub fn run_predict(args: &PredictArgs) -> Result<String> {
             }
         }
         csv.push('\n');
+        if let Some(e) = row.embedding {
+            let _ = write!(embeddings, "{}", file.display());
+            for v in e {
+                let _ = write!(embeddings, ",{v}");
+            }
+            embeddings.push('\n');
+        }
     }
     let scored = files.len() - unreadable.len();
     let mut report = String::new();
@@ -372,6 +400,10 @@ pub fn run_predict(args: &PredictArgs) -> Result<String> {
             "scored {scored} images ({fused_count} with EHR) into {}\n",
             args.out.display()
         );
+        if let Some(path) = &args.embeddings {
+            write_atomic(path, embeddings.as_bytes())?;
+            let _ = writeln!(report, "their embeddings into {}", path.display());
+        }
     }
     if unreadable.is_empty() {
         return Ok(report);

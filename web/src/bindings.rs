@@ -1,7 +1,7 @@
 //! The JavaScript API of the page (and of pages that embed it): `CxrModel.load(bytes,
 //! backend)`, `model.summary()`, `model.read_image(bytes)`, `model.predict(bytes, ehr)`,
-//! and learn mode's `learn_info`, `masked`, `views`, `assign`, `sinkhorn`, `explain` and
-//! `signature`.
+//! `model.embed(bytes)`, and learn mode's `learn_info`, `masked`, `views`, `assign`,
+//! `sinkhorn`, `explain` and `signature`.
 //! Values cross as JSON strings; errors as `Error` objects with a message for people.
 
 use std::cell::RefCell;
@@ -162,6 +162,12 @@ impl CxrModel {
         self.on_image(bytes, async move |engine, image| {
             engine.predict(image, &parse_ehr(&ehr_json)?).await
         })
+    }
+
+    /// The encoder's [CLS] embedding of an image file (the same view `predict` scores),
+    /// without the heads: resolves to a JSON array of the model's width.
+    pub fn embed(&self, bytes: Vec<u8>) -> Promise {
+        self.on_image(bytes, async move |engine, image| engine.embed(image).await)
     }
 
     /// Runs `work` on the image read from `bytes` (decoded once for consecutive calls on

@@ -300,6 +300,19 @@ impl Engine {
         Ok(self.score(image, ehr).await?.prediction)
     }
 
+    /// The [CLS] embedding `[D]` of a prepared image: the encoder alone, without the heads
+    /// or attention maps (features for other tools). Reads back asynchronously.
+    pub async fn embed(&self, image: &Prepared) -> Result<Vec<f32>, String> {
+        let images = BatchData::pack(&[&image.view], &self.meta.normalization)
+            .map_err(|e| e.to_string())?
+            .to_tensor(&self.device);
+        self.model
+            .encoder
+            .check_input(&images)
+            .map_err(|e| e.to_string())?;
+        read(self.model.encoder.forward(images, None)).await
+    }
+
     /// [`Self::predict`], keeping the [CLS] embedding and the encoded EHR it used (learn
     /// mode's EHR panel builds on them without running the encoder again).
     pub(crate) async fn score(&self, image: &Prepared, ehr: &EhrInput) -> Result<Scored, String> {

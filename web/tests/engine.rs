@@ -95,6 +95,18 @@ fn a_real_xray_is_scored_like_the_model_crate_scores_it() {
     let direct: Vec<f32> = out.fused_probs.unwrap().into_data().try_to_vec().unwrap();
     assert_eq!(p.image_ehr.unwrap(), direct);
 
+    // The embedding alone: the encoder without the heads or attention maps (the fused
+    // attention kernel: the same values up to the last bits).
+    let embedding = ready(engine.embed(&prepared)).unwrap();
+    let cls: Vec<f32> = out.embedding.into_data().try_to_vec().unwrap();
+    assert_eq!(embedding.len(), 48);
+    let worst = embedding
+        .iter()
+        .zip(&cls)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-4, "embedding vs the classifier's [CLS]: {worst}");
+
     // Without the EHR the image + EHR score is missing, with the reason.
     let p = ready(engine.predict(&prepared, &EhrInput::default())).unwrap();
     assert!(p.image_ehr.is_none() && p.image_ehr_missing.is_some());
