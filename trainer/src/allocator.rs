@@ -22,7 +22,8 @@
 //!    the process): the loader on one thread went from 0.111-0.121 to 0.095-0.096 s per
 //!    epoch of the 16 sample radiographs, one image's inference by 9 % (BENCHMARKS.md).
 //!
-//! One of the project's two modules with `unsafe` code (the other is the model crate's
+//! One of the project's three modules with `unsafe` code (the others: this binary's
+//! `quiet_vulkan.rs`, which sets an environment variable, and the model crate's
 //! `gemm_call.rs`): `GlobalAlloc` is an unsafe trait, and each method forwards to
 //! [`System`] under the caller's guarantees; `mallopt` is a C function.
 

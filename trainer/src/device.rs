@@ -87,8 +87,8 @@ fn gpu() -> std::result::Result<(Device, String, bool), String> {
             // Vulkan, Metal or DX12 only: Burn's automatic choice also falls back to OpenGL,
             // which nothing here is tested on (and whose EGL probe is one more source of
             // libwayland's "XDG_RUNTIME_DIR is invalid" lines on a headless Linux machine;
-            // Mesa's Vulkan device-select layer prints the others, `NODEVICE_SELECT=1`
-            // silences it).
+            // Mesa's Vulkan device-select layer prints the others, and `quiet_vulkan.rs`
+            // turns it off there).
             let apis: &[WgpuBackend] = if cfg!(target_os = "macos") {
                 &[WgpuBackend::Metal]
             } else if cfg!(windows) {

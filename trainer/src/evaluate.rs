@@ -285,6 +285,13 @@ pub fn run_predict(args: &PredictArgs) -> Result<String> {
             args.out.display()
         );
     }
+    // The output folders before the work, so that a mistyped one costs no scoring.
+    for path in std::iter::once(&args.out).chain(&args.embeddings) {
+        if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(folder)
+                .with_context(|| format!("cannot create the folder {}", folder.display()))?;
+        }
+    }
     let device = choose(args.device)?.device;
     let (model, meta) = model_files::classifier(&args.model, &device)?;
     let given = EhrRecord {

@@ -4,6 +4,7 @@
 //! as one chain of causes, and give exit status 1.
 
 mod allocator;
+mod quiet_vulkan;
 
 /// See `allocator.rs`: zeroed allocations are written, which spares Burn's CPU backend
 /// page faults and cross-core TLB flushes.
@@ -197,6 +198,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists (it sets an environment variable).
+    quiet_vulkan::quiet_device_select();
     // Freed blocks stay with the process for reuse (glibc; see `allocator.rs`).
     allocator::keep_freed_blocks();
     let cli = Cli::parse();
