@@ -5,14 +5,15 @@
 //
 // Attributes: src (the page's folder; default: where embed.js came from), model (a model
 // file URL), sample (a bundled sample's file name), hide-notice, backend (auto|webgpu|cpu),
-// mode ("learn": the "Learn how it works" tab alone), height (CSS height, default 1100px).
+// mode ("learn": the "Learn how it works" tab alone), warmup ("0": no warm-up after the
+// model loads), height (CSS height, default 1100px).
 (() => {
   const here = document.currentScript ? new URL(".", document.currentScript.src).href : "./";
   class CxrMsnDemo extends HTMLElement {
     connectedCallback() {
       const src = new URL(this.getAttribute("src") || here, location.href);
       const page = new URL("index.html", src.href.endsWith("/") ? src.href : src.href + "/");
-      for (const [attr, param] of [["model", "model"], ["sample", "sample"], ["backend", "backend"], ["mode", "mode"]]) {
+      for (const [attr, param] of [["model", "model"], ["sample", "sample"], ["backend", "backend"], ["mode", "mode"], ["warmup", "warmup"]]) {
         if (this.hasAttribute(attr)) page.searchParams.set(param, this.getAttribute(attr));
       }
       if (this.hasAttribute("hide-notice")) page.searchParams.set("notice", "0");

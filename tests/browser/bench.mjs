@@ -4,9 +4,11 @@
 // (an .onnx file) and ORT_DIR (onnxruntime-web's dist/), ONNX Runtime Web runs that model
 // in the same run, on its wasm backend (one thread, like ours), in a browser of its own, so
 // that each side's peak memory (the resident high-water mark, VmHWM, of the renderer
-// process running it, read from /proc: Linux only) is its own. After a warm-up run each,
-// the two sides are timed in turn, one run each per round, so that the machine's drift
-// reaches both alike; the ratio is of the medians, with the rounds' own ratios beside it.
+// process running it, read from /proc: Linux only) is its own. After warm-up runs (the
+// page's own warm-up, then WARM_UP runs of each timing; the browser optimises WebAssembly
+// only as it keeps running, and the first several runs are slower), the two sides are
+// timed in turn, one run each per round, so that the machine's drift reaches both alike;
+// the ratio is of the medians, with the rounds' own ratios beside it.
 // Ours is timed twice per round: the encoder alone (like for like with ONNX Runtime) and a
 // new file scored whole, as the page scores an upload.
 //
@@ -85,6 +87,8 @@ const median = (xs) => xs.slice().sort((a, b) => a - b)[Math.floor(xs.length / 2
 const spread = (xs) => `median ${median(xs).toFixed(0)} ms (${Math.min(...xs).toFixed(0)}-${Math.max(...xs).toFixed(0)}) of ${xs.length}`;
 // Rounds of the CPU comparison with ONNX Runtime Web.
 const ROUNDS = 9;
+// Untimed runs of each timing before the rounds.
+const WARM_UP = 5;
 
 // First visit: everything from a cold cache to the first result card.
 const page = await browser.newPage();
@@ -94,12 +98,14 @@ await page.waitForSelector("#results .card:not(.error)", { timeout: 300000 });
 const firstPrediction = Date.now() - t0;
 const total = served.reduce((a, f) => ({ raw: a.raw + f.raw, gzip: a.gzip + f.gzip }), { raw: 0, gzip: 0 });
 
-// Switches the page to `backend` ("cpu" or "webgpu") and waits until the model is ready
-// there.
+// Switches the page to `backend` ("cpu" or "webgpu"), waits until the model is ready there
+// and the page's warm-up is over; returns the warm-up's number of runs.
 async function useBackend(backend) {
   await page.selectOption("#backend", backend);
   await page.waitForFunction((b) => new RegExp(`^Ready: .* on ${b}`).test(document.getElementById("model-status").textContent),
     backend === "cpu" ? "CPU" : "WebGPU", { timeout: 300000 });
+  await page.waitForFunction(() => window.cxrMsn.model().warmed === true, null, { timeout: 300000 });
+  return page.evaluate(() => window.cxrMsn.warmedUp());
 }
 
 // Ours, timed two ways on the same file. `embed`: the encoder alone on an image already
@@ -108,7 +114,7 @@ async function useBackend(backend) {
 // Runtime, which runs the encoder on a ready tensor. `score`: a file the page has not just
 // read, scored as a user's upload is (decoding, the evaluation view, the encoder with its
 // attention maps, both heads, the attention map and the unusual-image check).
-await useBackend("cpu");
+const pageWarmUp = await useBackend("cpu");
 await page.evaluate(async () => {
   const file = async (name) => await (await fetch(`samples/${name}`)).blob();
   const blob = await file("NORMAL2-IM-1438-0001.jpeg");
@@ -177,12 +183,13 @@ async function timed(once, side) {
   return t;
 }
 
-// A warm-up run each, then the rounds: ours (encoder, whole score) and ORT in turn.
+// Warm-up runs of each timing, then the rounds: ours (encoder, whole score, decoding) and
+// ORT in turn. Each list holds the warm-up runs first.
 const encoder = [];
 const scored = [];
 const decoded = [];
 const rounds = ortModel ? ROUNDS : 3;
-for (let i = 0; i <= rounds; i++) {
+for (let i = 0; i < WARM_UP + rounds; i++) {
   encoder.push(await timed(encoderOnce, ourSide));
   if (ort) ort.times.push(await timed(ortOnce, ort));
   scored.push(await timed(scoreOnce, ourSide));
@@ -198,23 +205,57 @@ for (let i = 0; i < 4; i++) {
 }
 const backendName = await page.evaluate(() => window.cxrMsn.backend());
 
+// A student's first predictions on a fresh page (a browser of its own, nothing cached),
+// with and without the page's warm-up: six new files in a row, the first one decoded
+// while the optimising compiler has not caught up yet.
+async function firstPredictions(warmUp) {
+  const b = await launch();
+  const p = await b.newPage();
+  await p.goto(`${origin}/index.html?notice=0&backend=cpu${warmUp ? "" : "&warmup=0"}`);
+  const [runs, ms] = await p.evaluate(async () => {
+    await window.cxrMsn.ready;
+    const t = performance.now();
+    const n = await window.cxrMsn.warmedUp();
+    return [n, performance.now() - t];
+  });
+  const times = await p.evaluate(async () => {
+    const file = async (name) => new Uint8Array(await (await fetch(`samples/${name}`)).arrayBuffer());
+    const files = [await file("NORMAL2-IM-1438-0001.jpeg"), await file("person1954_bacteria_4886.jpeg")];
+    const out = [];
+    for (let i = 0; i < 6; i++) {
+      const t = performance.now();
+      await window.cxrMsn.score(new Blob([files[i % 2]]), { sex: "F", age: 4 });
+      out.push(performance.now() - t);
+    }
+    return out;
+  });
+  await b.close();
+  return { runs, ms, times };
+}
+const cold = await firstPredictions(false);
+const warmed = await firstPredictions(true);
+
 console.log("first load (cold cache):");
 for (const f of served.filter((f) => !f.path.startsWith("/samples"))) {
   console.log(`  ${f.path.padEnd(40)} ${(f.raw / 1e6).toFixed(2)} MB raw, ${(f.gzip / 1e6).toFixed(2)} MB gzip`);
 }
 console.log(`  total (with the sample)                 ${(total.raw / 1e6).toFixed(2)} MB raw, ${(total.gzip / 1e6).toFixed(2)} MB gzip`);
 console.log(`time to the first prediction: ${(firstPrediction / 1000).toFixed(1)} s`);
-const after = (xs) => `${spread(xs.slice(1))} (first ${xs[0].toFixed(0)} ms)`;
+const list = (xs) => xs.map((t) => t.toFixed(0)).join(", ");
+console.log(`a fresh page's first six predictions (new files), CPU: without the warm-up ${list(cold.times)} ms; after the page's warm-up (${warmed.runs} runs, about ${(warmed.ms / 1000).toFixed(1)} s) ${list(warmed.times)} ms`);
+// The timed runs after `warm` warm-up runs, and the first of those.
+const after = (xs, warm = WARM_UP) => `${spread(xs.slice(warm))} (first ${xs[0].toFixed(0)} ms)`;
+console.log(`the page's own warm-up after loading the model: ${pageWarmUp} runs`);
 console.log(`the encoder alone (embed, the file already decoded), CPU (wasm): ${after(encoder)}`);
 console.log(`a new file scored whole (decoding, view, encoder with attention maps, both heads, novelty), CPU (wasm): ${after(scored)}`);
 console.log(`of which decoding and the evaluation view (read_image), CPU (wasm): ${after(decoded)}`);
-console.log(`renderer peak memory, ours: ${mib(ourSide.peak)} (loading, the first prediction and ${encoder.length + scored.length + decoded.length} more runs)`);
-console.log(`${backendName}: the encoder alone ${after(gpuEncoder)}; a new file scored whole ${after(gpuScored)}`);
+console.log(`renderer peak memory, ours: ${mib(ourSide.peak)} (loading, the first prediction, the page's warm-up and ${encoder.length + scored.length + decoded.length} more runs)`);
+console.log(`${backendName}: the encoder alone ${after(gpuEncoder, 1)}; a new file scored whole ${after(gpuScored, 1)}`);
 if (ort) {
-  const theirs = ort.times.slice(1);
+  const theirs = ort.times.slice(WARM_UP);
   const ratio = (ours) => {
-    const each = ours.slice(1).map((t, i) => t / theirs[i]);
-    return `${(median(ours.slice(1)) / median(theirs)).toFixed(2)}, the rounds ${Math.min(...each).toFixed(2)}-${Math.max(...each).toFixed(2)}`;
+    const each = ours.slice(WARM_UP).map((t, i) => t / theirs[i]);
+    return `${(median(ours.slice(WARM_UP)) / median(theirs)).toFixed(2)}, the rounds ${Math.min(...each).toFixed(2)}-${Math.max(...each).toFixed(2)}`;
   };
   console.log(`ONNX Runtime Web ${ort.version} (wasm, 1 thread), the same encoder on a ready tensor: ${after(ort.times)}; renderer peak memory ${mib(ort.peak)} (loading and ${ort.times.length} runs)`);
   console.log(`ours / ONNX Runtime Web, the encoder alone (like for like): ${ratio(encoder)} (${ROUNDS} rounds alternated)`);

@@ -221,6 +221,11 @@ await check("the browser's scores and embedding equal `cxr-msn predict` on the s
   await page.goto(`${origin}/index.html?notice=0&backend=cpu`);
   await ready(page);
   const sample = join(dist, "samples/NORMAL2-IM-1438-0001.jpeg");
+  // The page warms up on a card it draws once the model is loaded (the first check
+  // interrupts a warm-up with a click; here it runs to its end before the scoring).
+  const warmUpRuns = await page.evaluate(async () => { await window.cxrMsn.ready; return window.cxrMsn.warmedUp(); });
+  assert(warmUpRuns >= 1 && warmUpRuns <= 12, `the warm-up made ${warmUpRuns} runs`);
+  console.log(`     the page's warm-up: ${warmUpRuns} runs`);
   const [prediction, embedding] = await page.evaluate(async () => {
     const blob = await (await fetch("samples/NORMAL2-IM-1438-0001.jpeg")).blob();
     return [await window.cxrMsn.score(blob, { sex: "F", age: 4, view: "AP" }), await window.cxrMsn.embed(blob)];
