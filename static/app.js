@@ -23,7 +23,7 @@ const state = {
   summary: null,
   lastFiles: [],
   rows: [],
-  // Files being scored now (warm-up gives way to them).
+  // Scorings running now, the page's or an embedding page's (warm-up gives way to them).
   scoring: 0,
   // The current model's warm-up: a promise of the number of runs it made.
   warming: Promise.resolve(0),
@@ -52,8 +52,8 @@ function showError(text) {
 
 // Warming up. The browser first runs WebAssembly from a quick baseline compilation and
 // optimises each function only once it has run for a while, in the background: measured
-// in Chromium, a freshly loaded model's first predictions took 200-350 ms where later ones
-// took 60 ms, and it took about six of them to get there. So once the page is idle after a
+// in Chromium, a fresh page's first predictions of new files took 400-540, 190-310 and
+// 100-160 ms where later ones took 70-80 ms (BENCHMARKS.md). So once the page is idle after a
 // model loads, it scores a card it draws itself (no user data) until two runs in a row
 // agree within 10 % (at least 5 runs, at most 12 or 4 s), pausing between runs so the page
 // stays responsive; a file the user scores meanwhile stops it. On WebGPU one or two runs
@@ -327,15 +327,20 @@ function resultCard(name, info, prediction, pixels, ms) {
   return card;
 }
 
-// Scores files one after another, yielding between them so the page stays responsive.
-async function scoreFiles(files, fromForm = false) {
-  if (!state.model) return;
+// `work()`, with the warm-up giving way while it runs.
+async function busy(work) {
   state.scoring++;
   try {
-    await scoreEach(files, fromForm);
+    return await work();
   } finally {
     state.scoring--;
   }
+}
+
+// Scores files one after another, yielding between them so the page stays responsive.
+async function scoreFiles(files, fromForm = false) {
+  if (!state.model) return;
+  await busy(() => scoreEach(files, fromForm));
 }
 
 async function scoreEach(files, fromForm) {
@@ -490,13 +495,13 @@ window.cxrMsn = {
   // prediction (labels, image, image_ehr, operating_points, attention, grid).
   async score(blob, ehr = {}) {
     const bytes = new Uint8Array(await blob.arrayBuffer());
-    return JSON.parse(await state.model.predict(bytes, JSON.stringify(ehr)));
+    return busy(async () => JSON.parse(await state.model.predict(bytes, JSON.stringify(ehr))));
   },
   // The encoder's [CLS] embedding of a File or Blob (an array of the model's width): the
   // view `score` sees, without the heads.
   async embed(blob) {
     const bytes = new Uint8Array(await blob.arrayBuffer());
-    return JSON.parse(await state.model.embed(bytes));
+    return busy(async () => JSON.parse(await state.model.embed(bytes)));
   },
   backend: () => state.model && state.model.backend(),
   // The current model's warm-up (see WARM_UP): resolves to the number of runs it made.
