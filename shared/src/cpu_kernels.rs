@@ -8,10 +8,11 @@
 //! tensor's buffer out of the backend (no copy for a tensor that nothing else holds), work
 //! on it in place, and give it back. With autodiff on the CPU ([`Route::Graph`]) and the
 //! crate's `autodiff` feature, `crate::graph_kernels` runs them as operations of the graph
-//! with their own backward passes. With that feature the ViT's linear layers ([`linear`]),
-//! its patch embedding ([`patch_embed`]) and its attention ([`attention_from_qkv`]) also
-//! take a path of their own on the CPU, in and out of a graph. Every other device keeps
-//! Burn's own operations.
+//! with their own backward passes. The ViT's linear layers ([`linear`]), its patch
+//! embedding ([`patch_embed`]) and its attention ([`attention_from_qkv`]) take a path of
+//! their own on the CPU outside a graph with the `cpu-kernels` feature
+//! (`crate::flex_forward`, in the trainer and the page), and in a graph with `autodiff`
+//! ([`has_product_kernels`]). Every other device keeps Burn's own operations.
 //!
 //! Accuracy: [`exp`] is within 2 ulp of the exact value over the range softmax uses
 //! (arguments at most 0), [`erf`] within 6e-7 of the exact value (Abramowitz and Stegun
@@ -147,21 +148,45 @@ pub fn layer_norm<const D: usize>(norm: &LayerNorm, eps: f64, x: Tensor<D>) -> T
     norm.forward(x)
 }
 
-/// `layer`'s forward pass, `[.., d_in]` -> `[.., d_out]`: with the `autodiff` feature, on
-/// the CPU ([`Route::Host`] and [`Route::Graph`]) and for a layer with a bias, one matrix
-/// product written straight into the output, which starts as the bias
-/// (`crate::gemm_call`), and in a graph a backward pass of its own; elsewhere Burn's.
+/// `layer`'s forward pass, `[.., d_in]` -> `[.., d_out]`: where the route has kernels of
+/// its own ([`has_product_kernels`]) and for a layer with a bias, one matrix product
+/// written straight into the output, which starts as the bias (`crate::gemm_call`), and
+/// in a graph a backward pass of its own; elsewhere Burn's.
 pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
-    #[cfg(feature = "autodiff")]
-    if matches!(route(&x), Route::Host | Route::Graph)
+    #[cfg(feature = "cpu-kernels")]
+    if has_product_kernels(route(&x))
         && let Some(bias) = &layer.bias
     {
         let (w, b) = (layer.weight.val(), bias.val());
         if w.dtype() == DType::F32 && b.dtype() == DType::F32 {
-            return crate::graph_kernels::linear(x, w, b);
+            return linear_by_product(route(&x), x, w, b);
         }
     }
     layer.forward(x)
+}
+
+/// Whether the linear layers, the patch embedding and the attention take paths of their
+/// own on `route`: outside a graph on the CPU ([`Route::Host`]) with the `cpu-kernels`
+/// feature, in a graph on the CPU ([`Route::Graph`]) with `autodiff`.
+pub fn has_product_kernels(route: Route) -> bool {
+    (cfg!(feature = "cpu-kernels") && route == Route::Host)
+        || (cfg!(feature = "autodiff") && route == Route::Graph)
+}
+
+/// `x W + b` by the kernels of `route`, one where [`has_product_kernels`] holds.
+#[cfg(feature = "cpu-kernels")]
+fn linear_by_product<const D: usize>(
+    route: Route,
+    x: Tensor<D>,
+    w: Tensor<2>,
+    b: Tensor<1>,
+) -> Tensor<D> {
+    #[cfg(feature = "autodiff")]
+    if route == Route::Graph {
+        return crate::graph_kernels::linear(x, w, b);
+    }
+    debug_assert_eq!(route, Route::Host);
+    crate::flex_forward::linear(x, w, b)
 }
 
 /// The patch embedding: `conv` (kernel = stride = `P`, no padding, one group) over
@@ -169,8 +194,8 @@ pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
 /// (what `conv.forward(images).flatten(2, 3).swap_dims(1, 2)` gives). Grey images
 /// ([`Pixels::Grey`]) go through the kernel folded with their normalisation
 /// ([`fold_patch_kernel`]), `[D, 1, P, P]` (unless the conv pads: padding applies to the
-/// normalised channels, so they are made). With the `autodiff` feature on the CPU
-/// ([`Route::Host`], [`Route::Graph`]) and for a conv with a bias (or grey images), the
+/// normalised channels, so they are made). Where the route has kernels of its own
+/// ([`has_product_kernels`]) and for a conv with a bias (or grey images), the
 /// patches' pixels are laid side by side, `[B, (H / P) (W / P), C P P]`, and go through
 /// [`linear`]'s product with the kernel as a `[C P P, D]` matrix: one product, where
 /// Burn's convolution took about twice as many of the training step's samples, forward and
@@ -184,7 +209,7 @@ pub fn patch_embed(conv: &Conv2d, images: Pixels) -> Tensor<3> {
     };
     let (images, weight, bias) = match images {
         Pixels::Normalized(images) => {
-            #[cfg(feature = "autodiff")]
+            #[cfg(feature = "cpu-kernels")]
             if let Some(bias) = &conv.bias
                 && let Some(tokens) =
                     patch_embed_by_product(conv, &images, conv.weight.val(), bias.val())
@@ -205,7 +230,7 @@ pub fn patch_embed(conv: &Conv2d, images: Pixels) -> Tensor<3> {
             (grey, weight, bias)
         }
     };
-    #[cfg(feature = "autodiff")]
+    #[cfg(feature = "cpu-kernels")]
     if let Some(tokens) = patch_embed_by_product(conv, &images, weight.clone(), bias.clone()) {
         return tokens;
     }
@@ -218,7 +243,7 @@ pub fn patch_embed(conv: &Conv2d, images: Pixels) -> Tensor<3> {
 /// [`patch_embed`] as a matrix product with the kernel `weight` `[D, C, P, P]` and `bias`
 /// `[D]` (`conv`'s own, or folded), or `None` where it does not apply: another route, or a
 /// conv that is not a plain patch embedding.
-#[cfg(feature = "autodiff")]
+#[cfg(feature = "cpu-kernels")]
 fn patch_embed_by_product(
     conv: &Conv2d,
     images: &Tensor<4>,
@@ -226,6 +251,7 @@ fn patch_embed_by_product(
     bias: Tensor<1>,
 ) -> Option<Tensor<3>> {
     let [p, q] = conv.kernel_size;
+    let route = route(images);
     let plain = p == q
         && p > 0
         && conv.stride == conv.kernel_size
@@ -233,7 +259,7 @@ fn patch_embed_by_product(
         && conv.groups == 1
         && matches!(conv.padding, burn::nn::PaddingConfig2d::Valid);
     if !plain
-        || !matches!(route(images), Route::Host | Route::Graph)
+        || !has_product_kernels(route)
         || weight.dtype() != DType::F32
         || bias.dtype() != DType::F32
     {
@@ -258,27 +284,48 @@ fn patch_embed_by_product(
         .permute([0, 2, 4, 1, 3, 5])
         .reshape([b, gh * gw, c * p * p]);
     let kernel = weight.reshape([d, c * p * p]).transpose();
-    Some(crate::graph_kernels::linear(patches, kernel, bias))
+    Some(linear_by_product(route, patches, kernel, bias))
 }
 
 /// Multi-head self-attention from the fused projection `qkv` `[B, N, 3D]` (q, k and v
 /// side by side, each head-major) to the heads side by side `[B, N, D]`, as one operation:
-/// with the `autodiff` feature on the CPU ([`Route::Host`], [`Route::Graph`]), each head's
-/// two products written straight into the attention weights and the output around
-/// [`softmax_rows`], and in a graph a backward step that writes the gradients of q, k and
-/// v into one buffer (`crate::graph_kernels`). Elsewhere `None`: the caller composes Burn's
-/// operations. `range` picks which of the `heads` heads are computed: all (`0..heads`), or
+/// where the route has kernels of its own ([`has_product_kernels`]), each head's two
+/// products written straight into the attention weights and the output around
+/// [`softmax_rows`] (`crate::flex_forward`), and in a graph a backward step that writes the
+/// gradients of q, k and v into one buffer (`crate::graph_kernels`). Elsewhere `None`: the
+/// caller composes Burn's operations. `range` picks which of the `heads` heads are computed: all (`0..heads`), or
 /// a group (`forward_in_pieces`), whose output is those heads' columns of the whole.
 pub fn attention_from_qkv(
     qkv: &Tensor<3>,
     heads: usize,
     range: std::ops::Range<usize>,
 ) -> Option<Tensor<3>> {
+    let route = route(qkv);
     #[cfg(feature = "autodiff")]
-    if matches!(route(qkv), Route::Host | Route::Graph) {
+    if route == Route::Graph {
         return Some(crate::graph_kernels::attention(qkv.clone(), heads, range));
     }
-    let _ = (qkv, heads, range);
+    #[cfg(feature = "cpu-kernels")]
+    if route == Route::Host {
+        return Some(crate::flex_forward::attention(qkv.clone(), heads, range));
+    }
+    let _ = (qkv, heads, range, route);
+    None
+}
+
+/// [`attention_from_qkv`] of all `heads` heads with the attention weights `[B, heads, N,
+/// N]` (for explanation maps): on the CPU outside a graph with the `cpu-kernels` feature,
+/// each head's `q k^T` and softmax in place in its block of the weights
+/// (`crate::flex_forward`). Elsewhere `None`: the caller composes Burn's operations.
+pub fn attention_and_weights(qkv: &Tensor<3>, heads: usize) -> Option<(Tensor<3>, Tensor<4>)> {
+    #[cfg(feature = "cpu-kernels")]
+    if route(qkv) == Route::Host {
+        return Some(crate::flex_forward::attention_and_weights(
+            qkv.clone(),
+            heads,
+        ));
+    }
+    let _ = (qkv, heads);
     None
 }
 

@@ -43,11 +43,14 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::ops::ModuleOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Dispatch, Flex, TensorMetadata, backend_extension};
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 
 use crate::cpu_kernels::{
     gelu_and_slope, gelu_in_place, layer_norm_backward_rows, layer_norm_rows, mul_in_place,
     softmax_backward_rows, softmax_rows,
+};
+use crate::flex_forward::{
+    HeadLayout, Heads, attention_forward, contiguous, last_dim, linear_forward,
 };
 use crate::gemm_call::{MatrixRef, product, product_into, zeros};
 
@@ -130,145 +133,6 @@ impl GraphKernels for Flex {
     ) -> FloatTensor<Self> {
         attention_forward(&contiguous(qkv), Heads::new(heads, first, count), false).0
     }
-}
-
-/// One head of one image in a contiguous `[B, N, 3D]` qkv buffer: where its q, k and v
-/// start and how they are laid out.
-#[derive(Debug, Clone, Copy)]
-struct HeadLayout {
-    /// Tokens per image.
-    n: usize,
-    /// The model width D.
-    d: usize,
-    /// The head width D / heads.
-    hd: usize,
-}
-
-impl HeadLayout {
-    fn of(qkv: &FlexTensor, heads: usize) -> Self {
-        let dims = qkv.shape();
-        assert_eq!(dims.num_dims(), 3, "qkv is [B, N, 3D]");
-        let d = dims[2] / 3;
-        assert!(
-            heads > 0 && dims[2] == 3 * d && d.is_multiple_of(heads),
-            "qkv [.., {}] for {heads} heads",
-            dims[2]
-        );
-        HeadLayout {
-            n: dims[1],
-            d,
-            hd: d / heads,
-        }
-    }
-
-    /// Part `which` (0 q, 1 k, 2 v) of head `head` of image `image`, `[N, hd]`.
-    fn part<'a>(&self, qkv: &'a [f32], image: usize, head: usize, which: usize) -> MatrixRef<'a> {
-        MatrixRef {
-            data: &qkv[self.start(image, head, which)..],
-            rows: self.n,
-            cols: self.hd,
-            row_stride: 3 * self.d,
-            col_stride: 1,
-        }
-    }
-
-    /// Where part `which` of head `head` of image `image` starts.
-    fn start(&self, image: usize, head: usize, which: usize) -> usize {
-        image * self.n * 3 * self.d + which * self.d + head * self.hd
-    }
-
-    fn scale(&self) -> f32 {
-        (self.hd as f32).powf(-0.5)
-    }
-}
-
-/// Which heads [`GraphKernels::attention`] computes: `count` of the `total`, from `first`.
-#[derive(Debug, Clone, Copy)]
-struct Heads {
-    total: usize,
-    first: usize,
-    count: usize,
-}
-
-impl Heads {
-    fn new(total: usize, first: usize, count: usize) -> Self {
-        assert!(
-            first + count <= total,
-            "heads {first}..{} of {total}",
-            first + count
-        );
-        Heads {
-            total,
-            first,
-            count,
-        }
-    }
-}
-
-/// [`GraphKernels::attention`] on a contiguous qkv: the output `[B, N, count * hd]` and,
-/// with `keep_weights` (for the backward step), the attention weights `[B, count, N, N]`;
-/// without, each head's weights go through one scratch block.
-fn attention_forward(
-    qkv: &FlexTensor,
-    heads: Heads,
-    keep_weights: bool,
-) -> (FlexTensor, Option<FlexTensor>) {
-    let layout = HeadLayout::of(qkv, heads.total);
-    let HeadLayout { n, hd, .. } = layout;
-    let (images, width) = (qkv.shape()[0], heads.count * hd);
-    let mut probs = keep_weights.then(|| zeros([images, heads.count, n, n].into()));
-    let mut scratch = Vec::new();
-    let p: &mut [f32] = match &mut probs {
-        Some(probs) => probs.storage_mut::<f32>(),
-        None => {
-            scratch.resize(n * n, 0.0f32);
-            &mut scratch
-        }
-    };
-    let mut out = zeros([images, n, width].into());
-    let x = qkv.storage::<f32>();
-    let o = out.storage_mut::<f32>();
-    for image in 0..images {
-        for slot in 0..heads.count {
-            let head = heads.first + slot;
-            let at = if keep_weights {
-                (image * heads.count + slot) * n * n
-            } else {
-                0
-            };
-            let weights = &mut p[at..][..n * n];
-            let q = layout.part(x, image, head, 0);
-            let k = layout.part(x, image, head, 1);
-            product_into(weights, n, q, k.t());
-            softmax_rows(weights, n, layout.scale());
-            let weights = MatrixRef::row_major(weights, n, n);
-            let v = layout.part(x, image, head, 2);
-            product_into(&mut o[image * n * width + slot * hd..], width, weights, v);
-        }
-    }
-    (out, probs)
-}
-
-/// [`GraphKernels::linear`] on contiguous tensors.
-fn linear_forward(x: &FlexTensor, w: &FlexTensor, b: &FlexTensor) -> FlexTensor {
-    let dims = x.shape();
-    let (d_in, d_out) = (w.shape()[0], last_dim(w));
-    assert_eq!(
-        last_dim(x),
-        d_in,
-        "x [.., {}] for W [{d_in}, {d_out}]",
-        last_dim(x)
-    );
-    let rows = dims.num_elements() / d_in.max(1);
-    let mut out_dims = dims.clone();
-    let last = out_dims.num_dims() - 1;
-    out_dims[last] = d_out;
-    product(
-        MatrixRef::row_major(x.storage::<f32>(), rows, d_in),
-        MatrixRef::row_major(w.storage::<f32>(), d_in, d_out),
-        Some(b.storage::<f32>()),
-        out_dims,
-    )
 }
 
 impl<C: CheckpointStrategy> GraphKernels for Autodiff<Flex, C> {
@@ -596,21 +460,6 @@ impl Backward<Flex, 3> for LinearBackward {
             grads.register::<Flex>(node.id, dx);
         }
     }
-}
-
-/// The length of `x`'s last axis.
-fn last_dim(x: &FloatTensor<Flex>) -> usize {
-    let shape = x.shape();
-    shape[shape.num_dims() - 1]
-}
-
-/// `x` with a row-major buffer of exactly its elements: `x` itself when it has one (so a
-/// buffer nothing else holds can be written in place), a copy when it is a view.
-fn contiguous(x: FloatTensor<Flex>) -> FloatTensor<Flex> {
-    assert_eq!(x.dtype(), DType::F32, "the graph kernels take f32 tensors");
-    // Shares the buffer when it is already contiguous; `x` is dropped on return, so the
-    // result holds the buffer alone if `x` did.
-    x.to_contiguous()
 }
 
 /// The exact GELU of `x`, differentiable, by the kernels above; the same conditions as

@@ -47,7 +47,9 @@ pub mod dino;
 pub mod ehr;
 pub mod ema;
 pub mod error;
-#[cfg(feature = "autodiff")]
+#[cfg(feature = "cpu-kernels")]
+mod flex_forward;
+#[cfg(feature = "cpu-kernels")]
 mod gemm_call;
 #[cfg(feature = "autodiff")]
 mod graph_kernels;

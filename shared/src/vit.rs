@@ -54,6 +54,10 @@ impl Attention {
         if !keep_weights && let Some(heads) = cpu_kernels::attention_from_qkv(&qkv, h, 0..h) {
             return (cpu_kernels::linear(&self.proj, heads), None);
         }
+        if keep_weights && let Some((heads, weights)) = cpu_kernels::attention_and_weights(&qkv, h)
+        {
+            return (cpu_kernels::linear(&self.proj, heads), Some(weights));
+        }
         let split = |i: usize| {
             qkv.clone()
                 .narrow(2, i * d, d)
