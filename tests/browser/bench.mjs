@@ -10,7 +10,9 @@
 // timed in turn, one run each per round, so that the machine's drift reaches both alike;
 // the ratio is of the medians, with the rounds' own ratios beside it.
 // Ours is timed twice per round: the encoder alone (like for like with ONNX Runtime) and a
-// new file scored whole, as the page scores an upload.
+// new file scored whole, as the page scores an upload; and the encoder alone once more in
+// the page's plain SIMD module (?simd=plain, a browser of its own), which browsers without
+// relaxed SIMD run.
 //
 //   DIST=../../dist node bench.mjs
 //   scripts/bench-browser      (exports the page's own model to ONNX, installs onnxruntime-web)
@@ -121,7 +123,7 @@ await page.evaluate(async () => {
   const other = new Uint8Array(await (await file("person1954_bacteria_4886.jpeg")).arrayBuffer());
   window.bench = { blob, bytes: new Uint8Array(await blob.arrayBuffer()), other };
 });
-const encoderOnce = () => page.evaluate(async () => {
+const encoderOn = (p) => () => p.evaluate(async () => {
   const { bytes } = window.bench;
   const model = window.cxrMsn.model();
   model.read_image(bytes);
@@ -131,6 +133,7 @@ const encoderOnce = () => page.evaluate(async () => {
   if (!(embedding.length > 0)) throw new Error("no embedding");
   return took;
 });
+const encoderOnce = encoderOn(page);
 // Decoding and the evaluation view alone (`read_image` on a file the page has not just read).
 const decodeOnce = () => page.evaluate(() => {
   const { bytes, other } = window.bench;
@@ -150,6 +153,22 @@ const scoreOnce = () => page.evaluate(async () => {
 
 const ourPids = await rendererPids(browser);
 const ourSide = { pids: ourPids, peak: peakMiB(ourPids) };
+
+// The page's plain SIMD module (?simd=plain), which browsers without relaxed SIMD run
+// (Safari, Firefox), in a browser of its own: its encoder alone, as above.
+const plainBrowser = await launch();
+const plainPage = await plainBrowser.newPage();
+await plainPage.goto(`${origin}/index.html?notice=0&backend=cpu&simd=plain`);
+await plainPage.waitForFunction(() => window.cxrMsn?.model()?.warmed === true, null, { timeout: 300000 });
+await plainPage.evaluate(async () => {
+  const blob = await (await fetch("samples/NORMAL2-IM-1438-0001.jpeg")).blob();
+  window.bench = { bytes: new Uint8Array(await blob.arrayBuffer()) };
+});
+const plainOnce = encoderOn(plainPage);
+const modules = {
+  ours: await page.evaluate(() => `${window.wasmSimd}: ${window.cxrMsn.backend()}`),
+  plain: await plainPage.evaluate(() => `${window.wasmSimd}: ${window.cxrMsn.backend()}`),
+};
 
 // ONNX Runtime Web on the same model, in a browser of its own (its own renderer peak memory).
 let ort = null;
@@ -183,9 +202,10 @@ async function timed(once, side) {
   return t;
 }
 
-// Warm-up runs of each timing, then the rounds: ours (encoder, whole score, decoding) and
-// ORT in turn. Each list holds the warm-up runs first.
+// Warm-up runs of each timing, then the rounds: ours (encoder, whole score, decoding), ORT
+// and the plain module's encoder in turn. Each list holds the warm-up runs first.
 const encoder = [];
+const plainEncoder = [];
 const scored = [];
 const decoded = [];
 const rounds = ortModel ? ROUNDS : 3;
@@ -194,8 +214,10 @@ for (let i = 0; i < WARM_UP + rounds; i++) {
   if (ort) ort.times.push(await timed(ortOnce, ort));
   scored.push(await timed(scoreOnce, ourSide));
   decoded.push(await timed(decodeOnce, ourSide));
+  plainEncoder.push(await plainOnce());
 }
 if (ort) await ortBrowser.close();
+await plainBrowser.close();
 await useBackend("webgpu");
 const gpuEncoder = [];
 const gpuScored = [];
@@ -246,7 +268,9 @@ console.log(`a fresh page's first six predictions (new files), CPU: without the 
 // The timed runs after `warm` warm-up runs, and the first of those.
 const after = (xs, warm = WARM_UP) => `${spread(xs.slice(warm))} (first ${xs[0].toFixed(0)} ms)`;
 console.log(`the page's own warm-up after loading the model: ${pageWarmUp} runs`);
+console.log(`the page's module in this browser: ${modules.ours}; with ?simd=plain: ${modules.plain}`);
 console.log(`the encoder alone (embed, the file already decoded), CPU (wasm): ${after(encoder)}`);
+console.log(`the encoder alone, the plain SIMD module (?simd=plain, as in Safari and Firefox): ${after(plainEncoder)}`);
 console.log(`a new file scored whole (decoding, view, encoder with attention maps, both heads, novelty), CPU (wasm): ${after(scored)}`);
 console.log(`of which decoding and the evaluation view (read_image), CPU (wasm): ${after(decoded)}`);
 console.log(`renderer peak memory, ours: ${mib(ourSide.peak)} (loading, the first prediction, the page's warm-up and ${encoder.length + scored.length + decoded.length} more runs)`);
@@ -260,6 +284,7 @@ if (ort) {
   console.log(`ONNX Runtime Web ${ort.version} (wasm, 1 thread), the same encoder on a ready tensor: ${after(ort.times)}; renderer peak memory ${mib(ort.peak)} (loading and ${ort.times.length} runs)`);
   console.log(`ours / ONNX Runtime Web, the encoder alone (like for like): ${ratio(encoder)} (${ROUNDS} rounds alternated)`);
   console.log(`ours / ONNX Runtime Web, a new file scored whole against its encoder alone: ${ratio(scored)}`);
+  console.log(`ours (the plain SIMD module) / ONNX Runtime Web, the encoder alone: ${ratio(plainEncoder)}`);
 }
 await browser.close();
 server.close();

@@ -215,7 +215,7 @@ await check("a non-image, a corrupt image and a damaged model get clear messages
 });
 
 let cpuScores = null;
-await check("the browser's scores and embedding equal `cxr-msn predict` on the same file and model (1e-4)", async () => {
+await check("the browser's scores and embedding equal `cxr-msn predict` on the same file and model (1e-4), from both modules (relaxed SIMD, plain SIMD)", async () => {
   const page = await browser.newPage();
   watchRequests(page, allUrls);
   await page.goto(`${origin}/index.html?notice=0&backend=cpu`);
@@ -226,9 +226,10 @@ await check("the browser's scores and embedding equal `cxr-msn predict` on the s
   const warmUpRuns = await page.evaluate(async () => { await window.cxrMsn.ready; return window.cxrMsn.warmedUp(); });
   assert(warmUpRuns >= 1 && warmUpRuns <= 12, `the warm-up made ${warmUpRuns} runs`);
   console.log(`     the page's warm-up: ${warmUpRuns} runs`);
-  const [prediction, embedding] = await page.evaluate(async () => {
+  const [prediction, embedding, simd, backend] = await page.evaluate(async () => {
     const blob = await (await fetch("samples/NORMAL2-IM-1438-0001.jpeg")).blob();
-    return [await window.cxrMsn.score(blob, { sex: "F", age: 4, view: "AP" }), await window.cxrMsn.embed(blob)];
+    return [await window.cxrMsn.score(blob, { sex: "F", age: 4, view: "AP" }), await window.cxrMsn.embed(blob),
+      window.wasmSimd, window.cxrMsn.backend()];
   });
   cpuScores = prediction;
   assert(prediction.image.length === 14 && prediction.image_ehr.length === 14, "both heads");
@@ -250,6 +251,30 @@ await check("the browser's scores and embedding equal `cxr-msn predict` on the s
   assert(worstEmb < 1e-4, `embedding largest difference ${worstEmb}`);
   console.log(`     largest difference of the ${embedding.length}-wide embedding, browser vs native: ${worstEmb.toExponential(2)}`);
   await page.close();
+
+  // Chromium validates relaxed SIMD, so the page above ran the relaxed module (fused
+  // multiply-adds); ?simd=plain runs the plain SIMD one, as Safari and Firefox do. Each
+  // page fetches one module, and both agree with native.
+  const modules = [];
+  const plainPage = await browser.newPage();
+  watchRequests(plainPage, allUrls);
+  plainPage.on("request", (r) => r.url().endsWith("_bg.wasm") && modules.push(r.url()));
+  await plainPage.goto(`${origin}/index.html?notice=0&backend=cpu&simd=plain&warmup=0`);
+  await ready(plainPage);
+  const plain = await plainPage.evaluate(async () => {
+    await window.cxrMsn.ready;
+    const blob = await (await fetch("samples/NORMAL2-IM-1438-0001.jpeg")).blob();
+    const p = await window.cxrMsn.score(blob, { sex: "F", age: 4, view: "AP" });
+    return { scores: [...p.image, ...p.image_ehr], simd: window.wasmSimd, backend: window.cxrMsn.backend() };
+  });
+  assert(backend.includes("relaxed SIMD") && simd === "relaxed", `the default page ran ${simd}: ${backend}`);
+  assert(plain.simd === "plain" && !plain.backend.includes("relaxed"), `?simd=plain ran ${plain.simd}: ${plain.backend}`);
+  assert(modules.length === 1 && /cxr-msn-web-[0-9a-f]{16}_bg\.wasm$/.test(modules[0]) && !modules[0].includes("relaxed"),
+    `the plain page fetched ${modules.join(", ")}`);
+  const worstPlain = Math.max(...native.map((v, i) => Math.abs(v - plain.scores[i])));
+  assert(worstPlain < 1e-4, `plain module: largest difference ${worstPlain}`);
+  console.log(`     plain SIMD module (?simd=plain): largest difference vs native ${worstPlain.toExponential(2)}`);
+  await plainPage.close();
 });
 
 await check("WebGPU: `auto` refuses the software adapter; `webgpu` uses it and agrees with the CPU (1e-3)", async () => {

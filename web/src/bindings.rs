@@ -97,6 +97,14 @@ async fn webgpu() -> Result<WebGpu, String> {
     found
 }
 
+/// The CPU backend as the page names it: which of the page's two modules runs
+/// (`web/relaxed`: the one whose matrix products use relaxed SIMD's fused multiply-adds).
+const CPU: &str = if cfg!(feature = "relaxed-simd") {
+    "CPU (WebAssembly, relaxed SIMD)"
+} else {
+    "CPU (WebAssembly)"
+};
+
 #[wasm_bindgen]
 impl CxrModel {
     /// Loads model-file bytes on `backend`: `auto` (WebGPU with a hardware adapter, else
@@ -105,7 +113,7 @@ impl CxrModel {
     pub async fn load(bytes: Vec<u8>, backend: String) -> Result<CxrModel, JsError> {
         crate::engine::check_model(&bytes).map_err(js_error)?;
         let (device, name) = match backend.as_str() {
-            "cpu" => (Device::flex(), "CPU (WebAssembly)".to_string()),
+            "cpu" => (Device::flex(), CPU.to_string()),
             "webgpu" => {
                 let gpu = webgpu().await.map_err(js_error)?;
                 let kind = if gpu.software { "software" } else { "hardware" };
@@ -116,12 +124,12 @@ impl CxrModel {
                 Ok(gpu) => (
                     Device::flex(),
                     format!(
-                        "CPU (WebAssembly); the only WebGPU adapter, {}, is a software one and \
-                         slower than the CPU",
+                        "{CPU}; the only WebGPU adapter, {}, is a software one and slower \
+                         than the CPU",
                         gpu.name
                     ),
                 ),
-                Err(reason) => (Device::flex(), format!("CPU (WebAssembly); {reason}")),
+                Err(reason) => (Device::flex(), format!("{CPU}; {reason}")),
             },
         };
         let engine = Engine::load(&bytes, device).map_err(js_error)?;
