@@ -4,7 +4,8 @@
 // URL parameters: model=URL (a model file from `cxr-msn export`), sample=FILE (a bundled
 // sample to run at once), notice=0 (hide the notice, for a class that has seen it),
 // backend=auto|webgpu|cpu, mode=learn (learn.js's tab alone; the sample is then learn
-// mode's image, not scored here), warmup=0 (no warm-up after the model loads).
+// mode's image, not scored here), warmup=0 (no warm-up after the model loads), simd=plain
+// (read by the loader in index.html, web/loader.mjs: the plain SIMD module).
 //
 // A small JavaScript API for pages that embed this one: `window.cxrMsn` (see README);
 // learn.js reaches the loaded model through it too.

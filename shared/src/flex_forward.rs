@@ -243,14 +243,14 @@ pub(crate) fn contiguous(x: FloatTensor<Flex>) -> FloatTensor<Flex> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::cpu_kernels::{Route, route};
     use burn::tensor::{Device, Distribution, Tolerance, activation};
 
     /// Burn's composed attention of `qkv` `[B, N, 3D]`: the weights `[B, H, N, N]` and the
     /// heads side by side `[B, N, D]`.
-    fn composed(qkv: Tensor<3>, heads: usize) -> (Tensor<3>, Tensor<4>) {
+    pub(crate) fn composed(qkv: Tensor<3>, heads: usize) -> (Tensor<3>, Tensor<4>) {
         let [b, n, d3] = qkv.dims();
         let (d, hd) = (d3 / 3, d3 / 3 / heads);
         let split = |i: usize| {

@@ -762,18 +762,7 @@ mod tests {
     /// Attention from `qkv` `[B, N, 3D]` by Burn's operations, as `vit::Attention` composes
     /// them where the fused operation does not run.
     fn composed_attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
-        let [b, n, d3] = qkv.dims();
-        let (d, hd) = (d3 / 3, d3 / 3 / heads);
-        let split = |i: usize| {
-            qkv.clone()
-                .narrow(2, i * d, d)
-                .reshape([b, n, heads, hd])
-                .swap_dims(1, 2)
-        };
-        let (q, k, v) = (split(0), split(1), split(2));
-        let scale = (hd as f64).powf(-0.5);
-        let weights = activation::softmax(q.matmul(k.swap_dims(2, 3)).mul_scalar(scale), 3);
-        weights.matmul(v).swap_dims(1, 2).reshape([b, n, d])
+        crate::flex_forward::tests::composed(qkv, heads).0
     }
 
     #[test]
