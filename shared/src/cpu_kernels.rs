@@ -293,8 +293,9 @@ fn patch_embed_by_product(
 /// products written straight into the attention weights and the output around
 /// [`softmax_rows`] (`crate::flex_forward`), and in a graph a backward step that writes the
 /// gradients of q, k and v into one buffer (`crate::graph_kernels`). Elsewhere `None`: the
-/// caller composes Burn's operations. `range` picks which of the `heads` heads are computed: all (`0..heads`), or
-/// a group (`forward_in_pieces`), whose output is those heads' columns of the whole.
+/// caller composes Burn's operations. `range` picks which of the `heads` heads are
+/// computed: all (`0..heads`), or a group (`forward_in_pieces`), whose output is those
+/// heads' columns of the whole.
 pub fn attention_from_qkv(
     qkv: &Tensor<3>,
     heads: usize,

@@ -1,6 +1,6 @@
 //! Matrix products written straight into the buffer of a new CPU tensor, for the linear
-//! layers' and the attention's graph operations (`crate::graph_kernels`). Built with the
-//! `autodiff` feature.
+//! layers and the attention in CPU inference (`crate::flex_forward`) and as graph
+//! operations (`crate::graph_kernels`). Built with the `cpu-kernels` feature.
 //!
 //! Burn's CPU backend gives every matrix product's output a fresh tensor made by
 //! `FlexTensor::empty`: a zeroed byte vector, then copied into a 16-byte-aligned buffer

@@ -88,8 +88,8 @@ fn attention_weights(q: Tensor<4>, k: Tensor<4>) -> Tensor<4> {
 }
 
 /// Scaled dot-product attention `softmax(q k^T / sqrt(hd)) v`: `[B, H, N, hd]` each ->
-/// `[B, H, N, hd]`, where [`cpu_kernels::attention_from_qkv`] does not run (without the
-/// `autodiff` feature, as in the page, or off the CPU). On the CPU backend without
+/// `[B, H, N, hd]`, where [`cpu_kernels::attention_from_qkv`] does not run (off the CPU,
+/// or without the model crate's `cpu-kernels` feature). On the CPU backend without
 /// autodiff, two matrix products around [`cpu_kernels::scaled_softmax`]; elsewhere the
 /// backend's fused kernel (the same composed operations on autodiff backends).
 fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
