@@ -8,8 +8,8 @@
 // names with their content's hash (as trunk names its files, so browsers never mix an old
 // file with a new one), and trunk's inline loader in DIST/index.html is replaced by one that
 // validates a one-instruction module using relaxed SIMD (`f32x4.relaxed_madd`): where the
-// browser accepts it (Chrome and Edge 114+), the relaxed module; elsewhere (Safari, Firefox
-// without the feature), trunk's own SIMD module. `?simd=plain` in the page's URL forces the
+// browser accepts it (Chrome and Edge 114+), the relaxed module; elsewhere (Safari, for
+// one), trunk's own SIMD module. `?simd=plain` in the page's URL forces the
 // plain module. Trunk's preload links go: they would fetch the plain module in every browser.
 // The Content-Security-Policy is then recomputed for the new inline script (csp.mjs).
 
@@ -66,4 +66,4 @@ html = html.replace(preloads, "");
 writeFileSync(file, html);
 console.log(`loader.mjs: ${relaxed} beside ${plain} in ${dist}`);
 
-execFileSync("node", [join(import.meta.dirname, "csp.mjs"), dist], { stdio: "inherit" });
+execFileSync("node", [new URL("csp.mjs", import.meta.url).pathname, dist], { stdio: "inherit" });

@@ -155,7 +155,7 @@ const ourPids = await rendererPids(browser);
 const ourSide = { pids: ourPids, peak: peakMiB(ourPids) };
 
 // The page's plain SIMD module (?simd=plain), which browsers without relaxed SIMD run
-// (Safari, Firefox), in a browser of its own: its encoder alone, as above.
+// (Safari, for one), in a browser of its own: its encoder alone, as above.
 const plainBrowser = await launch();
 const plainPage = await plainBrowser.newPage();
 await plainPage.goto(`${origin}/index.html?notice=0&backend=cpu&simd=plain`);
@@ -270,7 +270,7 @@ const after = (xs, warm = WARM_UP) => `${spread(xs.slice(warm))} (first ${xs[0].
 console.log(`the page's own warm-up after loading the model: ${pageWarmUp} runs`);
 console.log(`the page's module in this browser: ${modules.ours}; with ?simd=plain: ${modules.plain}`);
 console.log(`the encoder alone (embed, the file already decoded), CPU (wasm): ${after(encoder)}`);
-console.log(`the encoder alone, the plain SIMD module (?simd=plain, as in Safari and Firefox): ${after(plainEncoder)}`);
+console.log(`the encoder alone, the plain SIMD module (?simd=plain, as in browsers without relaxed SIMD): ${after(plainEncoder)}`);
 console.log(`a new file scored whole (decoding, view, encoder with attention maps, both heads, novelty), CPU (wasm): ${after(scored)}`);
 console.log(`of which decoding and the evaluation view (read_image), CPU (wasm): ${after(decoded)}`);
 console.log(`renderer peak memory, ours: ${mib(ourSide.peak)} (loading, the first prediction, the page's warm-up and ${encoder.length + scored.length + decoded.length} more runs)`);

@@ -253,7 +253,7 @@ await check("the browser's scores and embedding equal `cxr-msn predict` on the s
   await page.close();
 
   // Chromium validates relaxed SIMD, so the page above ran the relaxed module (fused
-  // multiply-adds); ?simd=plain runs the plain SIMD one, as Safari and Firefox do. Each
+  // multiply-adds); ?simd=plain runs the plain SIMD one, as browsers without relaxed SIMD do. Each
   // page fetches one module, and both agree with native.
   const modules = [];
   const plainPage = await browser.newPage();
