@@ -10,6 +10,7 @@ use cxr_msn::classifier::Classifier;
 use cxr_msn::decode::{DecodeLimits, decode_downscaled};
 use cxr_msn::ehr::{EhrField, EhrRecord, Orientation, Sex, ViewPosition};
 use cxr_msn::image::GreyImage;
+use cxr_msn::pixels::Pixels;
 use cxr_msn::preprocess::BatchData;
 use cxr_msn::prototype_head::PrototypeHead;
 use cxr_msn::views::{LOAD_SHORTER_SIDE, eval_view};
@@ -303,9 +304,7 @@ impl Engine {
     /// The [CLS] embedding `[D]` of a prepared image: the encoder alone, without the heads
     /// or attention maps (features for other tools). Reads back asynchronously.
     pub async fn embed(&self, image: &Prepared) -> Result<Vec<f32>, String> {
-        let images = BatchData::pack(&[&image.view], &self.meta.normalization)
-            .map_err(|e| e.to_string())?
-            .to_tensor(&self.device);
+        let images = self.input(image)?;
         self.model
             .encoder
             .check_input(&images)
@@ -313,12 +312,18 @@ impl Engine {
         read(self.model.encoder.forward(images, None)).await
     }
 
+    /// The encoder's input for a prepared image: its evaluation view as a batch of one,
+    /// normalised as the model was trained, on the engine's device.
+    fn input(&self, image: &Prepared) -> Result<Pixels, String> {
+        Ok(BatchData::pack(&[&image.view], &self.meta.normalization)
+            .map_err(|e| e.to_string())?
+            .to_tensor(&self.device))
+    }
+
     /// [`Self::predict`], keeping the [CLS] embedding and the encoded EHR it used (learn
     /// mode's EHR panel builds on them without running the encoder again).
     pub(crate) async fn score(&self, image: &Prepared, ehr: &EhrInput) -> Result<Scored, String> {
-        let images = BatchData::pack(&[&image.view], &self.meta.normalization)
-            .map_err(|e| e.to_string())?
-            .to_tensor(&self.device);
+        let images = self.input(image)?;
         // A malformed value is an error, whether or not the model reads that field.
         ehr.record()?;
         let (ehr_tensor, missing) = if self.model.fused_head.is_none() {
