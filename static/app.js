@@ -53,8 +53,8 @@ function showError(text) {
 
 // Warming up. The browser first runs WebAssembly from a quick baseline compilation and
 // optimises each function only once it has run for a while, in the background: measured
-// in Chromium, a fresh page's first predictions of new files took 400-540, 190-310 and
-// 100-160 ms where later ones took 70-80 ms (BENCHMARKS.md). So once the page is idle after a
+// in Chromium (ninth session), a fresh page's first predictions of new files took 400-540,
+// 190-310 and 100-160 ms where later ones took 70-80 ms (BENCHMARKS.md). So once the page is idle after a
 // model loads, it scores a card it draws itself (no user data) until two runs in a row
 // agree within 10 % (at least 5 runs, at most 12 or 4 s), pausing between runs so the page
 // stays responsive; a file the user scores meanwhile stops it. On WebGPU one or two runs

@@ -154,12 +154,13 @@ pub fn layer_norm<const D: usize>(norm: &LayerNorm, eps: f64, x: Tensor<D>) -> T
 /// in a graph a backward pass of its own; elsewhere Burn's.
 pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
     #[cfg(feature = "cpu-kernels")]
-    if has_product_kernels(route(&x))
-        && let Some(bias) = &layer.bias
+    if let Some(bias) = &layer.bias
+        && let route = route(&x)
+        && has_product_kernels(route)
     {
         let (w, b) = (layer.weight.val(), bias.val());
         if w.dtype() == DType::F32 && b.dtype() == DType::F32 {
-            return linear_by_product(route(&x), x, w, b);
+            return linear_by_product(route, x, w, b);
         }
     }
     layer.forward(x)
