@@ -2,7 +2,8 @@
 // to the first prediction, and inference time per image on each backend Chromium offers
 // here (the CPU in WebAssembly; WebGPU on SwiftShader, a software adapter). With ORT_MODEL
 // (an .onnx file) and ORT_DIR (onnxruntime-web's dist/), ONNX Runtime Web runs that model
-// in the same run, on its wasm backend (one thread, like ours), in a browser of its own, so
+// in the same run, on its wasm backend (one thread, like ours) and then on its WebGPU
+// backend (alternated with ours on WebGPU), in a browser of its own, so
 // that each side's peak memory (the resident high-water mark, VmHWM, of the renderer
 // process running it, read from /proc: Linux only) is its own. After warm-up runs (the
 // page's own warm-up, then WARM_UP runs of each timing; the browser optimises WebAssembly
@@ -173,10 +174,11 @@ const modules = {
 // ONNX Runtime Web on the same model, in a browser of its own (its own renderer peak memory).
 let ort = null;
 let ortBrowser = null;
+let ortPage = null;
 let ortOnce = null;
 if (ortModel) {
   ortBrowser = await launch();
-  const ortPage = await ortBrowser.newPage();
+  ortPage = await ortBrowser.newPage();
   await ortPage.goto(`${origin}/ort.html`);
   const version = await ortPage.evaluate(async () => {
     const o = window.ort;
@@ -216,15 +218,38 @@ for (let i = 0; i < WARM_UP + rounds; i++) {
   decoded.push(await timed(decodeOnce, ourSide));
   plainEncoder.push(await plainOnce());
 }
-if (ort) await ortBrowser.close();
 await plainBrowser.close();
+
+// WebGPU (here Chromium's SwiftShader, a software adapter): ours and ONNX Runtime Web's
+// WebGPU execution provider on the same model, in turn, after a warm-up run each (the
+// first compiles the shaders).
+const GPU_ROUNDS = 3;
 await useBackend("webgpu");
+let ortGpu = null;
+if (ort) {
+  const failed = await ortPage.evaluate(async () => {
+    try {
+      window.bench.gpu = await window.ort.InferenceSession.create("/ort-model.onnx", { executionProviders: ["webgpu"] });
+      return null;
+    } catch (e) {
+      return String(e);
+    }
+  });
+  ortGpu = failed ? { failed } : { times: [] };
+}
+const ortGpuOnce = () => ortPage.evaluate(async () => {
+  const t = performance.now();
+  await window.bench.gpu.run({ images: window.bench.input });
+  return performance.now() - t;
+});
 const gpuEncoder = [];
 const gpuScored = [];
-for (let i = 0; i < 4; i++) {
+for (let i = 0; i < 1 + GPU_ROUNDS; i++) {
   gpuEncoder.push(await encoderOnce());
+  if (ortGpu?.times) ortGpu.times.push(await ortGpuOnce());
   gpuScored.push(await scoreOnce());
 }
+if (ort) await ortBrowser.close();
 const backendName = await page.evaluate(() => window.cxrMsn.backend());
 
 // A student's first predictions on a fresh page (a browser of its own, nothing cached),
@@ -285,6 +310,14 @@ if (ort) {
   console.log(`ours / ONNX Runtime Web, the encoder alone (like for like): ${ratio(encoder)} (${ROUNDS} rounds alternated)`);
   console.log(`ours / ONNX Runtime Web, a new file scored whole against its encoder alone: ${ratio(scored)}`);
   console.log(`ours (the plain SIMD module) / ONNX Runtime Web, the encoder alone: ${ratio(plainEncoder)}`);
+  if (ortGpu.failed) {
+    console.log(`ONNX Runtime Web on WebGPU: no session (${ortGpu.failed})`);
+  } else {
+    const theirs = ortGpu.times.slice(1);
+    const each = gpuEncoder.slice(1).map((t, i) => t / theirs[i]);
+    console.log(`ONNX Runtime Web ${ort.version} (webgpu), the same encoder on a ready tensor: ${after(ortGpu.times, 1)}`);
+    console.log(`ours / ONNX Runtime Web on WebGPU, the encoder alone: ${(median(gpuEncoder.slice(1)) / median(theirs)).toFixed(2)}, the rounds ${Math.min(...each).toFixed(2)}-${Math.max(...each).toFixed(2)} (${GPU_ROUNDS} rounds alternated)`);
+  }
 }
 await browser.close();
 server.close();

@@ -64,9 +64,15 @@ pub fn choose(arg: DeviceArg) -> Result<Chosen> {
                     "; the only wgpu adapter, {name}, is a {kind} and slower than the CPU"
                 )));
             }
+            // Which wgpu backend this build has, so that a benchmark's figures say it.
+            let build = if cfg!(feature = "gpu-fast") {
+                "Burn's fusion and autotune"
+            } else {
+                "plain wgpu: no fusion, no autotune"
+            };
             Ok(Chosen {
                 device,
-                description: format!("GPU through wgpu: {name} ({kind})"),
+                description: format!("GPU through wgpu: {name} ({kind}), {build}"),
             })
         }
         Err(reason) if arg == DeviceArg::Auto => Ok(cpu(&format!("; no GPU: {reason}"))),
