@@ -5,9 +5,7 @@
 // sample to run at once), notice=0 (hide the notice, for a class that has seen it),
 // backend=auto|webgpu|cpu, mode=learn (learn.js's tab alone; the sample is then learn
 // mode's image, not scored here), warmup=0 (no warm-up after the model loads), simd=plain
-// (read by the loader in index.html, web/loader.mjs: the plain SIMD module),
-// tune=LEVEL[:SAMPLES] (how hard WebGPU's kernel tuning tries: minimal, the default, to
-// full, and the timed runs per candidate kernel, 3 by default; see web/src/bindings.rs).
+// (read by the loader in index.html, web/loader.mjs: the plain SIMD module).
 //
 // A small JavaScript API for pages that embed this one: `window.cxrMsn` (see README);
 // learn.js reaches the loaded model through it too.
@@ -60,9 +58,7 @@ function showError(text) {
 // model loads, it scores a card it draws itself (no user data) until two runs in a row
 // agree within 10 % (at least 5 runs, at most 12 or 4 s), pausing between runs so the page
 // stays responsive; a file the user scores meanwhile stops it. On WebGPU one or two runs
-// compile the shaders and tune the kernels (Burn's autotune: each matrix product's and
-// attention's candidate kernels timed once per shape); a software WebGPU adapter, where
-// that first run takes about a minute, is not warmed up.
+// compile the shaders; a software WebGPU adapter (5 s a run) is not warmed up.
 const WARM_UP = { minRuns: 5, maxRuns: 12, maxMs: 4000, agree: 0.1, pauseMs: 20 };
 
 // A 256 x 256 grey gradient as PNG bytes: what the warm-up scores.
@@ -184,11 +180,8 @@ async function loadModel(bytes, name) {
   state.modelName = name;
   state.summary = JSON.parse(model.summary());
   const ms = Math.round(performance.now() - started);
-  const tuning = model.backend().includes("software")
-    ? " The first image takes about a minute on a software adapter while the GPU kernels are tuned."
-    : "";
   say(`Ready: ${name} (${(bytes.length / 1e6).toFixed(1)} MB) on ${model.backend()}` +
-      `${model.fallbackReason ? `, because WebGPU failed: ${model.fallbackReason}` : ""}; set up in ${ms} ms.${tuning}`);
+      `${model.fallbackReason ? `, because WebGPU failed: ${model.fallbackReason}` : ""}; set up in ${ms} ms.`);
   $("model-description").textContent = state.summary.description;
   $("model-details").hidden = false;
   for (const row of document.querySelectorAll("#ehr [data-input]")) {
@@ -476,14 +469,6 @@ async function start() {
   if (["auto", "webgpu", "cpu"].includes(params.get("backend"))) $("backend").value = params.get("backend");
   wireInputs();
   state.wasm = await wasmReady();
-  if (params.get("tune")) {
-    const [level, samples = "3"] = params.get("tune").split(":");
-    try {
-      state.wasm.set_webgpu_tuning(level, Number(samples));
-    } catch (e) {
-      console.warn(`tune=${params.get("tune")} ignored: ${e.message || e}`);
-    }
-  }
   const samples = await showSamples();
   const acknowledged = new Promise((resolve) => {
     if (params.get("notice") === "0") {

@@ -536,9 +536,7 @@ await check("learn mode on WebGPU (Chromium's software adapter): every panel, th
   const page = await gpuBrowser.newPage({ viewport: { width: 1100, height: 1400 } });
   watchRequests(page, allUrls);
   await page.goto(`${origin}/index.html?notice=0&backend=webgpu&mode=learn`);
-  // Each of learn mode's shapes has its kernels tuned on first use: about 4 minutes on
-  // the software adapter (BENCHMARKS.md), where the CPU takes seconds.
-  await learnReady(page, 600000);
+  await learnReady(page);
   const status = await page.textContent("#model-status");
   assert(/on WebGPU/.test(status), `learn mode runs on WebGPU: ${status}`);
   const gpu = await learnNumbers(page);

@@ -8,7 +8,6 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use burn::tensor::Device;
-use cubecl_runtime::config::autotune::AutotuneLevel;
 use js_sys::Promise;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
@@ -75,8 +74,6 @@ async fn webgpu() -> Result<WebGpu, String> {
         return known;
     }
     use burn::tensor::wgpu::wgpu::DeviceType;
-    // A no-op where the page chose its own settings first (`set_webgpu_tuning`).
-    Tuning::default().apply();
     let found = match Device::wgpu_options().init_with_setup_async().await {
         Ok((device, setup)) => {
             let info = setup.adapter.get_info();
@@ -98,70 +95,6 @@ async fn webgpu() -> Result<WebGpu, String> {
     };
     WEBGPU.with(|w| *w.borrow_mut() = Some(found.clone()));
     found
-}
-
-/// How hard Burn's autotune tries on WebGPU. The first time the encoder meets a shape, each
-/// of its matrix products and attentions times its candidate kernels on the adapter (three
-/// warm-up runs and `samples` timed runs each) and keeps the fastest for the page's
-/// lifetime; until the timings are read back, the first candidate runs.
-#[derive(Clone, Debug)]
-struct Tuning {
-    /// cubecl's autotune level: how many candidates compete and how finely shapes are told
-    /// apart. Default `Minimal` (cubecl's own default is `Balanced`).
-    level: AutotuneLevel,
-    /// Timed runs per candidate. Default 3 (cubecl's own: 10).
-    samples: usize,
-}
-
-impl Default for Tuning {
-    fn default() -> Self {
-        Tuning {
-            level: AutotuneLevel::Minimal,
-            samples: 3,
-        }
-    }
-}
-
-impl Tuning {
-    /// Makes these the settings of Burn's GPU runtime; false where the runtime has read
-    /// its settings already (WebGPU was set up on this page before).
-    fn apply(self) -> bool {
-        use cubecl_runtime::config::{CubeClRuntimeConfig, RuntimeConfig};
-        let mut config = CubeClRuntimeConfig::default();
-        config.autotune.level = self.level;
-        config.autotune.bench.min_samples = 1;
-        config.autotune.bench.max_samples = self.samples;
-        CubeClRuntimeConfig::try_set(config)
-    }
-}
-
-/// Sets how hard Burn's autotune tries on WebGPU, before the page first sets WebGPU up:
-/// `level` one of `minimal` (the page's default), `balanced`, `extensive`, `full`;
-/// `samples` the timed runs per candidate kernel, 1 to 100 (the page's default 3).
-/// Returns false, changing nothing, once WebGPU has been set up on the page.
-#[wasm_bindgen]
-pub fn set_webgpu_tuning(level: &str, samples: u32) -> Result<bool, JsError> {
-    let level = match level {
-        "minimal" => AutotuneLevel::Minimal,
-        "balanced" => AutotuneLevel::Balanced,
-        "extensive" => AutotuneLevel::Extensive,
-        "full" => AutotuneLevel::Full,
-        other => {
-            return Err(js_error(format!(
-                "the tuning level must be minimal, balanced, extensive or full, not {other:?}"
-            )));
-        }
-    };
-    if !(1..=100).contains(&samples) {
-        return Err(js_error(format!(
-            "the tuning samples must be from 1 to 100, not {samples}"
-        )));
-    }
-    Ok(Tuning {
-        level,
-        samples: samples as usize,
-    }
-    .apply())
 }
 
 /// The CPU backend as the page names it: which of the page's two modules runs
