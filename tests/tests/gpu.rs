@@ -168,3 +168,207 @@ fn predict_on_the_wgpu_adapter_scores_as_the_cpu_does() {
     assert!(compared >= 4 * 14, "{compared} scores compared");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// One pretraining step's loss and gradients on the wgpu adapter against the CPU's: the
+/// paper's model (ViT-Tiny, one block, 224 px target and anchor, 96 px focal views, 1024
+/// prototypes, demographic EHR) initialised on the CPU and loaded onto both, the same
+/// views, EHR rows and token masks. The masked anchors run through token gathering, the
+/// EHR fusion, the head's BatchNorm and the Sinkhorn-sharpened targets.
+#[test]
+fn a_pretraining_step_on_the_wgpu_adapter_matches_the_cpu() {
+    use burn::module::{Module, ModuleVisitor, Param};
+    use burn::optim::GradientsParams;
+    use burn::tensor::{Device, Tensor, TensorData};
+    use cxr_msn::checkpoint::{ModelMeta, load_pretraining, write_model};
+    use cxr_msn::config::{MsnConfig, Profile, VitPreset};
+    use cxr_msn::ehr::FeatureSet;
+    use cxr_msn::msn::{AnchorGroup, MsnBatch};
+    use cxr_msn_trainer::device::{DeviceArg, choose};
+    use rand::{RngExt, SeedableRng, rngs::StdRng};
+
+    if !gpu_test_runs() {
+        return;
+    }
+    let mut config = MsnConfig::for_profile(Profile::Paper, VitPreset::Tiny)
+        .with_ehr(FeatureSet::from_name("demographic").unwrap());
+    config.vit.depth = 1;
+    config.views.focal_views = 2;
+    config.validate().unwrap();
+    let cpu = choose(DeviceArg::Cpu).unwrap().device;
+    cpu.seed(3);
+    let bytes = write_model(
+        &config.init(&cpu).unwrap(),
+        &ModelMeta::pretraining(config.clone()),
+    )
+    .unwrap();
+
+    let mut rng = StdRng::seed_from_u64(5);
+    let b = 3;
+    let (large, focal) = (config.views.large_size, config.views.focal_size);
+    let mut host = |shape: Vec<usize>, lo: f32, hi: f32| {
+        let n = shape.iter().product();
+        let values: Vec<f32> = (0..n).map(|_| rng.random_range(lo..hi)).collect();
+        TensorData::new(values, shape)
+    };
+    let target = host(vec![b, 3, large, large], -2.0, 2.0);
+    let anchor = host(vec![b, 3, large, large], -2.0, 2.0);
+    let focal_views = host(vec![2 * b, 3, focal, focal], -2.0, 2.0);
+    let ehr_width = config.ehr.as_ref().unwrap().feature_set.width();
+    let ehr = host(vec![b, ehr_width], 0.0, 1.0);
+
+    struct Step {
+        losses: [f32; 3],
+        grads: Vec<(String, Vec<f32>)>,
+    }
+    let step = |device: &Device, masks_seed: u64| -> Step {
+        let device = device.clone().autodiff();
+        let (model, _) = load_pretraining(&bytes, &device).unwrap();
+        let batch = MsnBatch {
+            target: Tensor::<4>::from_data(target.clone(), &device).into(),
+            anchors: vec![
+                AnchorGroup {
+                    images: Tensor::<4>::from_data(anchor.clone(), &device).into(),
+                },
+                AnchorGroup {
+                    images: Tensor::<4>::from_data(focal_views.clone(), &device).into(),
+                },
+            ],
+            ehr: Some(Tensor::from_data(ehr.clone(), &device)),
+        };
+        let masks = model.sample_masks(&batch, &config, &mut StdRng::seed_from_u64(masks_seed));
+        assert!(masks[0].is_some(), "the large anchor is masked");
+        let loss = model.loss(&model.forward_pretrain(batch, &masks, &config), &config);
+        let scalar = |t: Tensor<1>| t.into_scalar::<f32>();
+        let losses = [
+            scalar(loss.total.clone()),
+            scalar(loss.ce.clone()),
+            scalar(loss.me_max.clone()),
+        ];
+        let grads = GradientsParams::from_grads(loss.total.backward(), &model);
+        struct Collect<'a>(&'a GradientsParams, Vec<(String, Vec<f32>)>);
+        impl ModuleVisitor for Collect<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                if let Some(g) = self.0.get::<D>(param.id) {
+                    let shape = format!("{:?}", g.dims());
+                    self.1
+                        .push((shape, g.into_data().try_to_vec::<f32>().unwrap()));
+                }
+            }
+        }
+        let mut collect = Collect(&grads, Vec::new());
+        model.visit(&mut collect);
+        Step {
+            losses,
+            grads: collect.1,
+        }
+    };
+    let gpu = choose(DeviceArg::Gpu).unwrap().device;
+    let (on_cpu, on_gpu) = (step(&cpu, 9), step(&gpu, 9));
+    eprintln!(
+        "loss, ce, me-max: CPU {:?}, GPU {:?}",
+        on_cpu.losses, on_gpu.losses
+    );
+    for (c, g) in on_cpu.losses.iter().zip(&on_gpu.losses) {
+        assert!(
+            (c - g).abs() <= 1e-4 * c.abs().max(1.0),
+            "losses (total, ce, me-max): CPU {:?}, GPU {:?}",
+            on_cpu.losses,
+            on_gpu.losses
+        );
+    }
+    assert_eq!(on_cpu.grads.len(), on_gpu.grads.len());
+    assert!(on_cpu.grads.len() > 15, "{} gradients", on_cpu.grads.len());
+    // Within 5e-3 of each gradient's largest entry, or of 5e-4 of the model's largest for
+    // the ones that are analytically zero (a bias before BatchNorm: rounding is all there
+    // is).
+    let largest = on_cpu
+        .grads
+        .iter()
+        .flat_map(|(_, g)| g)
+        .fold(0f32, |m, x| m.max(x.abs()));
+    let mut closest = 0f32;
+    for (i, ((shape, c), (_, g))) in on_cpu.grads.iter().zip(&on_gpu.grads).enumerate() {
+        let scale = c
+            .iter()
+            .fold(0f32, |m, x| m.max(x.abs()))
+            .max(0.1 * largest);
+        let worst = c.iter().zip(g).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        closest = closest.max(worst / scale);
+        assert!(
+            worst <= 5e-3 * scale,
+            "parameter {i} {shape}: GPU gradient differs by {worst} (largest {scale})"
+        );
+    }
+    eprintln!("gradients: largest difference {closest} of the largest entry");
+    // Another mask gives another loss: the masks reach the loss.
+    let other = step(&cpu, 10);
+    assert_ne!(other.losses[0], on_cpu.losses[0]);
+}
+
+/// Runs a future to completion on this thread (the wgpu backend's reads may be pending).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut f = std::pin::pin!(f);
+    loop {
+        match f.as_mut().poll(&mut Context::from_waker(&waker)) {
+            Poll::Ready(v) => return v,
+            Poll::Pending => std::thread::park(),
+        }
+    }
+}
+
+/// The page's learn mode computed by its engine on the wgpu adapter against the CPU: the
+/// masked evaluation view and the pretraining views of a sample X-ray, [CLS] and
+/// projections.
+#[test]
+fn learn_mode_on_the_wgpu_adapter_matches_the_cpu() {
+    use cxr_msn_trainer::device::{DeviceArg, choose};
+    use cxr_msn_web::engine::{Engine, prepare};
+
+    if !gpu_test_runs() {
+        return;
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let bytes = std::fs::read(root.join("static/model.safetensors")).unwrap();
+    let xray = std::fs::read(root.join("static/samples/NORMAL2-IM-1438-0001.jpeg")).unwrap();
+    let prepared = prepare(&xray).unwrap();
+    let cpu = Engine::load(&bytes, choose(DeviceArg::Cpu).unwrap().device).unwrap();
+    let gpu = Engine::load(&bytes, choose(DeviceArg::Gpu).unwrap().device).unwrap();
+    let ratio = cpu.learn_info().mask_ratio;
+    let worst = |a: &[f32], b: &[f32]| {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max)
+    };
+    for (r, seed) in [(ratio, 1), (0.5, 2), (0.0, 3)] {
+        let c = block_on(cpu.masked(&prepared, r, seed)).unwrap();
+        let g = block_on(gpu.masked(&prepared, r, seed)).unwrap();
+        assert_eq!(c.kept, g.kept);
+        let gaps = [
+            worst(&c.cls_full, &g.cls_full),
+            worst(&c.cls_masked, &g.cls_masked),
+            worst(&c.z.as_ref().unwrap()[0], &g.z.as_ref().unwrap()[0]),
+            worst(&c.z.as_ref().unwrap()[1], &g.z.as_ref().unwrap()[1]),
+        ];
+        eprintln!("masked at {r}: [CLS] full, masked, z full, masked differ by {gaps:?}");
+        assert!(gaps.iter().all(|g| *g < 1e-3), "ratio {r}: {gaps:?}");
+        let c = block_on(cpu.views(&prepared, seed, r)).unwrap();
+        let g = block_on(gpu.views(&prepared, seed, r)).unwrap();
+        let (cz, gz) = (c.z.unwrap(), g.z.unwrap());
+        for (i, (a, b)) in cz.iter().zip(&gz).enumerate() {
+            let gap = worst(a, b);
+            eprintln!("views at {r}: view {i}'s z differs by {gap}");
+            assert!(gap < 1e-3, "ratio {r}, view {i}: {gap}");
+        }
+    }
+}
