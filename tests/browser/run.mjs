@@ -15,7 +15,8 @@
 // Content-Security-Policy that nothing on any page violated, and no request for anything but
 // the site's own files. Learn mode: every panel for a bundled sample, the mask slider, a
 // new draw of views and the same seed again, the EHR moving only the fused side, WebGPU
-// agreeing with the CPU, and the custom element with mode="learn". Screenshots go to
+// agreeing with the CPU (and the browser accepting every WebGPU shader the page made), and
+// the custom element with mode="learn". Screenshots go to
 // SCREENSHOTS (default ./screenshots).
 
 import { createServer } from "node:http";
@@ -104,6 +105,40 @@ function watchRequests(page, sink) {
   });
   page.addInitScript(() => document.addEventListener("securitypolicyviolation", (e) =>
     console.log(`csp-violation ${e.violatedDirective} ${e.blockedURI} ${e.sourceFile}:${e.lineNumber}`)));
+  // Every WebGPU shader the page creates is checked against the browser's own compiler
+  // (`getCompilationInfo`): in a browser a rejected shader shows only later, through the
+  // device's error callback, while its launch still succeeds (BENCHMARKS.md, "The browser
+  // demo": a rejected matrix-product shader once computed zeros). See `shaderReport`.
+  page.addInitScript(() => {
+    if (typeof GPUDevice === "undefined") return;
+    const create = GPUDevice.prototype.createShaderModule;
+    const checks = (window.__shaderChecks = []);
+    GPUDevice.prototype.createShaderModule = function (descriptor) {
+      const module = create.call(this, descriptor);
+      checks.push(module.getCompilationInfo().then((info) => info.messages
+        .filter((m) => m.type === "error")
+        .map((m) => `${descriptor.label}, line ${m.lineNum}:${m.linePos}: ${m.message}`)));
+      return module;
+    };
+  });
+}
+
+// How many WebGPU shaders the page has created and which the browser rejected, with the
+// WebGPU errors any page reported on the console so far (cubecl-wgpu's error callback).
+async function shaderReport(page) {
+  const checked = await page.evaluate(async () => (await Promise.all(window.__shaderChecks || [])));
+  return {
+    created: checked.length,
+    rejected: checked.flat(),
+    errors: consoleLines.filter((l) => /wgpu error|WebGPU error|Invalid ShaderModule/i.test(l)),
+  };
+}
+function assertShadersValid(report) {
+  assert(report.created > 0, "the page created no WebGPU shader");
+  assert(report.rejected.length === 0,
+    `the browser rejected ${report.rejected.length} WebGPU shader(s): ${report.rejected.slice(0, 3).join(" | ")}`);
+  assert(report.errors.length === 0, `WebGPU errors on the console: ${report.errors.slice(0, 3).join(" | ")}`);
+  console.log(`     WebGPU shaders created: ${report.created}, none rejected, no WebGPU error`);
 }
 function offOrigin(urls) {
   return urls.filter((u) => !u.startsWith(origin) && !u.startsWith("data:") && !u.startsWith("blob:"));
@@ -277,7 +312,7 @@ await check("the browser's scores and embedding equal `cxr-msn predict` on the s
   await plainPage.close();
 });
 
-await check("WebGPU: `auto` refuses the software adapter; `webgpu` uses it and agrees with the CPU (1e-3)", async () => {
+await check("WebGPU: `auto` refuses the software adapter; `webgpu` uses it, agrees with the CPU (1e-3), and the browser accepts every shader", async () => {
   const page = await gpuBrowser.newPage();
   watchRequests(page, allUrls);
   await page.goto(`${origin}/index.html?notice=0`);
@@ -293,6 +328,7 @@ await check("WebGPU: `auto` refuses the software adapter; `webgpu` uses it and a
   const worst = Math.max(...prediction.image.map((v, i) => Math.abs(v - cpuScores.image[i])));
   assert(worst < 1e-3, `WebGPU vs CPU largest difference ${worst}`);
   console.log(`     largest difference, WebGPU (SwiftShader) vs CPU: ${worst.toExponential(2)}`);
+  assertShadersValid(await shaderReport(page));
   await page.screenshot({ path: join(shots, "5-webgpu.png") });
   await page.close();
 });
@@ -531,7 +567,7 @@ await check("learn mode: changing age moves the image + EHR scores and the fused
   learnPage = null;
 });
 
-await check("learn mode on WebGPU (Chromium's software adapter): every panel, the CPU's numbers (1e-3)", async () => {
+await check("learn mode on WebGPU (Chromium's software adapter): every panel, the CPU's numbers (1e-3), every shader accepted", async () => {
   assert(cpuLearn, "the CPU learn page gave no numbers");
   const page = await gpuBrowser.newPage({ viewport: { width: 1100, height: 1400 } });
   watchRequests(page, allUrls);
@@ -546,6 +582,7 @@ await check("learn mode on WebGPU (Chromium's software adapter): every panel, th
   const worst = Math.max(...pairs.map(([a, b]) => Math.abs(a - b) / Math.max(1, Math.abs(b))));
   assert(worst < 1e-3, `WebGPU vs CPU largest relative difference ${worst}: ${JSON.stringify({ gpu, cpu: cpuLearn })}`);
   console.log(`     learn mode, WebGPU (SwiftShader) vs CPU: largest relative difference ${worst.toExponential(2)}`);
+  assertShadersValid(await shaderReport(page));
   await page.screenshot({ path: join(shots, "11-learn-webgpu.png") });
   await page.close();
 });
