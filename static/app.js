@@ -11,6 +11,11 @@
 // learn.js reaches the loaded model through it too.
 
 import { drawGrey } from "./draw.js";
+import { watchWebGpu, webGpuTrouble } from "./gpu-guard.js";
+
+// Before any WebGPU device exists: a shader the browser rejects, or a device error, must
+// not leave wrong numbers on the page (gpu-guard.js).
+watchWebGpu();
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -49,6 +54,38 @@ function showError(text) {
   const m = $("message");
   m.textContent = text;
   m.hidden = !text;
+}
+
+const onCpu = (model) => model.backend().startsWith("CPU");
+
+// Throws when WebGPU reported anything wrong since the page started (gpu-guard.js): then
+// the WebGPU result just computed cannot be trusted.
+async function trustWebGpu(model) {
+  if (onCpu(model)) return;
+  const trouble = await webGpuTrouble();
+  if (trouble) throw new Error(trouble);
+}
+
+// Moves the page to the CPU after a WebGPU failure, reloading the model there (which tells
+// learn mode, through the `cxr-msn-model` event, to compute its panels again).
+async function fallBackToCpu(error) {
+  $("backend").value = "cpu";
+  await loadModel(state.modelBytes, state.modelName, String(error.message || error));
+}
+
+// Runs `work(model)` on the current model and returns its result; on WebGPU, a failure or
+// anything WebGPU reported meanwhile moves the page to the CPU and runs it again there.
+async function computeTrusted(work) {
+  const model = state.model;
+  try {
+    const out = await work(model);
+    await trustWebGpu(model);
+    return out;
+  } catch (e) {
+    if (onCpu(model)) throw e;
+    if (state.model === model) await fallBackToCpu(e);
+    return work(state.model);
+  }
 }
 
 // Warming up. The browser first runs WebAssembly from a quick baseline compilation and
@@ -90,6 +127,14 @@ async function warmUp(model) {
     const [a, b] = times.slice(-2);
     if (!gpu && times.length >= WARM_UP.minRuns && Math.abs(a - b) <= WARM_UP.agree * Math.min(a, b)) break;
     await new Promise((r) => setTimeout(r, WARM_UP.pauseMs));
+  }
+  // A WebGPU fault the warm-up met moves the page to the CPU before the user scores.
+  if (gpu && state.model === model) {
+    try {
+      await trustWebGpu(model);
+    } catch (e) {
+      await fallBackToCpu(e);
+    }
   }
   return times.length;
 }
@@ -159,7 +204,8 @@ async function fetchModel(url) {
 }
 
 // Loads model bytes on the chosen backend; on a WebGPU failure, falls back to the CPU.
-async function loadModel(bytes, name) {
+// `fallbackReason`: why the page is moving to the CPU, for the status line.
+async function loadModel(bytes, name, fallbackReason = null) {
   const backend = $("backend").value;
   say(`Preparing ${name} on ${backend === "auto" ? "the best backend" : backend}…`);
   await yieldToBrowser();
@@ -167,13 +213,16 @@ async function loadModel(bytes, name) {
   let model;
   try {
     model = await state.wasm.CxrModel.load(bytes, backend);
+    await trustWebGpu(model);
   } catch (e) {
     if (backend === "cpu") throw e;
     // A WebGPU failure must not stop the page: run on the CPU.
+    if (model) model.free();
     state.wasm.check_model_file(bytes); // a damaged file is reported as such, not as a GPU problem
     model = await state.wasm.CxrModel.load(bytes, "cpu");
     model.fallbackReason = String(e.message || e);
   }
+  if (fallbackReason) model.fallbackReason = fallbackReason;
   if (state.model) state.model.free();
   state.model = model;
   state.modelBytes = bytes;
@@ -360,17 +409,8 @@ async function scoreEach(files, fromForm) {
       if (!fromForm && files.length === 1) prefillFromHeader(info);
       const pixels = state.model.view(bytes);
       const started = performance.now();
-      let prediction;
-      try {
-        prediction = JSON.parse(await state.model.predict(bytes, JSON.stringify(ehrValues())));
-      } catch (e) {
-        if (state.model.backend().startsWith("CPU")) throw e;
-        // A failing WebGPU call: move to the CPU and try again.
-        $("backend").value = "cpu";
-        await loadModel(state.modelBytes, state.modelName);
-        state.model.fallbackReason = String(e.message || e);
-        prediction = JSON.parse(await state.model.predict(bytes, JSON.stringify(ehrValues())));
-      }
+      // A failing WebGPU call, or one WebGPU reported trouble with: the CPU's answer.
+      const prediction = JSON.parse(await computeTrusted((m) => m.predict(bytes, JSON.stringify(ehrValues()))));
       const ms = Math.round(performance.now() - started);
       results.append(resultCard(file.name, info, prediction, pixels, ms));
       for (const [head, probs] of [["image", prediction.image], ["image+ehr", prediction.image_ehr]]) {
@@ -386,7 +426,8 @@ async function scoreEach(files, fromForm) {
       results.append(card);
     }
   }
-  say(`Ready: ${state.modelName} on ${state.model.backend()}.`);
+  const reason = state.model.fallbackReason;
+  say(`Ready: ${state.modelName} on ${state.model.backend()}${reason ? `, because WebGPU failed: ${reason}` : ""}.`);
   $("csv").hidden = state.rows.length === 0;
 }
 
@@ -496,13 +537,13 @@ window.cxrMsn = {
   // prediction (labels, image, image_ehr, operating_points, attention, grid).
   async score(blob, ehr = {}) {
     const bytes = new Uint8Array(await blob.arrayBuffer());
-    return busy(async () => JSON.parse(await state.model.predict(bytes, JSON.stringify(ehr))));
+    return busy(async () => JSON.parse(await computeTrusted((m) => m.predict(bytes, JSON.stringify(ehr)))));
   },
   // The encoder's [CLS] embedding of a File or Blob (an array of the model's width): the
   // view `score` sees, without the heads.
   async embed(blob) {
     const bytes = new Uint8Array(await blob.arrayBuffer());
-    return busy(async () => JSON.parse(await state.model.embed(bytes)));
+    return busy(async () => JSON.parse(await computeTrusted((m) => m.embed(bytes))));
   },
   backend: () => state.model && state.model.backend(),
   // The current model's warm-up (see WARM_UP): resolves to the number of runs it made.
@@ -511,4 +552,17 @@ window.cxrMsn = {
   // the document each time a model is loaded.
   model: () => state.model,
   summary: () => state.summary,
+  // For learn.js after each of its model calls: true while the current model's results can
+  // be trusted; false once WebGPU reported trouble, after moving the page to the CPU (a new
+  // model, announced by the `cxr-msn-model` event).
+  async trustworthy() {
+    const model = state.model;
+    try {
+      await trustWebGpu(model);
+      return true;
+    } catch (e) {
+      if (state.model === model) await fallBackToCpu(e);
+      return false;
+    }
+  },
 };

@@ -114,11 +114,14 @@ function setState(name, state, text = "") {
 
 let queue = Promise.resolve();
 
+// A result WebGPU reported trouble with is dropped: the page then moves to the CPU and
+// announces a new model, for which every panel is computed again (app.js, gpu-guard.js).
 function modelCall(isStale, fn) {
   const job = queue.then(async () => {
     if (isStale()) throw STALE;
     await yieldToBrowser();
     const out = await fn(learn.model);
+    if (!(await window.cxrMsn.trustworthy())) throw STALE;
     if (isStale()) throw STALE;
     return out;
   });

@@ -16,7 +16,9 @@
 // the site's own files. Learn mode: every panel for a bundled sample, the mask slider, a
 // new draw of views and the same seed again, the EHR moving only the fused side, WebGPU
 // agreeing with the CPU (and the browser accepting every WebGPU shader the page made), and
-// the custom element with mode="learn". Screenshots go to
+// the custom element with mode="learn". A WebGPU shader the browser rejects (one spoiled on
+// purpose) moves the page, and learn mode, to the CPU with its numbers and says why
+// (static/gpu-guard.js). Screenshots go to
 // SCREENSHOTS (default ./screenshots).
 
 import { createServer } from "node:http";
@@ -98,10 +100,11 @@ function watchRequests(page, sink) {
   page.on("request", (r) => sink.push(r.url()));
   if (page.__watched) return;
   page.__watched = true;
+  page.__console = [];
   page.on("console", (m) => {
     const text = m.text();
     if (text.startsWith("csp-violation ")) violations.push(text);
-    else consoleLines.push(text);
+    else consoleLines.push(text), page.__console.push(text);
   });
   page.addInitScript(() => document.addEventListener("securitypolicyviolation", (e) =>
     console.log(`csp-violation ${e.violatedDirective} ${e.blockedURI} ${e.sourceFile}:${e.lineNumber}`)));
@@ -124,13 +127,13 @@ function watchRequests(page, sink) {
 }
 
 // How many WebGPU shaders the page has created and which the browser rejected, with the
-// WebGPU errors any page reported on the console so far (cubecl-wgpu's error callback).
+// WebGPU errors it reported on its console (cubecl-wgpu's error callback panics there).
 async function shaderReport(page) {
   const checked = await page.evaluate(async () => (await Promise.all(window.__shaderChecks || [])));
   return {
     created: checked.length,
     rejected: checked.flat(),
-    errors: consoleLines.filter((l) => /wgpu error|WebGPU error|Invalid ShaderModule/i.test(l)),
+    errors: page.__console.filter((l) => /wgpu error|WebGPU error|Invalid ShaderModule/i.test(l)),
   };
 }
 function assertShadersValid(report) {
@@ -330,6 +333,43 @@ await check("WebGPU: `auto` refuses the software adapter; `webgpu` uses it, agre
   console.log(`     largest difference, WebGPU (SwiftShader) vs CPU: ${worst.toExponential(2)}`);
   assertShadersValid(await shaderReport(page));
   await page.screenshot({ path: join(shots, "5-webgpu.png") });
+  await page.close();
+});
+
+// Makes the page's first matrix-product shader declare the subgroup extension the device
+// lacks: the browser rejects it on the side, as it did autotune's kernel (BENCHMARKS.md),
+// while the call that uses it still returns.
+async function spoilFirstMatmulShader(page) {
+  await page.addInitScript(() => {
+    const create = GPUDevice.prototype.createShaderModule;
+    let spoiled = 0;
+    GPUDevice.prototype.createShaderModule = function (descriptor) {
+      if (!spoiled && /^matmul/.test(descriptor.label || "")) {
+        spoiled++;
+        descriptor = { ...descriptor, code: `enable subgroups;\n${descriptor.code}` };
+      }
+      return create.call(this, descriptor);
+    };
+  });
+}
+const FELL_BACK = /on CPU .*because WebGPU failed: the browser rejected the GPU shader matmul.*subgroups/;
+
+await check("WebGPU: a shader the browser rejects moves the page to the CPU, which says why, and the scores are the CPU's", async () => {
+  const page = await gpuBrowser.newPage();
+  watchRequests(page, allUrls);
+  await spoilFirstMatmulShader(page);
+  await page.goto(`${origin}/index.html?notice=0&backend=webgpu&warmup=0`);
+  await page.waitForFunction(() => /^Ready: .* on WebGPU/.test(document.getElementById("model-status").textContent), null, { timeout: 180000 });
+  const prediction = await page.evaluate(async () => {
+    const blob = await (await fetch("samples/NORMAL2-IM-1438-0001.jpeg")).blob();
+    return window.cxrMsn.score(blob, { sex: "F", age: 4, view: "AP" });
+  });
+  const status = await page.textContent("#model-status");
+  assert(FELL_BACK.test(status), `the page moved to the CPU and says why: ${status}`);
+  assert(await page.evaluate(() => window.cxrMsn.backend().startsWith("CPU")), "the model now runs on the CPU");
+  const worst = Math.max(...prediction.image.map((v, i) => Math.abs(v - cpuScores.image[i])));
+  assert(worst < 1e-5, `the scores returned are the CPU's: largest difference ${worst}`);
+  console.log(`     ${status.slice(0, 160)}…`);
   await page.close();
 });
 
@@ -584,6 +624,24 @@ await check("learn mode on WebGPU (Chromium's software adapter): every panel, th
   console.log(`     learn mode, WebGPU (SwiftShader) vs CPU: largest relative difference ${worst.toExponential(2)}`);
   assertShadersValid(await shaderReport(page));
   await page.screenshot({ path: join(shots, "11-learn-webgpu.png") });
+  await page.close();
+});
+
+await check("learn mode on WebGPU with a shader the browser rejects: every panel computed again on the CPU, with its numbers", async () => {
+  assert(cpuLearn, "the CPU learn page gave no numbers");
+  const page = await gpuBrowser.newPage({ viewport: { width: 1100, height: 1400 } });
+  watchRequests(page, allUrls);
+  await spoilFirstMatmulShader(page);
+  await page.goto(`${origin}/index.html?notice=0&backend=webgpu&mode=learn`);
+  await learnReady(page);
+  const status = await page.textContent("#model-status");
+  assert(FELL_BACK.test(status), `learn mode moved to the CPU and says why: ${status}`);
+  const moved = await learnNumbers(page);
+  const pairs = [[moved.cosine, cpuLearn.cosine], [moved.maskCe, cpuLearn.maskCe], ...moved.viewsCe.map((v, i) => [v, cpuLearn.viewsCe[i]]),
+    ...moved.massAfter.map((v, i) => [v, cpuLearn.massAfter[i]])];
+  const worst = Math.max(...pairs.map(([a, b]) => Math.abs(a - b) / Math.max(1, Math.abs(b))));
+  assert(moved.viewsCe.length === cpuLearn.viewsCe.length && worst < 1e-5,
+    `the CPU's numbers: largest relative difference ${worst}: ${JSON.stringify({ moved, cpu: cpuLearn })}`);
   await page.close();
 });
 
