@@ -73,6 +73,18 @@ async function fallBackToCpu(error) {
   await loadModel(state.modelBytes, state.modelName, String(error.message || error));
 }
 
+// True while `model`'s results can be trusted; false once WebGPU reported trouble, after
+// moving the page to the CPU if `model` is still the current one.
+async function trustOrMove(model) {
+  try {
+    await trustWebGpu(model);
+    return true;
+  } catch (e) {
+    if (state.model === model) await fallBackToCpu(e);
+    return false;
+  }
+}
+
 // Runs `work(model)` on the current model and returns its result; on WebGPU, a failure or
 // anything WebGPU reported meanwhile moves the page to the CPU and runs it again there.
 async function computeTrusted(work) {
@@ -129,13 +141,7 @@ async function warmUp(model) {
     await new Promise((r) => setTimeout(r, WARM_UP.pauseMs));
   }
   // A WebGPU fault the warm-up met moves the page to the CPU before the user scores.
-  if (gpu && state.model === model) {
-    try {
-      await trustWebGpu(model);
-    } catch (e) {
-      await fallBackToCpu(e);
-    }
-  }
+  if (gpu) await trustOrMove(model);
   return times.length;
 }
 
@@ -555,14 +561,5 @@ window.cxrMsn = {
   // For learn.js after each of its model calls: true while the current model's results can
   // be trusted; false once WebGPU reported trouble, after moving the page to the CPU (a new
   // model, announced by the `cxr-msn-model` event).
-  async trustworthy() {
-    const model = state.model;
-    try {
-      await trustWebGpu(model);
-      return true;
-    } catch (e) {
-      if (state.model === model) await fallBackToCpu(e);
-      return false;
-    }
-  },
+  trustworthy: () => trustOrMove(state.model),
 };
