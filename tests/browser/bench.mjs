@@ -18,43 +18,11 @@
 //   DIST=../../dist node bench.mjs
 //   scripts/bench-browser      (exports the page's own model to ONNX, installs onnxruntime-web)
 
-import { createServer } from "node:http";
-import { readFileSync, existsSync, statSync } from "node:fs";
-import { gzipSync } from "node:zlib";
-import { extname, join, resolve } from "node:path";
+import { readFileSync } from "node:fs";
 import { chromium } from "playwright-core";
+import { serve } from "./serve.mjs";
 
-const here = new URL(".", import.meta.url).pathname;
-const dist = resolve(process.env.DIST || join(here, "../../dist"));
-const TYPES = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css", ".wasm": "application/wasm", ".json": "application/json" };
-const ortModel = process.env.ORT_MODEL;
-const ortDir = process.env.ORT_DIR && resolve(process.env.ORT_DIR);
-const ORT_PAGE = `<!DOCTYPE html><html><head><meta charset="utf-8"><script src="/ort/ort.min.js"></script></head><body></body></html>`;
-const served = [];
-const server = createServer((req, res) => {
-  const path = decodeURIComponent(new URL(req.url, "http://x").pathname);
-  if (ortModel && path === "/ort.html") {
-    res.writeHead(200, { "Content-Type": "text/html" });
-    return res.end(ORT_PAGE);
-  }
-  if (ortModel && (path === "/ort-model.onnx" || path.startsWith("/ort/"))) {
-    const file = path === "/ort-model.onnx" ? ortModel : join(ortDir, path.slice(5));
-    if (!existsSync(file)) { res.writeHead(404); return res.end(); }
-    res.writeHead(200, { "Content-Type": TYPES[extname(file)] || "application/octet-stream" });
-    return res.end(readFileSync(file));
-  }
-  const file = join(dist, path.endsWith("/") ? path + "index.html" : path);
-  if (!file.startsWith(dist) || !existsSync(file) || !statSync(file).isFile()) {
-    res.writeHead(404);
-    return res.end();
-  }
-  const body = readFileSync(file);
-  served.push({ path, raw: body.length, gzip: gzipSync(body, { level: 9 }).length });
-  res.writeHead(200, { "Content-Type": TYPES[extname(file)] || "application/octet-stream", "Content-Length": body.length });
-  res.end(body);
-});
-await new Promise((r) => server.listen(0, "127.0.0.1", r));
-const origin = `http://127.0.0.1:${server.address().port}`;
+const { origin, served, close, ortModel } = await serve();
 const FLAGS = ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-background-networking",
   "--disable-component-update", "--disable-sync", "--no-first-run", "--enable-unsafe-webgpu"];
 const launch = () => chromium.launch({ executablePath: "/usr/bin/chromium", args: FLAGS });
@@ -320,4 +288,4 @@ if (ort) {
   }
 }
 await browser.close();
-server.close();
+close();
