@@ -12,7 +12,9 @@
 //! embedding ([`patch_embed`]) and its attention ([`attention_from_qkv`]) take a path of
 //! their own on the CPU outside a graph with the `cpu-kernels` feature
 //! (`crate::flex_forward`, in the trainer and the page), and in a graph with `autodiff`
-//! ([`has_product_kernels`]). Every other device keeps Burn's own operations.
+//! ([`has_product_kernels`]). On a GPU without subgroup operations (WebGPU in a browser)
+//! the linear layers take a kernel of their own with the `gpu-kernels` feature
+//! (`crate::gpu_kernels`). Every other device keeps Burn's own operations.
 //!
 //! Accuracy: [`exp`] is within 2 ulp of the exact value over the range softmax uses
 //! (arguments at most 0), [`erf`] within 6e-7 of the exact value (Abramowitz and Stegun
@@ -153,6 +155,13 @@ pub fn layer_norm<const D: usize>(norm: &LayerNorm, eps: f64, x: Tensor<D>) -> T
 /// written straight into the output, which starts as the bias (`crate::gemm_call`), and
 /// in a graph a backward pass of its own; elsewhere Burn's.
 pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
+    #[cfg(feature = "gpu-kernels")]
+    if let Some(bias) = &layer.bias
+        && let (w, b) = (layer.weight.val(), bias.val())
+        && crate::gpu_kernels::takes(&x, &w, &b)
+    {
+        return crate::gpu_kernels::linear(x, w, b);
+    }
     #[cfg(feature = "cpu-kernels")]
     if let Some(bias) = &layer.bias
         && let route = route(&x)

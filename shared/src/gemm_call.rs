@@ -14,7 +14,7 @@
 //!
 //! The products are `gemm`'s (as Burn's are), whose entry point is `unsafe`: it takes raw
 //! pointers with strides. [`product`] and [`product_into`] check every bound it relies on
-//! first. This is the model crate's one `unsafe` code.
+//! first. This and gpu_kernels.rs's launch are the model crate's `unsafe` code.
 
 #![allow(unsafe_code)]
 

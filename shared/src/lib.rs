@@ -35,7 +35,8 @@
 //! Tensor shapes are written in each function's docs as `[B, C, H, W]` and the like:
 //! B images, M anchor views per image, D the ViT width, K prototypes.
 
-// One module calls `unsafe` code, with the bounds it relies on checked first: gemm_call.rs.
+// Two modules call `unsafe` code, with the bounds it relies on checked first: gemm_call.rs
+// (gemm's products) and gpu_kernels.rs (an unchecked kernel launch).
 #![deny(unsafe_code)]
 
 pub mod checkpoint;
@@ -51,6 +52,8 @@ pub mod error;
 mod flex_forward;
 #[cfg(feature = "cpu-kernels")]
 mod gemm_call;
+#[cfg(feature = "gpu-kernels")]
+pub mod gpu_kernels;
 #[cfg(feature = "autodiff")]
 mod graph_kernels;
 pub mod heads;

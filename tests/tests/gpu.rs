@@ -372,3 +372,53 @@ fn learn_mode_on_the_wgpu_adapter_matches_the_cpu() {
         }
     }
 }
+
+/// The linear layers' own GPU kernel (`cxr_msn::gpu_kernels`, which the page uses on
+/// WebGPU, where there are no subgroups) on the wgpu adapter against the product computed
+/// here in f64: rows that are not a multiple of its 32-row blocks, depths and widths that
+/// are not multiples of 32 (but of 4, as it needs), a single row, and the ViT-Tiny block's
+/// own shapes.
+#[test]
+fn the_gpu_linear_kernel_matches_an_f64_product() {
+    use burn::tensor::{Tensor, TensorData};
+    use cxr_msn_trainer::device::{DeviceArg, choose};
+    use rand::{RngExt, SeedableRng, rngs::StdRng};
+
+    if !gpu_test_runs() {
+        return;
+    }
+    let gpu = choose(DeviceArg::Gpu).unwrap().device;
+    let mut rng = StdRng::seed_from_u64(11);
+    for (batch, rows, k, n) in [
+        (1, 197, 192, 576),
+        (2, 197, 768, 192),
+        (1, 1, 36, 12),
+        (3, 5, 4, 40),
+        (1, 40, 100, 36),
+    ] {
+        let mut values =
+            |len: usize| -> Vec<f32> { (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect() };
+        let (x, w, b) = (values(batch * rows * k), values(k * n), values(n));
+        let y = cxr_msn::gpu_kernels::linear(
+            Tensor::<3>::from_data(TensorData::new(x.clone(), [batch, rows, k]), &gpu),
+            Tensor::<2>::from_data(TensorData::new(w.clone(), [k, n]), &gpu),
+            Tensor::<1>::from_data(TensorData::new(b.clone(), [n]), &gpu),
+        );
+        assert_eq!(y.dims(), [batch, rows, n]);
+        let y = y.into_data().try_to_vec::<f32>().unwrap();
+        let mut worst = 0f64;
+        for r in 0..batch * rows {
+            for c in 0..n {
+                let exact = b[c] as f64
+                    + (0..k)
+                        .map(|i| x[r * k + i] as f64 * w[i * n + c] as f64)
+                        .sum::<f64>();
+                worst = worst.max((y[r * n + c] as f64 - exact).abs());
+            }
+        }
+        assert!(
+            worst < 1e-4,
+            "[{batch}, {rows}, {k}] x [{k}, {n}]: off by {worst:e} from the f64 product"
+        );
+    }
+}
