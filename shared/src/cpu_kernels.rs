@@ -302,8 +302,9 @@ fn patch_embed_by_product(
 /// where the route has kernels of its own ([`has_product_kernels`]), each head's two
 /// products written straight into the attention weights and the output around
 /// [`softmax_rows`] (`crate::flex_forward`), and in a graph a backward step that writes the
-/// gradients of q, k and v into one buffer (`crate::graph_kernels`). Elsewhere `None`: the
-/// caller composes Burn's operations. `range` picks which of the `heads` heads are
+/// gradients of q, k and v into one buffer (`crate::graph_kernels`); all heads on a GPU
+/// without subgroup operations with the `gpu-kernels` feature (`crate::gpu_kernels`).
+/// Elsewhere `None`: the caller composes Burn's operations. `range` picks which of the `heads` heads are
 /// computed: all (`0..heads`), or a group (`forward_in_pieces`), whose output is those
 /// heads' columns of the whole.
 pub fn attention_from_qkv(
@@ -320,6 +321,10 @@ pub fn attention_from_qkv(
     if route == Route::Host {
         return Some(crate::flex_forward::attention(qkv.clone(), heads, range));
     }
+    #[cfg(feature = "gpu-kernels")]
+    if range == (0..heads) && crate::gpu_kernels::takes_attention(qkv, heads) {
+        return Some(crate::gpu_kernels::attention(qkv.clone(), heads).0);
+    }
     let _ = (qkv, heads, range, route);
     None
 }
@@ -327,7 +332,8 @@ pub fn attention_from_qkv(
 /// [`attention_from_qkv`] of all `heads` heads with the attention weights `[B, heads, N,
 /// N]` (for explanation maps): on the CPU outside a graph with the `cpu-kernels` feature,
 /// each head's `q k^T` and softmax in place in its block of the weights
-/// (`crate::flex_forward`). Elsewhere `None`: the caller composes Burn's operations.
+/// (`crate::flex_forward`); on a GPU without subgroup operations with the `gpu-kernels`
+/// feature, `crate::gpu_kernels`. Elsewhere `None`: the caller composes Burn's operations.
 pub fn attention_and_weights(qkv: &Tensor<3>, heads: usize) -> Option<(Tensor<3>, Tensor<4>)> {
     #[cfg(feature = "cpu-kernels")]
     if route(qkv) == Route::Host {
@@ -335,6 +341,10 @@ pub fn attention_and_weights(qkv: &Tensor<3>, heads: usize) -> Option<(Tensor<3>
             qkv.clone(),
             heads,
         ));
+    }
+    #[cfg(feature = "gpu-kernels")]
+    if crate::gpu_kernels::takes_attention(qkv, heads) {
+        return Some(crate::gpu_kernels::attention(qkv.clone(), heads));
     }
     let _ = (qkv, heads);
     None

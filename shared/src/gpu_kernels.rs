@@ -14,9 +14,10 @@
 //! Only inference outside an autodiff graph comes here ([`takes`]); every other device and
 //! graph keeps Burn's products.
 
+use burn::backend::fusion::custom::TensorSpec;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Dispatch, DispatchDevice, backend_extension};
-use burn::tensor::{DType, Shape, Tensor};
+use burn::tensor::{DType, Device, Shape, Tensor};
 use burn_cubecl::CubeBackend;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
@@ -42,6 +43,25 @@ pub trait GpuKernels: burn::backend::Backend {
         w: FloatTensor<Self>,
         b: FloatTensor<Self>,
     ) -> FloatTensor<Self>;
+
+    /// Multi-head self-attention of all `heads` heads from the fused projection `qkv`
+    /// `[B, N, 3D]` (q, k and v side by side, each head-major), f32: the heads side by side
+    /// `[B, N, D]`, each `softmax(q k^T / sqrt(D / heads)) v`, and the weights `[B, heads,
+    /// N, N]`.
+    #[fusion(meta = attention_meta)]
+    fn tiled_attention(
+        qkv: FloatTensor<Self>,
+        heads: usize,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+}
+
+/// [`GpuKernels::tiled_attention`]'s outputs: `[B, N, D]` and `[B, heads, N, N]`.
+fn attention_meta(qkv: &TensorSpec, heads: &usize) -> (TensorSpec, TensorSpec) {
+    let [b, n, d3] = [qkv.shape[0], qkv.shape[1], qkv.shape[2]];
+    (
+        TensorSpec::new(Shape::new([b, n, d3 / 3]), qkv.dtype),
+        TensorSpec::new(Shape::new([b, *heads, n, n]), qkv.dtype),
+    )
 }
 
 /// The output shape of `x` `[.., K]` times `w` `[K, N]`: `[.., N]`.
@@ -87,6 +107,238 @@ impl GpuKernels for CubeBackend {
             )
         };
         out
+    }
+
+    #[allow(unsafe_code)]
+    fn tiled_attention(qkv: CubeTensor, heads: usize) -> (CubeTensor, CubeTensor) {
+        let qkv = into_contiguous(qkv);
+        let dims = qkv.meta.shape().clone();
+        let (b, n, d3) = (dims[0], dims[1], dims[2]);
+        let (d, hd) = (d3 / 3, d3 / 3 / heads);
+        let client = qkv.client.clone();
+        let device = qkv.device.clone();
+        let weights = empty_device_contiguous_dtype(
+            client.clone(),
+            device.clone(),
+            Shape::new([b, heads, n, n]),
+            DType::F32,
+        );
+        let out = empty_device_contiguous_dtype(
+            client.clone(),
+            device,
+            Shape::new([b, n, d]),
+            DType::F32,
+        );
+        let cubes = |rows: usize, cols: usize| {
+            CubeCount::Static(
+                cols.div_ceil(BLOCK) as u32,
+                rows.div_ceil(BLOCK) as u32,
+                (b * heads) as u32,
+            )
+        };
+        let dim = CubeDim::new_2d(UNITS as u32, UNITS as u32);
+        // Safety of the unchecked launches: every read and write is guarded by the shapes
+        // passed with it, and the offsets and strides below stay within the buffers: the
+        // contiguous qkv `[B, N, 3D]`, the weights `[B, heads, N, N]`, the output `[B, N, D]`.
+        unsafe {
+            // The scores q k^T / sqrt(hd): q is (token, depth) at `h hd + depth` of a token's
+            // row, k^T (depth, token) at `D + h hd + depth`.
+            batched_kernel::launch_unchecked(
+                &client,
+                cubes(n, n),
+                dim,
+                qkv.clone().into_buffer_arg(),
+                qkv.clone().into_buffer_arg(),
+                weights.clone().into_buffer_arg(),
+                n,
+                hd,
+                n,
+                heads,
+                // q: (token, depth) at `h hd + depth` of the token's row.
+                0,
+                n * d3,
+                hd,
+                d3,
+                1,
+                // k^T: (depth, token) at `D + h hd + depth` of the token's row.
+                d,
+                n * d3,
+                hd,
+                1,
+                d3,
+                // The weights `[B, heads, N, N]`.
+                heads * n * n,
+                n * n,
+                n,
+                (hd as f32).powf(-0.5),
+            );
+            let rows = b * heads * n;
+            let row_dim = CubeDim::new_1d(64);
+            softmax_rows_kernel::launch_unchecked(
+                &client,
+                CubeCount::Static(rows.div_ceil(64) as u32, 1, 1),
+                row_dim,
+                weights.clone().into_buffer_arg(),
+                rows,
+                n,
+            );
+            // The weights times v, v (token, depth) at `2D + h hd + depth`, into the head's
+            // columns of the output.
+            batched_kernel::launch_unchecked(
+                &client,
+                cubes(n, hd),
+                dim,
+                weights.clone().into_buffer_arg(),
+                qkv.into_buffer_arg(),
+                out.clone().into_buffer_arg(),
+                n,
+                n,
+                hd,
+                heads,
+                // The weights.
+                0,
+                heads * n * n,
+                n * n,
+                n,
+                1,
+                // v: (token, depth) at `2D + h hd + depth` of the token's row.
+                2 * d,
+                n * d3,
+                hd,
+                d3,
+                1,
+                // The output `[B, N, D]`, head h in columns `h hd ..`.
+                n * d,
+                hd,
+                d,
+                1.0,
+            );
+        }
+        (out, weights)
+    }
+}
+
+/// One 32 x 32 block of one product `scale a b` of a batch per workgroup of 8 x 8 units,
+/// in single values (any shapes and strides; the batch index is the workgroup's z), unit
+/// `(tx, ty)` computing rows `4 ty ..` and columns `4 tx ..` of the block.
+///
+/// The sizes: `m`, `k`, `n` of each product, `inner` the batch's inner count (heads). The
+/// operands: element `(row, col)` of product `(o, i)` of `a` at `a_offset + o a_outer +
+/// i a_inner + row a_rows + col a_cols`, of `b` likewise, of `out` at `o o_outer + i o_inner
+/// + row o_rows + col`.
+#[allow(clippy::too_many_arguments)]
+#[cube(launch_unchecked)]
+fn batched_kernel(
+    a: &[f32],
+    b: &[f32],
+    out: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    inner: usize,
+    a_offset: usize,
+    a_outer: usize,
+    a_inner: usize,
+    a_rows: usize,
+    a_cols: usize,
+    b_offset: usize,
+    b_outer: usize,
+    b_inner: usize,
+    b_rows: usize,
+    b_cols: usize,
+    o_outer: usize,
+    o_inner: usize,
+    o_rows: usize,
+    scale: f32,
+) {
+    let tx = UNIT_POS_X as usize;
+    let ty = UNIT_POS_Y as usize;
+    let unit = ty * UNITS + tx;
+    let z = CUBE_POS_Z as usize;
+    let (zo, zi) = (z / inner, z % inner);
+    let a_base = a_offset + zo * a_outer + zi * a_inner;
+    let b_base = b_offset + zo * b_outer + zi * b_inner;
+    let o_base = zo * o_outer + zi * o_inner;
+    let row0 = CUBE_POS_Y as usize * BLOCK;
+    let col0 = CUBE_POS_X as usize * BLOCK;
+    // [32 rows][32 depths] of a, [32 depths][32 columns] of b.
+    let mut a_tile = Shared::<[f32]>::new_slice(BLOCK * BLOCK);
+    let mut b_tile = Shared::<[f32]>::new_slice(BLOCK * BLOCK);
+    let mut acc = Array::<f32>::new(WIDTH * WIDTH);
+    #[unroll]
+    for i in 0..WIDTH * WIDTH {
+        acc[i] = 0.0f32;
+    }
+    let steps = k.div_ceil(BLOCK);
+    for step in 0..steps {
+        let k0 = step * BLOCK;
+        // 1024 values of each slice, 16 per unit.
+        #[unroll]
+        for i in 0..WIDTH * WIDTH {
+            let slot = unit + i * UNITS * UNITS;
+            let r = slot / BLOCK;
+            let c = slot % BLOCK;
+            let mut av = 0.0f32;
+            if row0 + r < m && k0 + c < k {
+                av = a[a_base + (row0 + r) * a_rows + (k0 + c) * a_cols];
+            }
+            a_tile[slot] = av;
+            let mut bv = 0.0f32;
+            if k0 + r < k && col0 + c < n {
+                bv = b[b_base + (k0 + r) * b_rows + (col0 + c) * b_cols];
+            }
+            b_tile[slot] = bv;
+        }
+        sync_cube();
+        for depth in 0..BLOCK {
+            #[unroll]
+            for r in 0..WIDTH {
+                let av = a_tile[(ty * WIDTH + r) * BLOCK + depth];
+                #[unroll]
+                for c in 0..WIDTH {
+                    acc[r * WIDTH + c] += av * b_tile[depth * BLOCK + tx * WIDTH + c];
+                }
+            }
+        }
+        sync_cube();
+    }
+    #[unroll]
+    for r in 0..WIDTH {
+        #[unroll]
+        for c in 0..WIDTH {
+            let row = row0 + ty * WIDTH + r;
+            let col = col0 + tx * WIDTH + c;
+            if row < m && col < n {
+                out[o_base + row * o_rows + col] = acc[r * WIDTH + c] * scale;
+            }
+        }
+    }
+}
+
+/// The softmax of each of `rows` rows of `len` values of `x`, in place, one unit per row.
+#[cube(launch_unchecked)]
+fn softmax_rows_kernel(x: &mut [f32], rows: usize, len: usize) {
+    let row = ABSOLUTE_POS;
+    if row >= rows {
+        terminate!();
+    }
+    let base = row * len;
+    let mut top = x[base];
+    for i in 1..len {
+        let v = x[base + i];
+        if v > top {
+            top = v;
+        }
+    }
+    let mut sum = 0.0f32;
+    for i in 0..len {
+        let e = (x[base + i] - top).exp();
+        x[base + i] = e;
+        sum += e;
+    }
+    let inv = 1.0f32 / sum;
+    for i in 0..len {
+        x[base + i] *= inv;
     }
 }
 
@@ -191,6 +443,11 @@ pub fn takes<const D: usize>(x: &Tensor<D>, w: &Tensor<2>, b: &Tensor<1>) -> boo
     if k % WIDTH != 0 || n % WIDTH != 0 || x.dims()[D - 1] != k {
         return false;
     }
+    lacks_subgroups(&device)
+}
+
+/// Whether `device` is a cubecl device without subgroup (plane) operations.
+fn lacks_subgroups(device: &Device) -> bool {
     match device.as_dispatch() {
         DispatchDevice::Cube(cube) => !cube
             .client()
@@ -214,4 +471,28 @@ pub fn linear<const D: usize>(x: Tensor<D>, w: Tensor<2>, b: Tensor<1>) -> Tenso
         w.into_dispatch(),
         b.into_dispatch(),
     ))
+}
+
+/// Whether the attention of `heads` heads from `qkv` `[B, N, 3D]` comes here: f32 values on
+/// a cubecl device without subgroup operations, outside an autodiff graph ([`takes`]).
+pub fn takes_attention(qkv: &Tensor<3>, heads: usize) -> bool {
+    let device = qkv.device();
+    let [_, _, d3] = qkv.dims();
+    !device.is_autodiff()
+        && qkv.dtype() == DType::F32
+        && heads > 0
+        && d3 % (3 * heads) == 0
+        && lacks_subgroups(&device)
+}
+
+/// Multi-head self-attention of all `heads` heads from `qkv` `[B, N, 3D]` by
+/// [`batched_kernel`] and [`softmax_rows_kernel`]: the heads side by side `[B, N, D]` and
+/// the weights `[B, heads, N, N]`.
+///
+/// # Panics
+/// When `qkv` is not an f32 tensor of a cubecl device outside an autodiff graph, or `3
+/// heads` does not divide its width.
+pub fn attention(qkv: Tensor<3>, heads: usize) -> (Tensor<3>, Tensor<4>) {
+    let (out, weights) = Dispatch::tiled_attention(qkv.into_dispatch(), heads);
+    (Tensor::from_dispatch(out), Tensor::from_dispatch(weights))
 }

@@ -422,3 +422,68 @@ fn the_gpu_linear_kernel_matches_an_f64_product() {
         );
     }
 }
+
+/// The attention's own GPU kernels (`cxr_msn::gpu_kernels::attention`, the page's WebGPU
+/// path) on the wgpu adapter against attention computed here in f64 from the same fused
+/// projection: the heads side by side and the weights, for ViT-Tiny's shapes (two images),
+/// for token counts and head widths that are not multiples of the kernels' 32-wide blocks,
+/// and for one token.
+#[test]
+fn the_gpu_attention_kernels_match_an_f64_attention() {
+    use burn::tensor::{Tensor, TensorData};
+    use cxr_msn_trainer::device::{DeviceArg, choose};
+    use rand::{RngExt, SeedableRng, rngs::StdRng};
+
+    if !gpu_test_runs() {
+        return;
+    }
+    let gpu = choose(DeviceArg::Gpu).unwrap().device;
+    let mut rng = StdRng::seed_from_u64(13);
+    for (b, n, heads, hd) in [(2, 197, 3, 64), (1, 5, 2, 3), (1, 40, 1, 36), (1, 1, 2, 4)] {
+        let d = heads * hd;
+        let qkv: Vec<f32> = (0..b * n * 3 * d)
+            .map(|_| rng.random_range(-2.0f32..2.0))
+            .collect();
+        let (out, weights) = cxr_msn::gpu_kernels::attention(
+            Tensor::<3>::from_data(TensorData::new(qkv.clone(), [b, n, 3 * d]), &gpu),
+            heads,
+        );
+        assert_eq!(out.dims(), [b, n, d]);
+        assert_eq!(weights.dims(), [b, heads, n, n]);
+        let out = out.into_data().try_to_vec::<f32>().unwrap();
+        let weights = weights.into_data().try_to_vec::<f32>().unwrap();
+        let at = |img: usize, token: usize, col: usize| qkv[(img * n + token) * 3 * d + col] as f64;
+        let (mut worst_w, mut worst_o) = (0f64, 0f64);
+        for img in 0..b {
+            for h in 0..heads {
+                for i in 0..n {
+                    let scores: Vec<f64> = (0..n)
+                        .map(|j| {
+                            (0..hd)
+                                .map(|c| at(img, i, h * hd + c) * at(img, j, d + h * hd + c))
+                                .sum::<f64>()
+                                / (hd as f64).sqrt()
+                        })
+                        .collect();
+                    let top = scores.iter().cloned().fold(f64::MIN, f64::max);
+                    let total: f64 = scores.iter().map(|s| (s - top).exp()).sum();
+                    let p: Vec<f64> = scores.iter().map(|s| (s - top).exp() / total).collect();
+                    for (j, pj) in p.iter().enumerate() {
+                        let got = weights[((img * heads + h) * n + i) * n + j] as f64;
+                        worst_w = worst_w.max((got - pj).abs());
+                    }
+                    for c in 0..hd {
+                        let exact: f64 =
+                            (0..n).map(|j| p[j] * at(img, j, 2 * d + h * hd + c)).sum();
+                        let got = out[(img * n + i) * d + h * hd + c] as f64;
+                        worst_o = worst_o.max((got - exact).abs());
+                    }
+                }
+            }
+        }
+        assert!(
+            worst_w < 1e-5 && worst_o < 1e-4,
+            "b={b} n={n} heads={heads} hd={hd}: weights off by {worst_w:e}, output by {worst_o:e}"
+        );
+    }
+}
