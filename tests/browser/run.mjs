@@ -336,23 +336,25 @@ await check("WebGPU: `auto` refuses the software adapter; `webgpu` uses it, agre
   await page.close();
 });
 
-// Makes the page's first matrix-product shader declare the subgroup extension the device
-// lacks: the browser rejects it on the side, as it did autotune's kernel (BENCHMARKS.md),
-// while the call that uses it still returns.
+// Makes the page's first matrix-product shader (Burn's `matmul_*` or the model crate's own
+// `linear_kernel_*`, `batched_kernel_*`) declare the subgroup extension the device lacks:
+// the browser rejects it on the side, as it did autotune's kernel (BENCHMARKS.md), while the
+// call that uses it still returns.
+const PRODUCT_SHADER = "(?:matmul|linear_kernel|batched_kernel)";
 async function spoilFirstMatmulShader(page) {
-  await page.addInitScript(() => {
+  await page.addInitScript((product) => {
     const create = GPUDevice.prototype.createShaderModule;
     let spoiled = 0;
     GPUDevice.prototype.createShaderModule = function (descriptor) {
-      if (!spoiled && /^matmul/.test(descriptor.label || "")) {
+      if (!spoiled && new RegExp(`^${product}`).test(descriptor.label || "")) {
         spoiled++;
         descriptor = { ...descriptor, code: `enable subgroups;\n${descriptor.code}` };
       }
       return create.call(this, descriptor);
     };
-  });
+  }, PRODUCT_SHADER);
 }
-const FELL_BACK = /on CPU .*because WebGPU failed: the browser rejected the GPU shader matmul.*subgroups/;
+const FELL_BACK = new RegExp(`on CPU .*because WebGPU failed: the browser rejected the GPU shader ${PRODUCT_SHADER}.*subgroups`);
 
 await check("WebGPU: a shader the browser rejects moves the page to the CPU, which says why, and the scores are the CPU's", async () => {
   const page = await gpuBrowser.newPage();
