@@ -1,18 +1,21 @@
-//! The linear layers' matrix product on a GPU without subgroup operations (`gpu-kernels`
-//! feature; the page turns it on for WebGPU).
+//! The linear layers' and the attention's matrix products on a GPU without subgroup
+//! operations (`gpu-kernels` feature; the page turns it on for WebGPU).
 //!
 //! In a browser WebGPU offers no subgroups to wgpu, so Burn's matrix products fall back to
 //! cubek-matmul's unit-level routine, whatever its tiling. Profiled kernel by kernel on
 //! Chromium's WebGPU (`tests/browser/gpu-profile.mjs`, BENCHMARKS.md), those products were
-//! 95 % of the encoder's time and 1.8 times as slow per product as ONNX Runtime Web's. The
-//! kernel here is the classic shared-memory tiling that ONNX Runtime Web and most WebGPU
-//! code use: a workgroup of 8 x 8 units computes a 32 x 32 block of the output, stepping
-//! along the inner dimension 32 at a time; each step the units load the two 32 x 32 slices
-//! into shared memory, four vectors of four per unit, then each unit accumulates its four
-//! rows of four columns from them. The bias is added as the block is written.
+//! 95 % of the encoder's time, the linear layers' 1.8 times as slow per product as ONNX
+//! Runtime Web's. The kernels here are the classic shared-memory tiling that ONNX Runtime
+//! Web and most WebGPU code use: a workgroup of 8 x 8 units computes a 32 x 32 block of the
+//! output, stepping along the inner dimension 32 at a time; each step the units load the
+//! two 32 x 32 slices into shared memory, then each unit accumulates its four rows of four
+//! columns from them. `linear_kernel` loads vectors of four and adds the bias as the block
+//! is written; `batched_kernel` loads single values through strides, so that the
+//! attention's two products read the heads straight out of the qkv projection and write
+//! them side by side, around `softmax_rows_kernel`.
 //!
-//! Only inference outside an autodiff graph comes here ([`takes`]); every other device and
-//! graph keeps Burn's products.
+//! Only inference outside an autodiff graph comes here ([`takes`], [`takes_attention`]);
+//! every other device and graph keeps Burn's operations.
 
 use burn::backend::fusion::custom::TensorSpec;
 use burn::backend::tensor::FloatTensor;
@@ -31,7 +34,7 @@ const WIDTH: usize = 4;
 /// Units per workgroup along each axis (`BLOCK / WIDTH`).
 const UNITS: usize = BLOCK / WIDTH;
 
-/// The linear layer as a Burn backend extension: the cubecl backend runs [`linear_kernel`];
+/// The linear layer as a Burn backend extension: the cubecl backend runs `linear_kernel`;
 /// with Burn's `fusion` the call joins the lazy stream as an operation of its own.
 #[backend_extension(Cube, Fusion)]
 pub trait GpuKernels: burn::backend::Backend {
@@ -459,7 +462,7 @@ fn lacks_subgroups(device: &Device) -> bool {
     }
 }
 
-/// `x W + b` by [`linear_kernel`], whatever the device has ([`takes`] says where the
+/// `x W + b` by `linear_kernel`, whatever the device has ([`takes`] says where the
 /// linear layers use it).
 ///
 /// # Panics
@@ -486,7 +489,7 @@ pub fn takes_attention(qkv: &Tensor<3>, heads: usize) -> bool {
 }
 
 /// Multi-head self-attention of all `heads` heads from `qkv` `[B, N, 3D]` by
-/// [`batched_kernel`] and [`softmax_rows_kernel`]: the heads side by side `[B, N, D]` and
+/// `batched_kernel` and `softmax_rows_kernel`: the heads side by side `[B, N, D]` and
 /// the weights `[B, heads, N, N]`.
 ///
 /// # Panics
