@@ -34,8 +34,9 @@ const WIDTH: usize = 4;
 /// Units per workgroup along each axis (`BLOCK / WIDTH`).
 const UNITS: usize = BLOCK / WIDTH;
 
-/// The linear layer as a Burn backend extension: the cubecl backend runs `linear_kernel`;
-/// with Burn's `fusion` the call joins the lazy stream as an operation of its own.
+/// The linear layer and the attention as a Burn backend extension: the cubecl backend runs
+/// the kernels below; with Burn's `fusion` each call joins the lazy stream as an operation
+/// of its own.
 #[backend_extension(Cube, Fusion)]
 pub trait GpuKernels: burn::backend::Backend {
     /// `x W + b` over the last axis of `x` `[.., K]`, `W` `[K, N]`, `b` `[N]` -> `[.., N]`,
@@ -89,6 +90,9 @@ impl GpuKernels for CubeBackend {
             linear_shape(&dims, w.meta.shape()),
             DType::F32,
         );
+        if m == 0 || n == 0 {
+            return out;
+        }
         let client = out.client.clone();
         let cubes = CubeCount::Static(n.div_ceil(BLOCK) as u32, m.div_ceil(BLOCK) as u32, 1);
         // Safety of the unchecked launch: every read and write below is guarded by the
@@ -132,6 +136,9 @@ impl GpuKernels for CubeBackend {
             Shape::new([b, n, d]),
             DType::F32,
         );
+        if b * n * d == 0 {
+            return (out, weights);
+        }
         let cubes = |rows: usize, cols: usize| {
             CubeCount::Static(
                 cols.div_ceil(BLOCK) as u32,
