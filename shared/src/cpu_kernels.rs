@@ -13,8 +13,8 @@
 //! their own on the CPU outside a graph with the `cpu-kernels` feature
 //! (`crate::flex_forward`, in the trainer and the page), and in a graph with `autodiff`
 //! ([`has_product_kernels`]). On a GPU without subgroup operations (WebGPU in a browser)
-//! the linear layers take a kernel of their own with the `gpu-kernels` feature
-//! (`crate::gpu_kernels`). Every other device keeps Burn's own operations.
+//! the linear layers and the attention take kernels of their own with the `gpu-kernels`
+//! feature (`crate::gpu_kernels`). Every other device keeps Burn's own operations.
 //!
 //! Accuracy: [`exp`] is within 2 ulp of the exact value over the range softmax uses
 //! (arguments at most 0), [`erf`] within 6e-7 of the exact value (Abramowitz and Stegun
@@ -304,9 +304,9 @@ fn patch_embed_by_product(
 /// [`softmax_rows`] (`crate::flex_forward`), and in a graph a backward step that writes the
 /// gradients of q, k and v into one buffer (`crate::graph_kernels`); all heads on a GPU
 /// without subgroup operations with the `gpu-kernels` feature (`crate::gpu_kernels`).
-/// Elsewhere `None`: the caller composes Burn's operations. `range` picks which of the `heads` heads are
-/// computed: all (`0..heads`), or a group (`forward_in_pieces`), whose output is those
-/// heads' columns of the whole.
+/// Elsewhere `None`: the caller composes Burn's operations. `range` picks which of the
+/// `heads` heads are computed: all (`0..heads`), or a group (`forward_in_pieces`), whose
+/// output is those heads' columns of the whole.
 pub fn attention_from_qkv(
     qkv: &Tensor<3>,
     heads: usize,

@@ -19,7 +19,8 @@ import { serve } from "./serve.mjs";
 
 const ROUNDS = Number(process.env.ROUNDS || 3);
 const TOP = Number(process.env.TOP || 25);
-const { origin, close } = await serve();
+const { origin, close, ortModel } = await serve();
+if (!ortModel) throw new Error("set ORT_MODEL (an .onnx file) and ORT_DIR (onnxruntime-web's dist/): scripts/bench-browser makes both");
 
 // Runs in each page before its own scripts. `window.__gpuProfile`: `enabled` switches the
 // timing on for passes begun after it; `kernels` maps a kernel's name to its total

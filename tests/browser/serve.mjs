@@ -1,8 +1,8 @@
 // The static server the browser benchmarks share: the page's `dist/` (DIST, default
 // ../../dist) and, where ORT_MODEL (an .onnx file) and ORT_DIR (onnxruntime-web's dist/)
 // are set, a bare page for ONNX Runtime Web at /ort.html with the model at
-// /ort-model.onnx and the runtime's files under /ort/. `served` lists each file of the
-// page's served (path, raw and gzip-compressed bytes), for the page's size.
+// /ort-model.onnx and the runtime's files under /ort/. `served` lists each file served
+// from `dist/` (path, raw and gzip-compressed bytes), for the page's size.
 
 import { createServer } from "node:http";
 import { readFileSync, existsSync, statSync } from "node:fs";
