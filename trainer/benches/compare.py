@@ -3,9 +3,12 @@
 machine and prints Markdown tables of the ratios (ours / PyTorch; below 1 means faster).
 Called by scripts/bench, which builds the release binary and installs the reference.
 
-Every figure is the median of the timed repetitions after a warm-up, in a fresh process
-for each measurement (so that peak memory is that measurement's), with ours and the
-reference measured alternately in the same run.
+Each measurement runs in a fresh process (so that peak memory is that measurement's) and
+reports the median of its timed repetitions after a warm-up. Ours and the reference are
+measured in paired rounds, alternately (ours first in odd rounds, the reference first in
+even ones), so that a slow spell of a shared machine lands on both sides: each round gives
+a ratio, and the tables give the median round's times and ratio with the rounds' range in
+brackets, and the highest peak memory of the rounds.
 """
 
 import argparse
@@ -46,8 +49,50 @@ def gpu_name():
         return "no NVIDIA GPU"
 
 
-def fmt(t):
-    return f"{t['median_s']:.3f} ({t['min_s']:.3f}-{t['max_s']:.3f})"
+def median(values):
+    """The median (of an even count, the mean of the middle two)."""
+    v = sorted(values)
+    mid = len(v) // 2
+    return v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2
+
+
+def spread(values, digits):
+    """`median (min-max)` of `values`, or the one value alone."""
+    m = f"{median(values):.{digits}f}"
+    return m if len(values) == 1 else f"{m} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
+def paired_rounds(rounds, ours_cmd, ref_cmd):
+    """Runs both commands `rounds` times, alternately, ours first in odd rounds; returns
+    [(ours' result, the reference's result)] per round."""
+    pairs = []
+    for i in range(rounds):
+        if i % 2 == 0:
+            o = run(ours_cmd)
+            t = run(ref_cmd)
+        else:
+            t = run(ref_cmd)
+            o = run(ours_cmd)
+        pairs.append((o, t))
+    return pairs
+
+
+def rounds_note(rounds):
+    return f"{rounds} paired round{'' if rounds == 1 else 's'}"
+
+
+def times(results):
+    """The per-round medians of one side, as `median (min-max)` seconds."""
+    return spread([r["median_s"] for r in results], 3)
+
+
+def model_row(pairs):
+    """A table row (ours, PyTorch, ours / PyTorch, peak memory) from paired rounds."""
+    ours, theirs = [o for o, _ in pairs], [t for _, t in pairs]
+    ratio = spread([o["median_s"] / t["median_s"] for o, t in pairs], 2)
+    peak = (f"{max(o['peak_rss_mib'] for o in ours):.0f} / "
+            f"{max(t['peak_rss_mib'] for t in theirs):.0f}")
+    return f"| {ours[0]['what']} | {times(ours)} | {times(theirs)} | **{ratio}** | {peak} |"
 
 
 def nih_format_copies(manifest, folder):
@@ -69,15 +114,21 @@ def nih_format_copies(manifest, folder):
 
 def loader_table(a, ref, title, manifest):
     args = ["--data", str(manifest), "--count", "16", "--batch-size", "8", "--repeats", str(a.repeats)]
-    ours = {r["what"].split(", ", 1)[1]: r for r in run([a.bin, "bench", "loader", *args, "--json"])}
-    theirs = {r["what"].split(", ", 1)[1]: r for r in run([*ref, "loader", *args])}
+    def by_setting(rows):
+        return {r["what"].split(", ", 1)[1]: r for r in rows}
+
+    pairs = [(by_setting(o), by_setting(t))
+             for o, t in paired_rounds(a.rounds, [a.bin, "bench", "loader", *args, "--json"],
+                                       [*ref, "loader", *args])]
     print(f"| {title} | ours (s/epoch) | PIL + torchvision (s/epoch) | PIL / ours (speed-up) |")
     print("|---|---|---|---|")
     for mine, ref_name in [("1 thread, decode every time", "1 thread"), ("all cores, decode every time", "all cores"),
                            ("all cores, cache warm", "all cores")]:
-        o, t = ours[mine], theirs[ref_name]
-        print(f"| {mine} vs {ref_name} | {fmt(o)} | {fmt(t)} | **{t['median_s'] / o['median_s']:.2f}x** |")
-    print(f"\n{o['images']} images per epoch; ours: {o['device']}; reference: {t['device']}\n")
+        ours, theirs = [o[mine] for o, _ in pairs], [t[ref_name] for _, t in pairs]
+        ratio = spread([t["median_s"] / o["median_s"] for o, t in zip(ours, theirs)], 2)
+        print(f"| {mine} vs {ref_name} | {times(ours)} | {times(theirs)} | **{ratio}x** |")
+    print(f"\n{ours[0]['images']} images per epoch; ours: {ours[0]['device']}; "
+          f"reference: {theirs[0]['device']}; {rounds_note(a.rounds)}\n")
 
 
 def main():
@@ -91,11 +142,17 @@ def main():
     p.add_argument("--only", nargs="*", default=["step", "infer", "loader", "loader-png"],
                    help="loader: the manifest's images; loader-png: the same as NIH-format PNGs")
     p.add_argument("--step-batch", type=int, default=8)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=5,
+                   help="timed repetitions per measurement (inference: twice as many)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="paired rounds of ours and the reference, alternately")
     a = p.parse_args()
+    if a.rounds < 1 or a.repeats < 1:
+        p.error("--rounds and --repeats must be at least 1")
     ref = [a.python, str(HERE / "reference.py")]
     torch_device = "cuda" if a.device == "gpu" else "cpu"
     card = f"; GPU: {gpu_name()}" if a.device == "gpu" else ""
+    amp = ["--amp"] if a.device == "gpu" else []
     print(f"Machine: {cpu_name()}, {platform.machine()}, {platform.system()}{card}; "
           f"date {datetime.date.today()}; command: scripts/bench {' '.join(sys.argv[1:])}\n")
 
@@ -104,11 +161,10 @@ def main():
         print("|---|---|---|---|---|")
         for preset, batch in [("tiny", a.step_batch)]:
             args = ["--preset", preset, "--batch-size", str(batch), "--repeats", str(a.repeats)]
-            ours = run([a.bin, "bench", "step", *args, "--device", a.device, "--json"])
-            theirs = run([*ref, "step", *args, "--device", torch_device] + (["--amp"] if a.device == "gpu" else []))
-            print(f"| {ours['what']} | {fmt(ours)} | {fmt(theirs)} | **{ours['median_s'] / theirs['median_s']:.2f}** "
-                  f"| {ours['peak_rss_mib']:.0f} / {theirs['peak_rss_mib']:.0f} |")
-        print(f"\nours: {ours['device']}; PyTorch: {theirs['device']}\n")
+            pairs = paired_rounds(a.rounds, [a.bin, "bench", "step", *args, "--device", a.device, "--json"],
+                                  [*ref, "step", *args, "--device", torch_device] + amp)
+            print(model_row(pairs))
+        print(f"\nours: {pairs[0][0]['device']}; PyTorch: {pairs[0][1]['device']}; {rounds_note(a.rounds)}\n")
 
     if "infer" in a.only:
         print("| inference | ours (s) | PyTorch (s) | ours / PyTorch | peak MiB ours / PyTorch |")
@@ -116,11 +172,10 @@ def main():
         for preset in ["tiny", "small"]:
             for batch in [1, 32]:
                 args = ["--preset", preset, "--batch-size", str(batch), "--repeats", str(a.repeats * 2)]
-                ours = run([a.bin, "bench", "infer", *args, "--device", a.device, "--json"])
-                theirs = run([*ref, "infer", *args, "--device", torch_device] + (["--amp"] if a.device == "gpu" else []))
-                print(f"| {ours['what']} | {fmt(ours)} | {fmt(theirs)} | **{ours['median_s'] / theirs['median_s']:.2f}** "
-                      f"| {ours['peak_rss_mib']:.0f} / {theirs['peak_rss_mib']:.0f} |")
-        print(f"\nours: {ours['device']}; PyTorch: {theirs['device']}\n")
+                pairs = paired_rounds(a.rounds, [a.bin, "bench", "infer", *args, "--device", a.device, "--json"],
+                                      [*ref, "infer", *args, "--device", torch_device] + amp)
+                print(model_row(pairs))
+        print(f"\nours: {pairs[0][0]['device']}; PyTorch: {pairs[0][1]['device']}; {rounds_note(a.rounds)}\n")
 
     if "loader" in a.only and a.data:
         loader_table(a, ref, "data pipeline (decode + 2 x 224 + 10 x 96 views)", a.data)
