@@ -192,3 +192,51 @@ fn demo_and_compare_run_the_whole_pipeline_on_a_fresh_synthetic_world() {
     assert!(json["image_head_difference"].is_array() || json["image_head_difference"].is_null());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `bench loader --json` is what `scripts/bench` reads: one row per setting, each with its
+/// timings in order and the peak memory of that setting alone.
+#[test]
+fn bench_loader_reports_every_settings_time_and_own_peak_memory() {
+    let dir = scratch("bench-loader");
+    let world = dir.join("world");
+    cxr_msn_e2e::run_ok(["synth", "--out", world.to_str().unwrap(), "--count", "16"]);
+    let manifest = world.join("manifest.csv");
+    let text = cxr_msn_e2e::run_ok([
+        "bench",
+        "loader",
+        "--data",
+        manifest.to_str().unwrap(),
+        "--count",
+        "16",
+        "--batch-size",
+        "8",
+        "--focal-views",
+        "2",
+        "--repeats",
+        "1",
+        "--json",
+    ]);
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let settings: Vec<&str> = rows.iter().map(|r| r["what"].as_str().unwrap()).collect();
+    assert_eq!(
+        settings,
+        [
+            "loader, 1 thread, decode every time",
+            "loader, all cores, decode every time",
+            "loader, all cores, cache cold (writing)",
+            "loader, all cores, cache warm",
+        ]
+    );
+    for row in &rows {
+        assert_eq!(row["images"], 16, "{row}");
+        let [lo, median, hi] = ["min_s", "median_s", "max_s"].map(|k| row[k].as_f64().unwrap());
+        assert!(0.0 < lo && lo <= median && median <= hi, "{row}");
+        // Linux resets the peak between settings; each is then at least the program's own
+        // few MiB and far below the whole machine.
+        assert_eq!(row["peak_rss_per_setting"], true, "{row}");
+        let peak = row["peak_rss_mib"].as_f64().unwrap();
+        assert!((1.0..4096.0).contains(&peak), "{row}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

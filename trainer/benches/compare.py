@@ -86,6 +86,12 @@ def times(results):
     return spread([r["median_s"] for r in results], 3)
 
 
+def peak_mib(results):
+    """The highest peak memory of the rounds' results, or ? where none was measured."""
+    peaks = [r["peak_rss_mib"] for r in results if r.get("peak_rss_mib") is not None]
+    return f"{max(peaks):.0f}" if peaks else "?"
+
+
 def model_row(pairs):
     """A table row (ours, PyTorch, ours / PyTorch, peak memory) from paired rounds."""
     ours, theirs = [o for o, _ in pairs], [t for _, t in pairs]
@@ -120,15 +126,20 @@ def loader_table(a, ref, title, manifest):
     pairs = [(by_setting(o), by_setting(t))
              for o, t in paired_rounds(a.rounds, [a.bin, "bench", "loader", *args, "--json"],
                                        [*ref, "loader", *args])]
-    print(f"| {title} | ours (s/epoch) | PIL + torchvision (s/epoch) | PIL / ours (speed-up) |")
-    print("|---|---|---|---|")
+    print(f"| {title} | ours (s/epoch) | PIL + torchvision (s/epoch) | PIL / ours (speed-up) "
+          "| peak MiB ours / PIL |")
+    print("|---|---|---|---|---|")
     for mine, ref_name in [("1 thread, decode every time", "1 thread"), ("all cores, decode every time", "all cores"),
                            ("all cores, cache warm", "all cores")]:
         ours, theirs = [o[mine] for o, _ in pairs], [t[ref_name] for _, t in pairs]
         ratio = spread([t["median_s"] / o["median_s"] for o, t in zip(ours, theirs)], 2)
-        print(f"| {mine} vs {ref_name} | {times(ours)} | {times(theirs)} | **{ratio}x** |")
+        print(f"| {mine} vs {ref_name} | {times(ours)} | {times(theirs)} | **{ratio}x** "
+              f"| {peak_mib(ours)} / {peak_mib(theirs)} |")
     print(f"\n{ours[0]['images']} images per epoch; ours: {ours[0]['device']}; "
-          f"reference: {theirs[0]['device']}; {rounds_note(a.rounds)}\n")
+          f"reference: {theirs[0]['device']}; {rounds_note(a.rounds)}. Peak memory: each setting's "
+          "own peak resident set (ours: one process, its threads; PIL on one thread); PIL on all "
+          "cores: the summed proportional set size of its process and DataLoader workers, sampled "
+          "every 5 ms through an untimed epoch\n")
 
 
 def main():

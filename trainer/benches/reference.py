@@ -37,7 +37,72 @@ EHR_WIDTH = {"demographic": 3, "none": 0}
 
 
 def peak_rss_mib():
+    """This process's peak resident set: since its start, or since reset_peak_rss()."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def reset_peak_rss():
+    """Brings peak_rss_mib() down to the current resident set (Linux 4.0 and later), as
+    `cxr-msn bench loader` does between its settings; returns whether it could."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def pss_mib(pid):
+    """A process's proportional set size (shared pages divided among their sharers)."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+def child_pids(pid):
+    kids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(d.name))
+    return kids
+
+
+def peak_pss_mib_during(fn, interval_s=0.005):
+    """Runs fn() while a thread samples the summed proportional set size of this process
+    and its children (a DataLoader's workers, which share the pages they were forked with),
+    and returns the highest sum seen. A peak shorter than the interval can be missed, so
+    this may understate the true peak, never overstate it."""
+    import threading
+
+    me, peak, done = os.getpid(), [0.0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], pss_mib(me) + sum(pss_mib(c) for c in child_pids(me)))
+            done.wait(interval_s)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        sampler.join()
+    return peak[0]
 
 
 def report(what, times, device="CPU (PyTorch)"):
@@ -202,23 +267,34 @@ def loader(args):
     n = len(paths) // args.batch_size * args.batch_size
     paths = paths[:n]
     data = MsnViews(paths, args.focal_views)
+    # Peak memory: on one thread this process's peak resident set while the setting ran, as
+    # ours is measured; with workers, the summed proportional set size of this process and
+    # its workers, sampled through one more, untimed epoch (a resident set summed over
+    # forked processes would count their shared pages once per process).
     results = []
     for threads, label in [(1, "1 thread"), (os.cpu_count(), "all cores")]:
         torch.set_num_threads(1)
         workers = 0 if threads == 1 else threads
+        reset_peak_rss()
         batches = torch.utils.data.DataLoader(data, batch_size=args.batch_size, num_workers=workers,
                                               persistent_workers=workers > 0)
+
+        def epoch():
+            for _ in batches:
+                pass
+
         times = []
         for i in range(1 + args.repeats):
             start = time.perf_counter()
-            for _ in batches:
-                pass
+            epoch()
             if i >= 1:
                 times.append(time.perf_counter() - start)
         times.sort()
+        peak = peak_rss_mib() if workers == 0 else peak_pss_mib_during(epoch)
+        del batches  # the workers end here
         results.append({"what": f"loader, {label}", "images": n, "median_s": times[len(times) // 2],
                         "min_s": times[0], "max_s": times[-1], "repeats": len(times),
-                        "device": f"PIL + torchvision {torch.__version__}", "peak_rss_mib": peak_rss_mib()})
+                        "device": f"PIL + torchvision {torch.__version__}", "peak_rss_mib": peak})
     print(json.dumps(results))
 
 
