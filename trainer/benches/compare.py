@@ -96,9 +96,8 @@ def model_row(pairs):
     """A table row (ours, PyTorch, ours / PyTorch, peak memory) from paired rounds."""
     ours, theirs = [o for o, _ in pairs], [t for _, t in pairs]
     ratio = spread([o["median_s"] / t["median_s"] for o, t in pairs], 2)
-    peak = (f"{max(o['peak_rss_mib'] for o in ours):.0f} / "
-            f"{max(t['peak_rss_mib'] for t in theirs):.0f}")
-    return f"| {ours[0]['what']} | {times(ours)} | {times(theirs)} | **{ratio}** | {peak} |"
+    return (f"| {ours[0]['what']} | {times(ours)} | {times(theirs)} | **{ratio}** "
+            f"| {peak_mib(ours)} / {peak_mib(theirs)} |")
 
 
 def nih_format_copies(manifest, folder):
