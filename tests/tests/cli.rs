@@ -232,11 +232,14 @@ fn bench_loader_reports_every_settings_time_and_own_peak_memory() {
         assert_eq!(row["images"], 16, "{row}");
         let [lo, median, hi] = ["min_s", "median_s", "max_s"].map(|k| row[k].as_f64().unwrap());
         assert!(0.0 < lo && lo <= median && median <= hi, "{row}");
-        // Linux resets the peak between settings; each is then at least the program's own
-        // few MiB and far below the whole machine.
-        assert_eq!(row["peak_rss_per_setting"], true, "{row}");
-        let peak = row["peak_rss_mib"].as_f64().unwrap();
-        assert!((1.0..4096.0).contains(&peak), "{row}");
+        // Linux reports the peak and resets it between settings (elsewhere there is no
+        // peak to read); each is then at least the program's own few MiB and far below
+        // the whole machine.
+        if cfg!(target_os = "linux") {
+            assert_eq!(row["peak_rss_per_setting"], true, "{row}");
+            let peak = row["peak_rss_mib"].as_f64().unwrap();
+            assert!((1.0..4096.0).contains(&peak), "{row}");
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
