@@ -275,7 +275,8 @@ def loader(args):
     for threads, label in [(1, "1 thread"), (os.cpu_count(), "all cores")]:
         torch.set_num_threads(1)
         workers = 0 if threads == 1 else threads
-        reset_peak_rss()
+        if workers == 0:
+            reset_peak_rss()  # with workers the peak is sampled instead (below)
         batches = torch.utils.data.DataLoader(data, batch_size=args.batch_size, num_workers=workers,
                                               persistent_workers=workers > 0)
 
