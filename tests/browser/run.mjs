@@ -94,9 +94,12 @@ function assert(cond, message) {
 
 // Every request of a page must stay on the origin (data: and blob: are local). Every
 // watched page also reports Content-Security-Policy violations and keeps its console.
+// Await it before the page's first navigation: its init scripts are registered
+// asynchronously, and a navigation that wins the race runs without them (a CI run once
+// counted no WebGPU shader on a page that had computed on WebGPU).
 const violations = [];
 const consoleLines = [];
-function watchRequests(page, sink) {
+async function watchRequests(page, sink) {
   page.on("request", (r) => sink.push(r.url()));
   if (page.__watched) return;
   page.__watched = true;
@@ -106,13 +109,13 @@ function watchRequests(page, sink) {
     if (text.startsWith("csp-violation ")) violations.push(text);
     else consoleLines.push(text), page.__console.push(text);
   });
-  page.addInitScript(() => document.addEventListener("securitypolicyviolation", (e) =>
+  await page.addInitScript(() => document.addEventListener("securitypolicyviolation", (e) =>
     console.log(`csp-violation ${e.violatedDirective} ${e.blockedURI} ${e.sourceFile}:${e.lineNumber}`)));
   // Every WebGPU shader the page creates is checked against the browser's own compiler
   // (`getCompilationInfo`): in a browser a rejected shader shows only later, through the
   // device's error callback, while its launch still succeeds (BENCHMARKS.md, "The browser
   // demo": a rejected matrix-product shader once computed zeros). See `shaderReport`.
-  page.addInitScript(() => {
+  await page.addInitScript(() => {
     if (typeof GPUDevice === "undefined") return;
     const create = GPUDevice.prototype.createShaderModule;
     const checks = (window.__shaderChecks = []);
@@ -129,14 +132,16 @@ function watchRequests(page, sink) {
 // How many WebGPU shaders the page has created and which the browser rejected, with the
 // WebGPU errors it reported on its console (cubecl-wgpu's error callback panics there).
 async function shaderReport(page) {
-  const checked = await page.evaluate(async () => (await Promise.all(window.__shaderChecks || [])));
+  const checked = await page.evaluate(async () => window.__shaderChecks && (await Promise.all(window.__shaderChecks)));
   return {
-    created: checked.length,
+    instrumented: checked !== undefined,
+    created: checked ? checked.length : 0,
     rejected: checked.flat(),
     errors: page.__console.filter((l) => /wgpu error|WebGPU error|Invalid ShaderModule/i.test(l)),
   };
 }
 function assertShadersValid(report) {
+  assert(report.instrumented, "the shader check was not installed in the page (no WebGPU interfaces when it ran?)");
   assert(report.created > 0, "the page created no WebGPU shader");
   assert(report.rejected.length === 0,
     `the browser rejected ${report.rejected.length} WebGPU shader(s): ${report.rejected.slice(0, 3).join(" | ")}`);
@@ -166,7 +171,7 @@ const tmp = mkdtempSync(join(tmpdir(), "cxr-msn-browser-"));
 
 await check("notice, model download, a bundled sample gives 14 findings, the model cached for the next visit", async () => {
   const page = await browser.newPage({ viewport: { width: 1100, height: 1400 } });
-  watchRequests(page, allUrls);
+  await watchRequests(page, allUrls);
   await page.goto(`${origin}/index.html`);
   await page.waitForSelector("#notice-ok");
   await page.screenshot({ path: join(shots, "1-notice.png") });
@@ -184,7 +189,7 @@ await check("notice, model download, a bundled sample gives 14 findings, the mod
   await page.screenshot({ path: join(shots, "2-result-attention.png"), fullPage: true });
   // The next visit takes the model from the browser's cache, not the network.
   const mine = [];
-  watchRequests(page, mine);
+  await watchRequests(page, mine);
   await page.reload();
   await page.click("#notice-ok");
   await ready(page);
@@ -200,7 +205,7 @@ const uploads = existsSync(realSamples)
 
 await check(`every real sample uploaded at once (${uploads.length} files) and a CSV of all scores`, async () => {
   const page = await browser.newPage({ viewport: { width: 1100, height: 1400 }, acceptDownloads: true });
-  watchRequests(page, allUrls);
+  await watchRequests(page, allUrls);
   await page.goto(`${origin}/index.html?notice=0&backend=cpu`);
   await ready(page);
   await page.fill("#age", "60");
@@ -219,7 +224,7 @@ await check(`every real sample uploaded at once (${uploads.length} files) and a 
 
 await check("a DICOM header fills age, sex and view", async () => {
   const page = await browser.newPage();
-  watchRequests(page, allUrls);
+  await watchRequests(page, allUrls);
   await page.goto(`${origin}/index.html?notice=0&backend=cpu&sample=rg1-adult-pa.dcm`);
   await cards(page, 1);
   const [age, sex, view] = await Promise.all(["#age", "#sex", "#view"].map((s) => page.inputValue(s)));
@@ -234,7 +239,7 @@ await check("a non-image, a corrupt image and a damaged model get clear messages
   const corrupt = join(tmp, "cut.jpeg");
   writeFileSync(corrupt, jpeg.subarray(0, 2000));
   const page = await browser.newPage();
-  watchRequests(page, allUrls);
+  await watchRequests(page, allUrls);
   await page.goto(`${origin}/index.html?notice=0&backend=cpu`);
   await ready(page);
   await page.setInputFiles("#image-file", [text, corrupt]);
@@ -255,7 +260,7 @@ await check("a non-image, a corrupt image and a damaged model get clear messages
 let cpuScores = null;
 await check("the browser's scores and embedding equal `cxr-msn predict` on the same file and model (1e-4), from both modules (relaxed SIMD, plain SIMD)", async () => {
   const page = await browser.newPage();
-  watchRequests(page, allUrls);
+  await watchRequests(page, allUrls);
   await page.goto(`${origin}/index.html?notice=0&backend=cpu`);
   await ready(page);
   const sample = join(dist, "samples/NORMAL2-IM-1438-0001.jpeg");
@@ -295,7 +300,7 @@ await check("the browser's scores and embedding equal `cxr-msn predict` on the s
   // page fetches one module, and both agree with native.
   const modules = [];
   const plainPage = await browser.newPage();
-  watchRequests(plainPage, allUrls);
+  await watchRequests(plainPage, allUrls);
   plainPage.on("request", (r) => r.url().endsWith("_bg.wasm") && modules.push(r.url()));
   await plainPage.goto(`${origin}/index.html?notice=0&backend=cpu&simd=plain&warmup=0`);
   await ready(plainPage);
@@ -317,7 +322,7 @@ await check("the browser's scores and embedding equal `cxr-msn predict` on the s
 
 await check("WebGPU: `auto` refuses the software adapter; `webgpu` uses it, agrees with the CPU (1e-3), and the browser accepts every shader", async () => {
   const page = await gpuBrowser.newPage();
-  watchRequests(page, allUrls);
+  await watchRequests(page, allUrls);
   await page.goto(`${origin}/index.html?notice=0`);
   await ready(page);
   const auto = await page.textContent("#model-status");
@@ -358,7 +363,7 @@ const FELL_BACK = new RegExp(`on CPU .*because WebGPU failed: the browser reject
 
 await check("WebGPU: a shader the browser rejects moves the page to the CPU, which says why, and the scores are the CPU's", async () => {
   const page = await gpuBrowser.newPage();
-  watchRequests(page, allUrls);
+  await watchRequests(page, allUrls);
   await spoilFirstMatmulShader(page);
   await page.goto(`${origin}/index.html?notice=0&backend=webgpu&warmup=0`);
   await page.waitForFunction(() => /^Ready: .* on WebGPU/.test(document.getElementById("model-status").textContent), null, { timeout: 180000 });
@@ -377,7 +382,7 @@ await check("WebGPU: a shader the browser rejects moves the page to the CPU, whi
 
 await check("embedded in another page with <cxr-msn-demo>", async () => {
   const page = await browser.newPage({ viewport: { width: 900, height: 1200 } });
-  watchRequests(page, allUrls);
+  await watchRequests(page, allUrls);
   await page.goto(`${origin}/course.html`);
   const frame = await (await page.waitForSelector("cxr-msn-demo iframe")).contentFrame();
   await frame.waitForFunction(() => document.querySelectorAll("#results .card:not(.error)").length === 1, null, { timeout: 180000 });
@@ -401,7 +406,7 @@ await check("the bad-input corpus: every broken image and model file gets its me
   const cases = JSON.parse(readFileSync(join(corpus, "cases.json"), "utf8"));
   const images = cases.filter((c) => c.kind === "image");
   const page = await browser.newPage({ viewport: { width: 1100, height: 1400 } });
-  watchRequests(page, allUrls);
+  await watchRequests(page, allUrls);
   await page.goto(`${origin}/index.html?notice=0&backend=cpu`);
   await ready(page);
   await page.setInputFiles("#image-file", images.map((c) => join(corpus, c.file)));
@@ -430,7 +435,7 @@ await check("the bad-input corpus: every broken image and model file gets its me
 
 await check("privacy: no image data in URLs, storage, cookies or the console; only the model is cached", async () => {
   const page = await browser.newPage();
-  watchRequests(page, allUrls);
+  await watchRequests(page, allUrls);
   await page.goto(`${origin}/index.html?notice=0&backend=cpu`);
   await ready(page);
   const dicom = join(dist, "samples/rg1-adult-pa.dcm");
@@ -495,7 +500,7 @@ const learnNumbers = (page) => page.evaluate(() => ({
 }));
 await check("learn mode: every panel renders for a bundled sample", async () => {
   const page = await browser.newPage({ viewport: { width: 1100, height: 1400 } });
-  watchRequests(page, allUrls);
+  await watchRequests(page, allUrls);
   await page.goto(`${origin}/index.html?notice=0&backend=cpu&mode=learn`);
   await learnReady(page);
   learnPage = page;
@@ -612,7 +617,7 @@ await check("learn mode: changing age moves the image + EHR scores and the fused
 await check("learn mode on WebGPU (Chromium's software adapter): every panel, the CPU's numbers (1e-3), every shader accepted", async () => {
   assert(cpuLearn, "the CPU learn page gave no numbers");
   const page = await gpuBrowser.newPage({ viewport: { width: 1100, height: 1400 } });
-  watchRequests(page, allUrls);
+  await watchRequests(page, allUrls);
   await page.goto(`${origin}/index.html?notice=0&backend=webgpu&mode=learn`);
   await learnReady(page);
   const status = await page.textContent("#model-status");
@@ -632,7 +637,7 @@ await check("learn mode on WebGPU (Chromium's software adapter): every panel, th
 await check("learn mode on WebGPU with a shader the browser rejects: every panel computed again on the CPU, with its numbers", async () => {
   assert(cpuLearn, "the CPU learn page gave no numbers");
   const page = await gpuBrowser.newPage({ viewport: { width: 1100, height: 1400 } });
-  watchRequests(page, allUrls);
+  await watchRequests(page, allUrls);
   await spoilFirstMatmulShader(page);
   await page.goto(`${origin}/index.html?notice=0&backend=webgpu&mode=learn`);
   await learnReady(page);
@@ -649,7 +654,7 @@ await check("learn mode on WebGPU with a shader the browser rejects: every panel
 
 await check("learn mode embedded with <cxr-msn-demo mode=learn>: the sample's DICOM header fills the record", async () => {
   const page = await browser.newPage({ viewport: { width: 900, height: 1200 } });
-  watchRequests(page, allUrls);
+  await watchRequests(page, allUrls);
   await page.goto(`${origin}/course-learn.html`);
   const frame = await (await page.waitForSelector("cxr-msn-demo iframe")).contentFrame();
   await learnReady(frame);
