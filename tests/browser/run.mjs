@@ -512,7 +512,7 @@ await check("learn mode: every panel renders for a bundled sample", async () => 
   assert(chosen.length === 1, `the first sample is chosen: ${chosen}`);
   const views = await page.$$eval("#views canvas", (cs) => cs.length);
   assert(views === 2 + learnInfo.focal_views, `${views} view canvases for ${learnInfo.focal_views} focal views`);
-  const bars = await page.$$eval("#prototype-chart rect.bar", (rs) => rs.length);
+  const bars = await page.$$eval("#prototype-chart path.bar", (ps) => ps.reduce((n, p) => n + Number(p.dataset.bars), 0));
   assert(learnInfo.available && bars > 0, `the prototype chart has bars (${bars}; prototypes available: ${learnInfo.available})`);
   // Sinkhorn-Knopp stopped after a few iterations ends on the images' side: each image's
   // row sums to 1 exactly, and the prototypes' masses are near B/K, far nearer than before.
