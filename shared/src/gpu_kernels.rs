@@ -33,6 +33,9 @@ const BLOCK: usize = 32;
 const WIDTH: usize = 4;
 /// Units per workgroup along each axis (`BLOCK / WIDTH`).
 const UNITS: usize = BLOCK / WIDTH;
+// `linear_kernel` spells out one accumulator per row of its unit's four (`acc0`..`acc3`)
+// and reads its vectors' lanes by index: another width needs that kernel rewritten.
+const _: () = assert!(WIDTH == 4 && BLOCK.is_multiple_of(WIDTH));
 
 /// The linear layer and the attention as a Burn backend extension: the cubecl backend runs
 /// the kernels below; with Burn's `fusion` each call joins the lazy stream as an operation
