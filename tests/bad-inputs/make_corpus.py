@@ -153,20 +153,31 @@ case("images/good.dcm", dicom("1.2.840.10008.1.2.1", pixels=bytes(range(256)) * 
 # Model files: what inspect, predict and the page's model picker read.
 model = (ROOT / "static/model.safetensors").read_bytes()
 case("models/empty.safetensors", b"", "model", "not a readable cxr-msn model file", "zero bytes")
-case("models/truncated.safetensors", model[: len(model) // 3], "model", "not a readable cxr-msn model file",
-     "a model file cut at a third")
+header_end = 8 + struct.unpack("<Q", model[:8])[0]
+case("models/truncated.safetensors", model[: header_end + 65536], "model", "not a readable cxr-msn model file",
+     "a model file cut 64 KiB into its weights (an interrupted download)")
 case("models/image.safetensors", good_png, "model", "not a readable cxr-msn model file",
      "a PNG named .safetensors")
 
 
-def with_header(original: bytes, change) -> bytes:
-    """`original` (a safetensors file) with its JSON header changed by `change`."""
+def with_header(original: bytes, change, keep=3) -> bytes:
+    """`original` (a safetensors file) cut to its first `keep` tensors (in the order of
+    their data), its JSON header then changed by `change`. The cut keeps these files small
+    (a few KiB rather than the model's megabytes); what each case tests is its header."""
     n = struct.unpack("<Q", original[:8])[0]
     header = json.loads(original[8 : 8 + n])
+    data = original[8 + n :]
+    tensors = sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][0])
+    kept, body = {}, b""
+    for name in tensors[:keep]:
+        start, end = header[name]["data_offsets"]
+        kept[name] = dict(header[name], data_offsets=[len(body), len(body) + end - start])
+        body += data[start:end]
+    header = {"__metadata__": header.get("__metadata__", {}), **kept}
     change(header)
     text = json.dumps(header).encode()
     text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text + original[8 + n :]
+    return struct.pack("<Q", len(text)) + text + body
 
 
 def set_meta(edit):
@@ -192,11 +203,11 @@ def foreign(header):
 
 
 case("models/bad-metadata.safetensors", with_header(model, set_meta(drop_meta_field)), "model",
-     "model file metadata is malformed", "our container with a metadata record missing its config")
+     "model file metadata is malformed", "our container with a metadata record missing its config (and most tensors)")
 case("models/foreign.safetensors", with_header(model, foreign), "model", "not a cxr-msn model file",
-     "weights from another tool (no cxr-msn metadata)")
+     "weights from another tool (no cxr-msn metadata; a few tensors)")
 case("models/declares-huge.safetensors", with_header(model, set_meta(declare_huge)), "model",
-     "do not match the architecture", "metadata declaring a 65536-wide, 1000-block ViT over small weights")
+     "do not match the architecture", "metadata declaring a 65536-wide, 1000-block ViT over a small model's first tensors")
 
 # Tables: `cxr-msn data` with the given format.
 def table(path, text, fmt, expect, note, encoding="utf-8"):
