@@ -136,7 +136,7 @@ async function shaderReport(page) {
   return {
     instrumented: checked !== undefined,
     created: checked ? checked.length : 0,
-    rejected: checked.flat(),
+    rejected: checked ? checked.flat() : [],
     errors: page.__console.filter((l) => /wgpu error|WebGPU error|Invalid ShaderModule/i.test(l)),
   };
 }
