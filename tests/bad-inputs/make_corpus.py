@@ -163,7 +163,7 @@ case("models/image.safetensors", good_png, "model", "not a readable cxr-msn mode
 def with_header(original: bytes, change, keep=3) -> bytes:
     """`original` (a safetensors file) cut to its first `keep` tensors (in the order of
     their data), its JSON header then changed by `change`. The cut keeps these files small
-    (a few KiB rather than the model's megabytes); what each case tests is its header."""
+    (about 160 kB rather than the model's megabytes); what each case tests is its header."""
     n = struct.unpack("<Q", original[:8])[0]
     header = json.loads(original[8 : 8 + n])
     data = original[8 + n :]

@@ -94,7 +94,7 @@ for (const simd of ["relaxed", "plain"]) {
     backend = await page.textContent("#model-status");
     const samples = await page.$$eval(".learn-sample", (bs) => bs.length);
     // One of each action per page; the first page is the warm-up.
-    const other = (i % (samples - 1)) + 1;
+    const other = samples > 1 ? (i % (samples - 1)) + 1 : 0;
     const sample = await timed(page, `() => document.querySelectorAll(".learn-sample")[${other}].click()`, ALL);
     const mask = await timed(page, () => document.getElementById("new-mask").click(), ["masking"]);
     const draw = await timed(page, () => document.getElementById("new-draw").click(), ["views", "prototypes"]);
