@@ -19,13 +19,10 @@
 //   scripts/bench-browser      (exports the page's own model to ONNX, installs onnxruntime-web)
 
 import { readFileSync } from "node:fs";
-import { chromium } from "playwright-core";
-import { serve } from "./serve.mjs";
+import { launchChromium, serve } from "./serve.mjs";
 
 const { origin, served, close, ortModel } = await serve();
-const FLAGS = ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-background-networking",
-  "--disable-component-update", "--disable-sync", "--no-first-run", "--enable-unsafe-webgpu"];
-const launch = () => chromium.launch({ executablePath: "/usr/bin/chromium", args: FLAGS });
+const launch = () => launchChromium("--enable-unsafe-webgpu");
 const browser = await launch();
 
 // The browser's renderer processes.

@@ -14,8 +14,7 @@
 // ROUNDS (default 3) profiled runs per side after one warm-up run each; TOP (default 25)
 // kernels listed per side.
 
-import { chromium } from "playwright-core";
-import { serve } from "./serve.mjs";
+import { launchChromium, serve } from "./serve.mjs";
 
 const ROUNDS = Number(process.env.ROUNDS || 3);
 const TOP = Number(process.env.TOP || 25);
@@ -174,10 +173,7 @@ function profiler() {
   });
 }
 
-const FLAGS = ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-background-networking",
-  "--disable-component-update", "--disable-sync", "--no-first-run", "--enable-unsafe-webgpu",
-  "--enable-webgpu-developer-features"];
-const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: FLAGS });
+const browser = await launchChromium("--enable-unsafe-webgpu", "--enable-webgpu-developer-features");
 
 // `run` once untimed, then ROUNDS times with the profiler on; per-kernel means per run.
 async function profile(page, run) {

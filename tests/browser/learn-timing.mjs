@@ -16,12 +16,9 @@
 //
 //   DIST=../../dist node learn-timing.mjs      (scripts/bench-browser runs it last)
 
-import { chromium } from "playwright-core";
-import { serve } from "./serve.mjs";
+import { launchChromium, serve } from "./serve.mjs";
 
 const REPEATS = Number(process.env.REPEATS || 5);
-const FLAGS = ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-background-networking",
-  "--disable-component-update", "--disable-sync", "--no-first-run"];
 const { origin, close } = await serve();
 
 const median = (xs) => xs.slice().sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -82,7 +79,7 @@ async function ready(page) {
 
 const ALL = ["masking", "views", "prototypes", "sinkhorn", "ehr", "map"];
 for (const simd of ["relaxed", "plain"]) {
-  const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: FLAGS });
+  const browser = await launchChromium();
   const times = { open: [], sample: [], mask: [], draw: [], ehr: [], temperature: [] };
   let backend = "";
   for (let i = 0; i <= REPEATS; i++) {

@@ -5,6 +5,7 @@
 // from `dist/` (path, raw and gzip-compressed bytes), for the page's size.
 
 import { createServer } from "node:http";
+import { chromium } from "playwright-core";
 import { readFileSync, existsSync, statSync } from "node:fs";
 import { gzipSync } from "node:zlib";
 import { extname, join, resolve } from "node:path";
@@ -43,4 +44,11 @@ export async function serve() {
   });
   await new Promise((r) => server.listen(0, "127.0.0.1", r));
   return { origin: `http://127.0.0.1:${server.address().port}`, served, close: () => server.close(), ortModel };
+}
+
+// Debian's headless Chromium as the benchmarks run it, with `extra` flags (WebGPU's).
+const FLAGS = ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-background-networking",
+  "--disable-component-update", "--disable-sync", "--no-first-run"];
+export function launchChromium(...extra) {
+  return chromium.launch({ executablePath: "/usr/bin/chromium", args: [...FLAGS, ...extra] });
 }
