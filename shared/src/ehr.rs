@@ -102,6 +102,30 @@ impl EhrField {
         }
     }
 
+    /// How this field's columns encode a record, in words: for readers of a model outside
+    /// cxr-msn (the ONNX export's metadata).
+    pub fn encoding(self) -> String {
+        let bins = |edges: &[f32]| {
+            format!(
+                "{}: one-hot of the age bin in years, an age on an edge in the bin below it \
+                 (edges {edges:?})",
+                self.columns().join(", ")
+            )
+        };
+        match self {
+            Self::Sex => "male, female: one-hot of the patient's sex".into(),
+            Self::AgeNorm => format!(
+                "age_norm: (age in years - {AGE_MIN}) / ({AGE_MAX} - {AGE_MIN}), not clipped"
+            ),
+            Self::Age5 => bins(&AGE5_EDGES),
+            Self::Age10 => bins(&AGE10_EDGES),
+            Self::View => "PA, LATERAL, AP, LL: one-hot of the view position".into(),
+            Self::Orientation => "Erect, Recumbent: one-hot of the patient's orientation".into(),
+            Self::Mortality => "alive, died: one-hot of death in hospital".into(),
+            Self::Icu => "icu, not_icu: one-hot of an ICU stay".into(),
+        }
+    }
+
     fn is_age(self) -> bool {
         matches!(self, Self::AgeNorm | Self::Age5 | Self::Age10)
     }
@@ -400,6 +424,29 @@ mod tests {
             died_in_hospital: Some(false),
             in_icu: Some(true),
         }
+    }
+
+    #[test]
+    fn each_fields_encoding_names_its_columns_in_order() {
+        for field in EhrField::ALL {
+            let text = field.encoding();
+            assert!(
+                text.starts_with(&format!("{}: ", field.columns().join(", "))),
+                "{text}"
+            );
+        }
+        // The age formula as the encoder applies it: 58 years -> (58 - 16) / 84 = 0.5.
+        assert!(
+            EhrField::AgeNorm
+                .encoding()
+                .contains("(age in years - 16) / (100 - 16)")
+        );
+        let record = EhrRecord {
+            age: Some(58.0),
+            ..EhrRecord::default()
+        };
+        let set = FeatureSet::from_name("age").unwrap();
+        assert_eq!(set.encode(&record).unwrap(), [0.5]);
     }
 
     #[test]

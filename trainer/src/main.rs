@@ -133,6 +133,11 @@ enum Command {
     ///
     /// Example: cxr-msn export-torch runs/demo/checkpoint.safetensors --names timm --out encoder.safetensors
     ExportTorch(weights::export::ExportTorchArgs),
+    /// Write a model file as ONNX (opset 17) for ONNX Runtime and other ONNX tools: the
+    /// grey image (and the encoded EHR) in; the embedding and both heads' probabilities out.
+    ///
+    /// Example: cxr-msn export-onnx runs/demo/probe/classifier.safetensors --out classifier.onnx
+    ExportOnnx(weights::onnx::ExportOnnxArgs),
     /// Score a dataset split with a classifier model file: per-label and macro AUROC and
     /// AUPRC with 95% CIs, for the image-only and the image + EHR head (labels are matched
     /// by name, so a MIMIC-trained model scores on CheXpert).
@@ -349,6 +354,10 @@ fn run(command: Command) -> Result<()> {
         }
         Command::ExportTorch(args) => {
             print!("{}", weights::export::run(&args)?);
+            Ok(())
+        }
+        Command::ExportOnnx(args) => {
+            print!("{}", weights::onnx::run(&args)?);
             Ok(())
         }
         Command::Eval(args) => {

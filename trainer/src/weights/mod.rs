@@ -7,15 +7,16 @@
 //!   ([`layout`]), and the tensors that need more than a new name (position grids of another
 //!   size, RGB patch embeddings for a grey model) are adapted in [`adapt`].
 //! - [`export`]: our encoder as a safetensors file with torchvision or timm names.
-//!
-//! ONNX: Burn 0.22 reads ONNX (burn-import) but cannot write it, and no maintained Rust
-//! crate exports a Burn module to ONNX; use the torchvision or timm export and
-//! `torch.onnx.export` from Python.
+//! - [`onnx`]: a model file as an ONNX graph, written here operator by operator (Burn 0.22
+//!   reads ONNX but cannot write it, and no maintained Rust crate exports a Burn module);
+//!   [`onnx_proto`] encodes ONNX's messages.
 
 pub mod adapt;
 pub mod export;
 pub mod import;
 pub mod layout;
+pub mod onnx;
+pub mod onnx_proto;
 pub mod source;
 
 /// One line on the architecture of a model file, as import and export print it.
