@@ -144,6 +144,7 @@ fn demo_and_compare_run_the_whole_pipeline_on_a_fresh_synthetic_world() {
         "embed/embedding_map.svg",
         "embed/embedding_map.json",
         "model.safetensors",
+        "model.onnx",
     ] {
         assert!(run.join(file).exists(), "{file} missing; output:\n{text}");
     }

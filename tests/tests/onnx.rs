@@ -13,7 +13,7 @@ use std::process::Command;
 use burn::module::Param;
 use burn::nn::{LayerNorm, Linear};
 use burn::tensor::{Device, Tensor, TensorData};
-use cxr_msn::checkpoint::{ModelMeta, write_model};
+use cxr_msn::checkpoint::{ModelMeta, WeightPrecision, write_model, write_model_as};
 use cxr_msn::classifier::Classifier;
 use cxr_msn::config::{MsnConfig, VitPreset};
 use cxr_msn::decode::{DecodeLimits, decode_downscaled};
@@ -138,47 +138,35 @@ fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().convert::<f32>().try_to_vec().unwrap()
 }
 
-#[test]
-fn onnx_runtime_scores_the_exported_model_as_cxr_msn_does() {
-    if !onnx_runtime_available() {
-        return;
-    }
-    let dir = std::env::temp_dir().join(format!("cxr-msn-onnx-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (clf, meta) = model();
-    let model_path = dir.join("model.safetensors");
-    std::fs::write(&model_path, write_model(&clf, &meta).unwrap()).unwrap();
-    let onnx = dir.join("model.onnx");
+/// `cxr-msn export-onnx MODEL --out ONNX [extra]`; returns its report.
+fn export(model: &Path, onnx: &Path, extra: &[&str]) -> String {
     let out = Command::new(binary())
-        .args(["export-onnx"])
-        .arg(&model_path)
+        .arg("export-onnx")
+        .arg(model)
         .arg("--out")
-        .arg(&onnx)
+        .arg(onnx)
+        .args(extra)
         .output()
         .unwrap();
-    let report = String::from_utf8_lossy(&out.stdout);
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{report}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        report.contains("inputs: image [batch, 1, 224, 224], ehr [batch, 3]")
-            && report.contains(
-                "outputs: embedding [batch, 192], image_probs [batch, 3], fused_probs [batch, 3]"
-            ),
-        "{report}"
-    );
+    report
+}
 
-    // `predict` on a real X-ray, with EHR from the flags.
-    let xray = repo().join("tests/data/xray/person1951_bacteria_4882.jpeg");
+/// `cxr-msn predict` on one file with EHR from the flags: (the image-only then the image +
+/// EHR probabilities, the embedding).
+fn predict(model: &Path, image: &Path, dir: &Path) -> (Vec<f32>, Vec<f32>) {
     let out = Command::new(binary())
         .args([
             "predict", "--device", "cpu", "--age", "67", "--sex", "F", "--model",
         ])
-        .arg(&model_path)
+        .arg(model)
         .arg("--input")
-        .arg(&xray)
+        .arg(image)
         .arg("--out")
         .arg(dir.join("predictions.csv"))
         .arg("--embeddings")
@@ -190,12 +178,83 @@ fn onnx_runtime_scores_the_exported_model_as_cxr_msn_does() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let predicted = &csv_rows(&dir.join("predictions.csv"))[0];
-    let embedded = &csv_rows(&dir.join("embeddings.csv"))[0];
+    let probs = csv_rows(&dir.join("predictions.csv")).remove(0);
+    let embedding = csv_rows(&dir.join("embeddings.csv")).remove(0);
+    (probs, embedding)
+}
+
+/// ONNX Runtime's outputs for the inputs in `inputs` (tests/browser/onnx-run.mjs): each
+/// output's values by name, with its dimensions checked against `dims`.
+fn onnx_runtime(onnx: &Path, inputs: &Path, dims: &[(&str, [usize; 2])]) -> Vec<Vec<f32>> {
+    let out = Command::new("node")
+        .arg(repo().join("tests/browser/onnx-run.mjs"))
+        .arg(onnx)
+        .arg(inputs)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ort: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ort["inputNames"], serde_json::json!(["image", "ehr"]));
+    dims.iter()
+        .map(|(name, want)| {
+            let o = &ort["outputs"][name];
+            let got: Vec<usize> = o["dims"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap() as usize)
+                .collect();
+            assert_eq!(got, want, "{name}");
+            o["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect()
+        })
+        .collect()
+}
+
+/// Checks each `(what, difference, tolerance)`.
+fn check(cases: &[(&str, f32, f32)]) {
+    for &(what, got, tolerance) in cases {
+        eprintln!("{what}: largest difference {got:e}");
+        assert!(
+            got <= tolerance,
+            "{what}: largest difference {got} > {tolerance}"
+        );
+    }
+}
+
+#[test]
+fn onnx_runtime_scores_the_exported_model_as_cxr_msn_does() {
+    if !onnx_runtime_available() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("cxr-msn-onnx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (clf, meta) = model();
+    let model_path = dir.join("model.safetensors");
+    std::fs::write(&model_path, write_model(&clf, &meta).unwrap()).unwrap();
+    let onnx = dir.join("model.onnx");
+    let report = export(&model_path, &onnx, &[]);
+    assert!(
+        report.contains("inputs: image [batch, 1, 224, 224], ehr [batch, 3]")
+            && report.contains(
+                "outputs: embedding [batch, 192], image_probs [batch, 3], fused_probs [batch, 3]"
+            ),
+        "{report}"
+    );
+    let xray = repo().join("tests/data/xray/person1951_bacteria_4882.jpeg");
+    let (predicted, embedded) = predict(&model_path, &xray, &dir);
 
     // The graph's inputs as the metadata describes them: the evaluation view's grey plane,
-    // and the encoded EHR. A batch of two: the X-ray with its EHR, and the X-ray mirrored
-    // with other EHR.
+    // and the encoded EHR. A batch of two: the X-ray with `predict`'s EHR, and the X-ray
+    // mirrored with other EHR.
     let decoded = decode_downscaled(
         &std::fs::read(&xray).unwrap(),
         &DecodeLimits::default(),
@@ -225,39 +284,15 @@ fn onnx_runtime_scores_the_exported_model_as_cxr_msn_does() {
     });
     let inputs_path = dir.join("inputs.json");
     std::fs::write(&inputs_path, inputs.to_string()).unwrap();
-    let out = Command::new("node")
-        .arg(repo().join("tests/browser/onnx-run.mjs"))
-        .arg(&onnx)
-        .arg(&inputs_path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ort: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(ort["inputNames"], serde_json::json!(["image", "ehr"]));
-    let output = |name: &str| -> (Vec<usize>, Vec<f32>) {
-        let o = &ort["outputs"][name];
-        let dims = o["dims"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| d.as_u64().unwrap() as usize);
-        let data = o["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap() as f32);
-        (dims.collect(), data.collect())
-    };
-    let (dims, embedding) = output("embedding");
-    assert_eq!(dims, [2, 192]);
-    let (dims, image_probs) = output("image_probs");
-    assert_eq!(dims, [2, 3]);
-    let (dims, fused_probs) = output("fused_probs");
-    assert_eq!(dims, [2, 3]);
+    let outputs = [
+        ("embedding", [2, 192]),
+        ("image_probs", [2, 3]),
+        ("fused_probs", [2, 3]),
+    ];
+    let [embedding, image_probs, fused_probs]: [Vec<f32>; 3] =
+        onnx_runtime(&onnx, &inputs_path, &outputs)
+            .try_into()
+            .unwrap();
 
     // The model crate on the same batch.
     let reference = clf
@@ -281,10 +316,10 @@ fn onnx_runtime_scores_the_exported_model_as_cxr_msn_does() {
         spread(&image_probs) > 0.1 && spread(&fused_probs) > 0.1,
         "{image_probs:?} {fused_probs:?}"
     );
-    let cases = [
+    check(&[
         (
             "embedding vs predict",
-            worst(&embedding[..192], embedded),
+            worst(&embedding[..192], &embedded),
             2e-5,
         ),
         (
@@ -312,17 +347,52 @@ fn onnx_runtime_scores_the_exported_model_as_cxr_msn_does() {
             worst(&fused_probs, &ours_fused),
             2e-6,
         ),
-    ];
-    for (what, got, tolerance) in cases {
-        eprintln!("{what}: largest difference {got:e}");
-        assert!(
-            got <= tolerance,
-            "{what}: largest difference {got} > {tolerance}"
-        );
-    }
+    ]);
     // The mirrored image and the other EHR score differently: the batch's rows are not
     // one row repeated.
     assert!(worst(&embedding[..192], &embedding[192..]) > 0.1);
     assert!(worst(&fused_probs[..3], &fused_probs[3..]) > 1e-3);
+
+    // Float16 weights: a model file written as `export --f16` writes it, exported with
+    // --f16 (lossless then) into about half the file, scores as `predict` scores that file.
+    let model16 = dir.join("model-f16.safetensors");
+    let bytes16 = write_model_as(&clf, &meta, WeightPrecision::F16).unwrap();
+    std::fs::write(&model16, bytes16).unwrap();
+    let onnx16 = dir.join("model-f16.onnx");
+    assert!(export(&model16, &onnx16, &["--f16"]).contains("float16 weights"));
+    let size = |p: &Path| std::fs::metadata(p).unwrap().len() as f64;
+    let ratio = size(&onnx16) / size(&onnx);
+    assert!(
+        (0.45..0.55).contains(&ratio),
+        "float16 file / float32 file = {ratio}"
+    );
+    let (predicted16, embedded16) = predict(&model16, &xray, &dir);
+    let [embedding16, image16, fused16]: [Vec<f32>; 3] =
+        onnx_runtime(&onnx16, &inputs_path, &outputs)
+            .try_into()
+            .unwrap();
+    check(&[
+        (
+            "float16: embedding vs predict",
+            worst(&embedding16[..192], &embedded16),
+            2e-5,
+        ),
+        (
+            "float16: image_probs vs predict",
+            worst(&image16[..3], &predicted16[..3]),
+            2e-6,
+        ),
+        (
+            "float16: fused_probs vs predict",
+            worst(&fused16[..3], &predicted16[3..]),
+            2e-6,
+        ),
+    ]);
+    // ... and differs from the float32 model by the weights' rounding, no more.
+    let drift = worst(&embedding16, &embedding);
+    assert!(
+        drift > 0.0 && drift < 0.05,
+        "float16 vs float32 embedding: {drift}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -43,7 +43,8 @@ struct Cli {
 enum Command {
     /// The main job, nothing to download: generate the synthetic X-ray world (first run
     /// only), pretrain a multimodal MSN, probe it, score the test split, map the embeddings
-    /// and export the browser model; prints where everything is. Sized for two CPU cores.
+    /// and export the browser model and an ONNX copy; prints where everything is. Sized for
+    /// two CPU cores.
     ///
     /// Example: cxr-msn demo
     ///

@@ -298,6 +298,15 @@ pub fn run_demo(args: &MainJobArgs, log: &mut dyn Write) -> Result<()> {
         })?;
         write!(log, "{report}")?;
     }
+    let onnx = run.join("model.onnx");
+    writeln!(log, "== export for ONNX Runtime -> {}", onnx.display())?;
+    let report = crate::weights::onnx::run(&crate::weights::onnx::ExportOnnxArgs {
+        model: run.join("model.safetensors"),
+        out: onnx,
+        no_ehr: false,
+        f16: false,
+    })?;
+    write!(log, "{report}")?;
     writeln!(
         log,
         "\nDone in {}. Results in {}:\n\
@@ -305,10 +314,12 @@ pub fn run_demo(args: &MainJobArgs, log: &mut dyn Write) -> Result<()> {
          \x20 linear probe  probe/metrics.json, probe/metrics.csv, probe/roc.svg, probe/classifier.safetensors\n\
          \x20 test scores   eval/metrics.json, eval/metrics.csv, eval/roc.svg\n\
          \x20 embedding     embed/embedding_map.svg, embed/clusters.json, embed/embedding_map.json (the page's map)\n\
-         \x20 browser model {}",
+         \x20 browser model {}\n\
+         \x20 ONNX model    {} (for ONNX Runtime and other ONNX tools)",
         crate::progress::duration(started.elapsed().as_secs_f64()),
         run.display(),
-        run.join("model.safetensors").display()
+        run.join("model.safetensors").display(),
+        run.join("model.onnx").display()
     )?;
     Ok(())
 }

@@ -22,17 +22,17 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use burn::nn::{LayerNorm, Linear};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, f16};
 use clap::Args;
-use cxr_msn::checkpoint::{ModelKind, ModelMeta, read_meta};
+use cxr_msn::checkpoint::{ModelKind, ModelMeta, load_classifier, read_meta};
 use cxr_msn::classifier::Classifier;
 use cxr_msn::pixels::fold_patch_kernel;
+use cxr_msn::pretrained::load_pretrained;
 use cxr_msn::vit::{VisionTransformer, resize_position_grid};
 use serde::Serialize;
 
 use super::onnx_proto::{Attr, Dim, ElemType, Initializer, Model, Node, ValueInfo, Values};
 use crate::files::write_atomic;
-use crate::model_files;
 
 /// The `ai.onnx` operator set written: 17, the first with `LayerNormalization`.
 pub const OPSET: i64 = 17;
@@ -49,6 +49,11 @@ pub struct ExportOnnxArgs {
     /// Leave out the image + EHR head and its `ehr` input (the graph then takes images only).
     #[arg(long)]
     pub no_ehr: bool,
+    /// Store the weights as float16: half the file. They are cast to float32 as the graph
+    /// loads (`Cast` nodes, which ONNX Runtime folds when it loads the model), so the
+    /// arithmetic stays float32; lossless for a model file written with `export --f16`.
+    #[arg(long)]
+    pub f16: bool,
 }
 
 /// `cxr-msn export-onnx`.
@@ -56,25 +61,27 @@ pub fn run(args: &ExportOnnxArgs) -> Result<String> {
     let device = Device::flex();
     let bytes = std::fs::read(&args.model)
         .with_context(|| format!("cannot read {}", args.model.display()))?;
-    let meta = read_meta(&bytes).with_context(|| format!("{}", args.model.display()))?;
+    let named = || args.model.display().to_string();
+    let meta = read_meta(&bytes).with_context(named)?;
     let model = match meta.kind {
         ModelKind::Classifier => {
-            let (clf, meta) = model_files::classifier(&args.model, &device)?;
-            onnx_model(&clf.encoder, Some(&clf), &meta, !args.no_ehr)
+            let (clf, meta) = load_classifier(&bytes, &device).with_context(named)?;
+            onnx_model(&clf.encoder, Some(&clf), &meta, !args.no_ehr, args.f16)
         }
         ModelKind::Pretraining => {
-            let (vit, meta) = model_files::encoder(&args.model, &device)?;
-            onnx_model(&vit, None, &meta, false)
+            let (pretrained, meta) = load_pretrained(&bytes, &device).with_context(named)?;
+            onnx_model(&pretrained.encoder(), None, &meta, false, args.f16)
         }
     }
     .with_context(|| format!("cannot write {} as ONNX", args.model.display()))?;
     let bytes = model.encode();
     write_atomic(&args.out, &bytes)?;
     let mut report = format!(
-        "wrote {} (ONNX opset {OPSET}, {} operators, {:.1} MB): {}\n",
+        "wrote {} (ONNX opset {OPSET}, {} operators, {:.1} MB, {} weights): {}\n",
         args.out.display(),
         model.nodes.len(),
         bytes.len() as f64 / 1e6,
+        if args.f16 { "float16" } else { "float32" },
         super::describe_vit(&meta.config.vit)
     );
     for (what, list) in [("inputs", &model.inputs), ("outputs", &model.outputs)] {
@@ -98,15 +105,19 @@ fn describe(v: &ValueInfo) -> String {
 }
 
 /// The ONNX model of `encoder` (and, for a classifier, its heads; the image + EHR head only
-/// with `ehr` and when the classifier has one).
+/// with `ehr` and when the classifier has one), its weights stored as float16 with `f16`.
 pub fn onnx_model(
     encoder: &VisionTransformer,
     classifier: Option<&Classifier>,
     meta: &ModelMeta,
     ehr: bool,
+    f16: bool,
 ) -> Result<Model> {
     let vit = &meta.config.vit;
-    let mut g = Graph::default();
+    let mut g = Graph {
+        f16,
+        ..Graph::default()
+    };
     let size = vit.image_size as i64;
     g.inputs.push(ValueInfo {
         name: "image".into(),
@@ -238,6 +249,8 @@ struct Graph {
     initializers: Vec<Initializer>,
     inputs: Vec<ValueInfo>,
     outputs: Vec<ValueInfo>,
+    /// Store [`Self::constant`]'s values as float16, cast to float32 in the graph.
+    f16: bool,
 }
 
 /// A tensor's values as f32, row-major.
@@ -267,8 +280,10 @@ impl Graph {
         name.into()
     }
 
-    /// A float constant of shape `dims` (`[]` for a scalar).
-    fn constant<const D: usize>(&mut self, name: &str, t: Tensor<D>) -> Result<String> {
+    /// A float constant computed from parameters (the folded patch embedding, the position
+    /// embedding at the input's grid, [CLS] plus its position): float32 always, since its
+    /// values are not the model file's (a float16 copy would round them once more).
+    fn derived<const D: usize>(&mut self, name: &str, t: Tensor<D>) -> Result<String> {
         let dims = t.dims().iter().map(|&d| d as i64).collect();
         self.initializers.push(Initializer {
             name: name.into(),
@@ -276,6 +291,33 @@ impl Graph {
             values: Values::F32(values(t)?),
         });
         Ok(name.into())
+    }
+
+    /// A parameter as a float constant; with `f16`, stored as float16 under `{name}.f16`
+    /// and cast to float32 as `name`.
+    fn constant<const D: usize>(&mut self, name: &str, t: Tensor<D>) -> Result<String> {
+        let dims = t.dims().iter().map(|&d| d as i64).collect();
+        let values = values(t)?;
+        if !self.f16 {
+            self.initializers.push(Initializer {
+                name: name.into(),
+                dims,
+                values: Values::F32(values),
+            });
+            return Ok(name.into());
+        }
+        if let Some(v) = values.iter().find(|v| v.abs() > f16::MAX.to_f32()) {
+            bail!("{name} holds {v}, beyond float16's range: export it without --f16");
+        }
+        let stored = format!("{name}.f16");
+        let halves = values.iter().map(|&v| f16::from_f32(v).to_bits()).collect();
+        self.initializers.push(Initializer {
+            name: stored.clone(),
+            dims,
+            values: Values::F16(halves),
+        });
+        let to = ("to", Attr::Int(ElemType::Float as i64));
+        Ok(self.op("Cast", name, &[&stored], vec![to]))
     }
 
     /// A float scalar constant.
@@ -370,8 +412,8 @@ impl Graph {
         };
         // The normalisation folded in: a kernel [D, 1, P, P] on the grey plane.
         let (w, b) = fold_patch_kernel(conv.weight.val(), bias, norm);
-        let w = self.constant("patch_embed.proj.weight", w)?;
-        let b = self.constant("patch_embed.proj.bias", b)?;
+        let w = self.derived("patch_embed.proj.weight", w)?;
+        let b = self.derived("patch_embed.proj.bias", b)?;
         let pp = vec![p as i64, p as i64];
         let patches = self.op(
             "Conv",
@@ -392,11 +434,10 @@ impl Graph {
             vec![("perm", Attr::Ints(vec![0, 2, 1]))],
         );
         let pos = resize_position_grid(vit.pos_embed.val(), grid);
-        let patch_pos =
-            self.constant("pos_embed.patches", pos.clone().narrow(1, 1, grid * grid))?;
+        let patch_pos = self.derived("pos_embed.patches", pos.clone().narrow(1, 1, grid * grid))?;
         let tokens = self.op("Add", "pos_embed.add", &[&tokens, &patch_pos], vec![]);
         // [CLS] with its position, repeated over the batch: [B, 1, D].
-        let cls = self.constant(
+        let cls = self.derived(
             "cls_token.with_pos",
             vit.cls_token.val() + pos.narrow(1, 0, 1),
         )?;
@@ -526,7 +567,7 @@ mod tests {
         config.vit.depth = 2;
         let clf = Classifier::init(&config.vit, 3, config.ehr.as_ref(), &device);
         let meta = ModelMeta::classifier(config, vec!["a".into(), "b".into(), "c".into()]);
-        let model = onnx_model(&clf.encoder, Some(&clf), &meta, true).unwrap();
+        let model = onnx_model(&clf.encoder, Some(&clf), &meta, true, false).unwrap();
         let mut known = std::collections::HashSet::new();
         for name in model
             .inputs
@@ -563,8 +604,28 @@ mod tests {
             .count();
         assert_eq!(weights, 2 + 2 + 2 * 12 + 2 + 2 + 2 + 2 + 2);
         // Without the EHR head: one input, two outputs.
-        let plain = onnx_model(&clf.encoder, Some(&clf), &meta, false).unwrap();
+        let plain = onnx_model(&clf.encoder, Some(&clf), &meta, false, false).unwrap();
         assert_eq!(plain.inputs.len(), 1);
         assert_eq!(plain.outputs.len(), 2);
+        // Float16: every parameter stored as float16 and cast back under its own name, the
+        // same graph otherwise; the four constants computed from parameters (the folded
+        // patch kernel and bias, the position embedding, [CLS] with its position) float32.
+        let half = onnx_model(&clf.encoder, Some(&clf), &meta, true, true).unwrap();
+        let stored: Vec<&Initializer> = half
+            .initializers
+            .iter()
+            .filter(|i| matches!(i.values, Values::F16(_)))
+            .collect();
+        assert_eq!(stored.len(), weights - 4);
+        for init in stored {
+            let base = init.name.strip_suffix(".f16").unwrap();
+            assert!(
+                half.nodes.iter().any(|n| n.op == "Cast"
+                    && n.inputs == [init.name.clone()]
+                    && n.outputs == [base.to_string()]),
+                "no Cast gives {base}"
+            );
+        }
+        assert_eq!(half.nodes.len(), model.nodes.len() + weights - 4);
     }
 }

@@ -79,6 +79,7 @@ impl Message {
 pub enum ElemType {
     Float = 1,
     Int64 = 7,
+    Float16 = 10,
 }
 
 /// A node attribute's value.
@@ -115,6 +116,8 @@ pub struct Initializer {
 pub enum Values {
     F32(Vec<f32>),
     I64(Vec<i64>),
+    /// IEEE half-precision values, as their bits.
+    F16(Vec<u16>),
 }
 
 /// One dimension of a graph input's or output's shape.
@@ -197,6 +200,10 @@ impl Initializer {
                 ElemType::Int64,
                 v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             ),
+            Values::F16(v) => (
+                ElemType::Float16,
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ),
         };
         m.int(2, elem as i64).string(8, &self.name).bytes(9, &raw);
         m
@@ -212,6 +219,7 @@ impl Initializer {
         match &self.values {
             Values::F32(v) => v.len(),
             Values::I64(v) => v.len(),
+            Values::F16(v) => v.len(),
         }
     }
 }
