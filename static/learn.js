@@ -315,7 +315,6 @@ async function computeViews(call) {
 function renderViews() {
   const r = learn.views;
   if (!r) return;
-  const a = learn.info.available && r.z ? assign(r.z) : null;
   const box = $("views");
   box.replaceChildren();
   r.views.forEach((view, i) => {
@@ -323,13 +322,32 @@ function renderViews() {
     figure.dataset.name = view.name;
     const canvas = el("canvas");
     drawPatches(drawGrey(canvas, view.pixels, view.size), view.size, view.grid, view.kept, false);
-    const patches = view.grid * view.grid;
     canvas.setAttribute("role", "img");
     canvas.setAttribute("aria-label", `${view.name} view, ${view.size} pixels`);
+    figure.append(canvas, el("figcaption"));
+    box.append(figure);
+  });
+  captionViews();
+}
+
+// The views' captions (top prototype, cross-entropy to the target) and their mean, at the
+// sliders' settings: what a temperature or sharpening change redraws in this panel; the
+// views' pictures stay (redrawing them was a third of such a change's time).
+function captionViews() {
+  const r = learn.views;
+  if (!r) return;
+  const a = learn.info.available && r.z ? assign(r.z) : null;
+  const figures = $("views").querySelectorAll("figure.view");
+  r.views.forEach((view, i) => {
+    const figure = figures[i];
+    if (!figure) return;
+    const patches = view.grid * view.grid;
     const lines = [
       el("strong", { textContent: view.name }),
       el("span", { textContent: `${view.size} px, ${view.kept ? `${view.kept.length} of ${patches}` : `all ${patches}`} patches` }),
     ];
+    delete figure.dataset.top;
+    delete figure.dataset.ce;
     if (a) {
       const [[k, p]] = a.top[i];
       figure.dataset.top = JSON.stringify(a.top[i]);
@@ -341,8 +359,7 @@ function renderViews() {
         lines.push(el("span", { className: "ce", textContent: `CE ${fixed3(a.ce[i])}` }));
       }
     }
-    figure.append(canvas, el("figcaption", {}, ...lines));
-    box.append(figure);
+    figure.querySelector("figcaption").replaceChildren(...lines);
   });
   const note = $("views-note");
   note.replaceChildren();
@@ -890,7 +907,7 @@ function reassign() {
   }
   try {
     renderMaskAssignment();
-    renderViews();
+    captionViews();
     renderPrototypes();
     renderSinkhorn();
     renderEhrPrototypes();
