@@ -12,6 +12,9 @@ same fields (what, device, median_s, min_s, max_s, repeats, peak_rss_mib).
   infer   timm's VisionTransformer of the same size, [CLS] features, inference mode.
   loader  PIL decode + torchvision views (RandomResizedCrop 224 x 2 and 96 x N, flips,
           ToTensor, Normalize), batched; one thread, or a DataLoader with a worker per core.
+  onnx    a cxr-msn encoder rebuilt in timm and exported by torch.onnx.export (for
+          scripts/bench-browser).
+  ort     that graph against `cxr-msn export-onnx`'s in ONNX Runtime's CPU provider.
 """
 
 import argparse
@@ -318,6 +321,54 @@ def onnx(args):
     print(json.dumps({"onnx": args.out, "dim": dim, "depth": depth, "heads": args.heads}))
 
 
+def ort_compare(args):
+    """`cxr-msn export-onnx`'s graph (`--ours`) against PyTorch's export of the same model
+    (`--theirs`, from `onnx` above) in ONNX Runtime's CPU provider, as Python users run it:
+    the largest difference between their embeddings of the same images (ours takes the grey
+    plane, PyTorch's the normalised channels), and their times in alternating rounds at
+    batch 1 and 32, on one thread and on every core."""
+    import numpy as np
+    import onnxruntime as rt
+
+    mean = np.array([float(v) for v in args.mean.split(",")], np.float32)[None, :, None, None]
+    std = np.array([float(v) for v in args.std.split(",")], np.float32)[None, :, None, None]
+    grey = np.random.default_rng(0).random((32, 1, 224, 224), dtype=np.float32)
+    channels = (np.repeat(grey, mean.shape[1], axis=1) - mean) / std
+    results = []
+    for threads in sorted({1, os.cpu_count() or 1}):
+        options = rt.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        ours = rt.InferenceSession(args.ours, options, providers=["CPUExecutionProvider"])
+        theirs = rt.InferenceSession(args.theirs, options, providers=["CPUExecutionProvider"])
+        ours_in, theirs_in = ours.get_inputs()[0].name, theirs.get_inputs()[0].name
+        a = ours.run(["embedding"], {ours_in: grey[:2]})[0]
+        b = theirs.run(None, {theirs_in: channels[:2]})[0]
+        difference = float(np.abs(a - b).max())
+        for batch in (1, 32):
+            runs = 20 if batch == 1 else 2
+
+            def timed(session, feeds):
+                start = time.perf_counter()
+                for _ in range(runs):
+                    session.run(None, feeds)
+                return (time.perf_counter() - start) / runs
+
+            ours_feeds = {ours_in: grey[:batch]}
+            theirs_feeds = {theirs_in: channels[:batch]}
+            timed(ours, ours_feeds), timed(theirs, theirs_feeds)
+            rounds = [(timed(ours, ours_feeds), timed(theirs, theirs_feeds)) for _ in range(args.rounds)]
+            ratios = sorted(o / t for o, t in rounds)
+            results.append({
+                "what": f"ONNX Runtime {rt.__version__} (CPU), batch {batch}, {threads} thread(s)",
+                "ours_ms": 1e3 * sorted(o for o, _ in rounds)[len(rounds) // 2],
+                "pytorch_export_ms": 1e3 * sorted(t for _, t in rounds)[len(rounds) // 2],
+                "ratio": ratios[len(ratios) // 2], "ratio_min": ratios[0], "ratio_max": ratios[-1],
+                "rounds": args.rounds, "largest_difference": difference,
+            })
+    print(json.dumps(results))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -347,8 +398,14 @@ def main():
     o.add_argument("--weights", required=True, help="safetensors from cxr-msn export-torch --names timm")
     o.add_argument("--heads", type=int, required=True)
     o.add_argument("--out", required=True)
+    r = sub.add_parser("ort")
+    r.add_argument("--ours", required=True, help="cxr-msn export-onnx's graph")
+    r.add_argument("--theirs", required=True, help="PyTorch's export of the same model (onnx)")
+    r.add_argument("--mean", required=True, help="the model's normalisation, comma-separated")
+    r.add_argument("--std", required=True)
+    r.add_argument("--rounds", type=int, default=7)
     args = p.parse_args()
-    {"step": step, "infer": infer, "loader": loader, "onnx": onnx}[args.command](args)
+    {"step": step, "infer": infer, "loader": loader, "onnx": onnx, "ort": ort_compare}[args.command](args)
 
 
 if __name__ == "__main__":
