@@ -149,8 +149,10 @@ def main():
     p.add_argument("--device", default="cpu",
                    help="cpu; gpu (ours: wgpu; PyTorch: cuda); ndarray (ours: Burn's ndarray "
                         "backend, built with the ndarray feature; PyTorch: cpu)")
-    p.add_argument("--only", nargs="*", default=["step", "infer", "loader", "loader-png"],
-                   help="loader: the manifest's images; loader-png: the same as NIH-format PNGs")
+    p.add_argument("--only", nargs="*", default=["step", "infer", "infer-ort", "loader", "loader-png"],
+                   help="infer-ort: our inference against ONNX Runtime on our model's ONNX graph "
+                        "(CPU only); loader: the manifest's images; loader-png: the same as "
+                        "NIH-format PNGs")
     p.add_argument("--step-batch", type=int, default=8)
     p.add_argument("--repeats", type=int, default=5,
                    help="timed repetitions per measurement (inference: twice as many)")
@@ -186,6 +188,26 @@ def main():
                                       [*ref, "infer", *args, "--device", torch_device] + amp)
                 print(model_row(pairs))
         print(f"\nours: {pairs[0][0]['device']}; PyTorch: {pairs[0][1]['device']}; {rounds_note(a.rounds)}\n")
+
+    if "infer-ort" in a.only and a.device == "cpu":
+        # The very model ours times (`bench infer --onnx` writes it as export-onnx would), in
+        # ONNX Runtime's CPU provider: the runtime a user of `cxr-msn export-onnx` would pick.
+        print("| inference, against ONNX Runtime | ours (s) | ONNX Runtime (s) | ours / ONNX Runtime | peak MiB ours / ONNX Runtime |")
+        print("|---|---|---|---|---|")
+        with tempfile.TemporaryDirectory() as folder:
+            for preset in ["tiny", "small"]:
+                onnx = str(Path(folder) / f"{preset}.onnx")
+                for batch in [1, 32]:
+                    args = ["--preset", preset, "--batch-size", str(batch), "--repeats", str(a.repeats * 2)]
+                    ours_cmd = [a.bin, "bench", "infer", *args, "--device", a.device, "--json"]
+                    if batch == 1:
+                        run([a.bin, "bench", "infer", "--preset", preset, "--repeats", "1",
+                             "--device", a.device, "--onnx", onnx, "--json"])
+                    pairs = paired_rounds(a.rounds, ours_cmd, [*ref, "infer", *args, "--onnx", onnx])
+                    print(model_row(pairs))
+        print(f"\nours: {pairs[0][0]['device']}; ONNX Runtime: {pairs[0][1]['device']}; "
+              f"{rounds_note(a.rounds)}; ONNX Runtime's memory is not measured (its process also "
+              "imports PyTorch)\n")
 
     if "loader" in a.only and a.data:
         loader_table(a, ref, "data pipeline (decode + 2 x 224 + 10 x 96 views)", a.data)

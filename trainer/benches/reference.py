@@ -9,7 +9,8 @@ same fields (what, device, median_s, min_s, max_s, repeats, peak_rss_mib).
           view masked, f_ehr and g for the EHR, the MSN loss (sharpening 0.25, 3 Sinkhorn
           iterations, me-max), AdamW (lr 1e-4, decoupled weight decay 1e-3), EMA 0.996
           before the forward; random views, read the loss back.
-  infer   timm's VisionTransformer of the same size, [CLS] features, inference mode.
+  infer   timm's VisionTransformer of the same size, [CLS] features, inference mode; with
+          --onnx, the graph of our own timed model in ONNX Runtime instead.
   loader  PIL decode + torchvision views (RandomResizedCrop 224 x 2 and 96 x N, flips,
           ToTensor, Normalize), batched; one thread, or a DataLoader with a worker per core.
   onnx    a cxr-msn encoder rebuilt in timm and exported by torch.onnx.export (for
@@ -211,9 +212,42 @@ def step(args):
     report(what, times, "CUDA (PyTorch)" if device.type == "cuda" else "CPU (PyTorch)")
 
 
+def infer_onnx(args):
+    """`infer` of the ONNX graph `cxr-msn bench infer --onnx` wrote (the model our side
+    times) in ONNX Runtime's CPU provider, one thread per core; the grey plane in."""
+    import numpy as np
+    import onnxruntime as rt
+
+    options = rt.SessionOptions()
+    options.intra_op_num_threads = os.cpu_count() or 1
+    options.inter_op_num_threads = 1
+    session = rt.InferenceSession(args.onnx, options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    times = []
+    for i in range(args.warmup + args.repeats):
+        images = rng.random((args.batch_size, 1, 224, 224), dtype=np.float32)
+        start = time.perf_counter()
+        session.run(["embedding"], {"image": images})
+        if i >= args.warmup:
+            times.append(time.perf_counter() - start)
+    times.sort()
+    print(json.dumps({
+        "what": f"inference, ViT-{args.preset} at 224 px, batch {args.batch_size}",
+        "device": f"CPU (ONNX Runtime {rt.__version__}), {options.intra_op_num_threads} threads",
+        "median_s": times[len(times) // 2],
+        "min_s": times[0],
+        "max_s": times[-1],
+        "repeats": len(times),
+        # This process also holds PyTorch (imported above), which ONNX Runtime does not need.
+        "peak_rss_mib": None,
+    }))
+
+
 def infer(args):
     import timm.models.vision_transformer as vt
 
+    if args.onnx:
+        return infer_onnx(args)
     device = torch.device(args.device)
     torch.manual_seed(0)
     dim, heads = PRESETS[args.preset]
@@ -388,6 +422,7 @@ def main():
     i.add_argument("--warmup", type=int, default=2)
     i.add_argument("--device", default="cpu")
     i.add_argument("--amp", action="store_true")
+    i.add_argument("--onnx", help="time this graph (cxr-msn bench infer --onnx) in ONNX Runtime instead")
     l = sub.add_parser("loader")
     l.add_argument("--data", required=True, help="a manifest CSV (path column)")
     l.add_argument("--count", type=int, default=256)

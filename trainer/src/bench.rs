@@ -20,10 +20,13 @@ use cxr_msn::rand::rngs::StdRng;
 
 use crate::cpu_parallel::encode;
 use crate::device::{DeviceArg, choose};
+use crate::files::write_atomic;
 use crate::images::file_decoder;
 use crate::loader::{Loader, LoaderConfig, Views};
 use crate::pretrain::{StepSchedule, train_step};
 use crate::source::DataArgs;
+use crate::weights::onnx::onnx_model;
+use cxr_msn::checkpoint::ModelMeta;
 use cxr_msn::pretrained::Pretrained;
 
 /// What to measure.
@@ -100,6 +103,10 @@ pub struct InferBench {
     /// Timed repetitions after the warm-up (the median is reported).
     #[arg(long, default_value_t = 10)]
     repeats: usize,
+    /// Also write the timed encoder (its architecture and random weights) as an ONNX graph,
+    /// as `export-onnx` writes it: scripts/bench times the same model in ONNX Runtime.
+    #[arg(long)]
+    onnx: Option<PathBuf>,
     #[command(flatten)]
     pub run: RunSettings,
 }
@@ -262,6 +269,14 @@ pub fn run_infer(args: &InferBench) -> Result<Timing> {
     let device = chosen.device;
     device.seed(0);
     let encoder = vit.init(&device);
+    if let Some(path) = &args.onnx {
+        let mut meta = ModelMeta::pretraining(MsnConfig::for_profile(Profile::Paper, preset));
+        meta.config.vit = vit.clone();
+        // The normalisation `random_grey` gives the images.
+        meta.normalization = Normalization::imagenet(vit.channels);
+        let model = onnx_model(&encoder, None, &meta, false, false)?;
+        write_atomic(path, &model.encode())?;
+    }
     let size = vit.image_size;
     let mut times = Vec::with_capacity(args.repeats);
     for i in 0..args.run.warmup + args.repeats {
