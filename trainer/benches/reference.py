@@ -244,10 +244,10 @@ def infer_onnx(args):
 
 
 def infer(args):
-    import timm.models.vision_transformer as vt
-
     if args.onnx:
         return infer_onnx(args)
+    import timm.models.vision_transformer as vt
+
     device = torch.device(args.device)
     torch.manual_seed(0)
     dim, heads = PRESETS[args.preset]
@@ -390,7 +390,8 @@ def ort_compare(args):
 
             ours_feeds = {ours_in: grey[:batch]}
             theirs_feeds = {theirs_in: channels[:batch]}
-            timed(ours, ours_feeds), timed(theirs, theirs_feeds)
+            timed(ours, ours_feeds)  # warm-up
+            timed(theirs, theirs_feeds)
             rounds = [(timed(ours, ours_feeds), timed(theirs, theirs_feeds)) for _ in range(args.rounds)]
             ratios = sorted(o / t for o, t in rounds)
             results.append({
