@@ -212,16 +212,24 @@ def step(args):
     report(what, times, "CUDA (PyTorch)" if device.type == "cuda" else "CPU (PyTorch)")
 
 
+def ort_session(path, threads):
+    """An ONNX Runtime session on the CPU provider with `threads` threads for each operator."""
+    import onnxruntime as rt
+
+    options = rt.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return rt.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
 def infer_onnx(args):
     """`infer` of the ONNX graph `cxr-msn bench infer --onnx` wrote (the model our side
     times) in ONNX Runtime's CPU provider, one thread per core; the grey plane in."""
     import numpy as np
     import onnxruntime as rt
 
-    options = rt.SessionOptions()
-    options.intra_op_num_threads = os.cpu_count() or 1
-    options.inter_op_num_threads = 1
-    session = rt.InferenceSession(args.onnx, options, providers=["CPUExecutionProvider"])
+    threads = os.cpu_count() or 1
+    session = ort_session(args.onnx, threads)
     rng = np.random.default_rng(0)
     times = []
     for i in range(args.warmup + args.repeats):
@@ -233,7 +241,7 @@ def infer_onnx(args):
     times.sort()
     print(json.dumps({
         "what": f"inference, ViT-{args.preset} at 224 px, batch {args.batch_size}",
-        "device": f"CPU (ONNX Runtime {rt.__version__}), {options.intra_op_num_threads} threads",
+        "device": f"CPU (ONNX Runtime {rt.__version__}), {threads} threads",
         "median_s": times[len(times) // 2],
         "min_s": times[0],
         "max_s": times[-1],
@@ -370,11 +378,7 @@ def ort_compare(args):
     channels = (np.repeat(grey, mean.shape[1], axis=1) - mean) / std
     results = []
     for threads in sorted({1, os.cpu_count() or 1}):
-        options = rt.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        ours = rt.InferenceSession(args.ours, options, providers=["CPUExecutionProvider"])
-        theirs = rt.InferenceSession(args.theirs, options, providers=["CPUExecutionProvider"])
+        ours, theirs = ort_session(args.ours, threads), ort_session(args.theirs, threads)
         ours_in, theirs_in = ours.get_inputs()[0].name, theirs.get_inputs()[0].name
         a = ours.run(["embedding"], {ours_in: grey[:2]})[0]
         b = theirs.run(None, {theirs_in: channels[:2]})[0]

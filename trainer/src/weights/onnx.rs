@@ -16,7 +16,8 @@
 //!   `[batch, labels]` (sigmoid probabilities of the image-only and image + EHR heads).
 //!
 //! The metadata (`metadata_props`) carries the labels, operating points, EHR columns and
-//! preprocessing, and the whole model-file metadata as JSON under `cxr-msn.meta`.
+//! their encoding, and the preprocessing, and the whole model-file metadata as JSON under
+//! `cxr-msn.meta`.
 
 use std::path::PathBuf;
 
@@ -36,6 +37,12 @@ use crate::files::write_atomic;
 
 /// The `ai.onnx` operator set written: 17, the first with `LayerNormalization`.
 pub const OPSET: i64 = 17;
+
+/// What the `image` input takes (its doc string, and `cxr-msn.preprocessing` in the
+/// metadata): cxr-msn's evaluation view (`cxr_msn::views::eval_view`).
+const PREPROCESSING: &str = "one grey channel, intensities in [0, 1] (8-bit / 255, 16-bit / \
+    65535), the shorter side resized to 256 px (antialiased bilinear), the centre 224 px \
+    cropped; the pixel normalisation is folded into the patch embedding";
 
 /// `cxr-msn export-onnx` settings.
 #[derive(Args, Debug, Clone, Serialize)]
@@ -128,9 +135,7 @@ pub fn onnx_model(
             Dim::Fixed(size),
             Dim::Fixed(size),
         ],
-        doc: "grey intensities in [0, 1]: the shorter side resized to 256 px, the centre \
-              224 px cropped (cxr-msn's evaluation view); the normalisation is in the graph"
-            .into(),
+        doc: PREPROCESSING.into(),
     });
     let embedding = g.encoder(encoder, meta)?;
     g.output(
@@ -142,10 +147,7 @@ pub fn onnx_model(
         ("cxr-msn.image_size".to_string(), vit.image_size.to_string()),
         (
             "cxr-msn.preprocessing".to_string(),
-            "image: one grey channel, intensities in [0, 1] (8-bit / 255, 16-bit / 65535), \
-             the shorter side resized to 256 px (antialiased bilinear), the centre 224 px \
-             cropped; the pixel normalisation is folded into the patch embedding"
-                .to_string(),
+            PREPROCESSING.to_string(),
         ),
         (
             "cxr-msn.meta".to_string(),
@@ -296,16 +298,11 @@ impl Graph {
     /// A parameter as a float constant; with `f16`, stored as float16 under `{name}.f16`
     /// and cast to float32 as `name`.
     fn constant<const D: usize>(&mut self, name: &str, t: Tensor<D>) -> Result<String> {
+        if !self.f16 {
+            return self.derived(name, t);
+        }
         let dims = t.dims().iter().map(|&d| d as i64).collect();
         let values = values(t)?;
-        if !self.f16 {
-            self.initializers.push(Initializer {
-                name: name.into(),
-                dims,
-                values: Values::F32(values),
-            });
-            return Ok(name.into());
-        }
         if let Some(v) = values.iter().find(|v| v.abs() > f16::MAX.to_f32()) {
             bail!("{name} holds {v}, beyond float16's range: export it without --f16");
         }
