@@ -1,28 +1,26 @@
 // The page of cxr-msn: the interface only. Decoding, preprocessing and inference are the
-// wasm module's (web/src, through the cxr-msn model crate).
+// wasm module's (web/src, through the cxr-msn model crate), which runs in a worker
+// (engine.js).
 //
 // URL parameters: model=URL (a model file from `cxr-msn export`), sample=FILE (a bundled
 // sample to run at once), notice=0 (hide the notice, for a class that has seen it),
 // backend=auto|webgpu|cpu, mode=learn (learn.js's tab alone; the sample is then learn
 // mode's image, not scored here), warmup=0 (no warm-up after the model loads), simd=plain
-// (read by the loader in index.html, web/loader.mjs: the plain SIMD module).
+// (read by the loader in index.html, web/loader.mjs: the plain SIMD module), worker=0 (the
+// model engine on the page itself rather than in a worker, engine.js).
 //
 // A small JavaScript API for pages that embed this one: `window.cxrMsn` (see README);
 // learn.js reaches the loaded model through it too.
 
 import { drawGrey } from "./draw.js";
-import { watchWebGpu, webGpuTrouble } from "./gpu-guard.js";
-
-// Before any WebGPU device exists: a shader the browser rejects, or a device error, must
-// not leave wrong numbers on the page (gpu-guard.js).
-watchWebGpu();
+import { startEngine } from "./engine.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const MODEL_CACHE = "cxr-msn-models-v1";
 
 const state = {
-  wasm: null,
+  engine: null, // engine.js: where the wasm module runs (a worker, else the page)
   model: null,
   modelBytes: null,
   modelName: "",
@@ -35,11 +33,14 @@ const state = {
   warming: Promise.resolve(0),
 };
 
-// The wasm module, once trunk's loader has started it.
-function wasmReady() {
+// The wasm module the page's loader chose (web/loader.mjs: `window.wasmModule`, started
+// by the engine), or under `trunk serve` the module trunk's own loader has started on the
+// page (`window.wasmBindings`).
+function wasmChosen() {
   return new Promise((resolve) => {
-    if (window.wasmBindings) return resolve(window.wasmBindings);
-    addEventListener("TrunkApplicationStarted", () => resolve(window.wasmBindings), { once: true });
+    const chosen = () => ({ name: window.wasmModule || null, bindings: window.wasmBindings || null });
+    if (window.wasmModule || window.wasmBindings) return resolve(chosen());
+    for (const event of ["cxr-msn-wasm", "TrunkApplicationStarted"]) addEventListener(event, () => resolve(chosen()), { once: true });
   });
 }
 
@@ -58,11 +59,11 @@ function showError(text) {
 
 const onCpu = (model) => model.backend().startsWith("CPU");
 
-// Throws when WebGPU reported anything wrong since the page started (gpu-guard.js): then
-// the WebGPU result just computed cannot be trusted.
+// Throws when WebGPU reported anything wrong since the engine started (gpu-guard.js, in the
+// engine's realm): then the WebGPU result just computed cannot be trusted.
 async function trustWebGpu(model) {
   if (onCpu(model)) return;
-  const trouble = await webGpuTrouble();
+  const trouble = await state.engine.trouble();
   if (trouble) throw new Error(trouble);
 }
 
@@ -218,14 +219,14 @@ async function loadModel(bytes, name, fallbackReason = null) {
   const started = performance.now();
   let model;
   try {
-    model = await state.wasm.CxrModel.load(bytes, backend);
+    model = await state.engine.load(bytes, backend);
     await trustWebGpu(model);
   } catch (e) {
     if (backend === "cpu") throw e;
     // A WebGPU failure must not stop the page: run on the CPU.
     if (model) model.free();
-    state.wasm.check_model_file(bytes); // a damaged file is reported as such, not as a GPU problem
-    model = await state.wasm.CxrModel.load(bytes, "cpu");
+    await state.engine.check(bytes); // a damaged file is reported as such, not as a GPU problem
+    model = await state.engine.load(bytes, "cpu");
     model.fallbackReason = String(e.message || e);
   }
   if (fallbackReason) model.fallbackReason = fallbackReason;
@@ -411,9 +412,9 @@ async function scoreEach(files, fromForm) {
     await yieldToBrowser();
     try {
       const bytes = new Uint8Array(await file.arrayBuffer());
-      const info = JSON.parse(state.model.read_image(bytes));
+      const info = JSON.parse(await state.model.read_image(bytes));
       if (!fromForm && files.length === 1) prefillFromHeader(info);
-      const pixels = state.model.view(bytes);
+      const pixels = await state.model.view(bytes);
       const started = performance.now();
       // A failing WebGPU call, or one WebGPU reported trouble with: the CPU's answer.
       const prediction = JSON.parse(await computeTrusted((m) => m.predict(bytes, JSON.stringify(ehrValues()))));
@@ -515,8 +516,8 @@ function wireInputs() {
 async function start() {
   if (["auto", "webgpu", "cpu"].includes(params.get("backend"))) $("backend").value = params.get("backend");
   wireInputs();
-  state.wasm = await wasmReady();
-  const samples = await showSamples();
+  // The engine starts (its worker compiles the wasm module) while the notice is read.
+  const engine = wasmChosen().then(startEngine);
   const acknowledged = new Promise((resolve) => {
     if (params.get("notice") === "0") {
       $("notice").hidden = true;
@@ -528,7 +529,9 @@ async function start() {
       resolve();
     }, { once: true });
   });
+  const samples = await showSamples();
   await acknowledged;
+  state.engine = await engine;
   await loadModelFrom(params.get("model") || "model.safetensors");
   const wanted = params.get("sample");
   const sample = samples.find((s) => s.file === wanted);
@@ -552,10 +555,13 @@ window.cxrMsn = {
     return busy(async () => JSON.parse(await computeTrusted((m) => m.embed(bytes))));
   },
   backend: () => state.model && state.model.backend(),
+  // Where the model engine runs: "worker", or "page" where no worker could start
+  // (engine.js); null before it has started.
+  engine: () => state.engine && state.engine.where,
   // The current model's warm-up (see WARM_UP): resolves to the number of runs it made.
   warmedUp: () => state.warming,
-  // The loaded CxrModel and its summary (for learn.js); a `cxr-msn-model` event fires on
-  // the document each time a model is loaded.
+  // The loaded model (engine.js: CxrModel's methods, as promises) and its summary (for
+  // learn.js); a `cxr-msn-model` event fires on the document each time a model is loaded.
   model: () => state.model,
   summary: () => state.summary,
   // For learn.js after each of its model calls: true while the current model's results can

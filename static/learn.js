@@ -1,7 +1,8 @@
 // Learn mode of the cxr-msn page ("Learn how it works"): what a Masked Siamese Network
 // does, one panel per idea, computed live by the model that app.js has loaded, through
 // its wasm API (CxrModel.learn_info / masked / views / assign / sinkhorn / explain /
-// signature; web/src/bindings.rs). Interface only: every number shown comes from one of
+// signature; web/src/bindings.rs), which runs in the engine's worker (engine.js), so every
+// call but learn_info is a promise. Interface only: every number shown comes from one of
 // those calls, or from arithmetic on what they returned.
 //
 // Panels, each a [data-panel] element whose data-state is busy, ready or error:
@@ -225,9 +226,20 @@ function settings() {
   return { temperature: Number($("temperature").value), sharpen: Number($("sharpen").value) };
 }
 
-function assign(rows) {
+// Prototype assignments of projection rows at the sliders' settings (the engine computes
+// them, in its worker: engine.js).
+async function assign(rows) {
   const { temperature, sharpen } = settings();
-  return JSON.parse(learn.model.assign(JSON.stringify(rows), temperature, sharpen));
+  return JSON.parse(await learn.model.assign(JSON.stringify(rows), temperature, sharpen));
+}
+
+// Latest wins among the renders that wait for assignments: `latest(key)` starts one and
+// returns whether it is still the newest of `key` (a slider dragged on, new views, a new
+// model since).
+const renders = {};
+function latest(key) {
+  const n = (renders[key] = (renders[key] || 0) + 1);
+  return () => renders[key] === n;
 }
 
 function unavailable() {
@@ -263,15 +275,17 @@ async function computeMasking(call) {
     dimStrip(r.cls_full, r.cls_masked, "full view", "masked view", "[CLS] embedding, first dimensions"),
     el("div", { id: "mask-assignment" }),
   );
-  renderMaskAssignment();
+  await renderMaskAssignment();
 }
 
-function renderMaskAssignment() {
+async function renderMaskAssignment() {
   const box = $("mask-assignment");
   const r = learn.masked;
   if (!box || !r) return;
   if (!learn.info.available || !r.z) return box.replaceChildren(unavailable());
-  const a = assign(r.z);
+  const current = latest("mask");
+  const a = await assign(r.z);
+  if (!current() || learn.masked !== r) return;
   const masked = a.top[1];
   box.dataset.ce = a.ce[1];
   box.replaceChildren(
@@ -308,11 +322,10 @@ async function computeViews(call) {
   const r = JSON.parse(await call((m) => m.views(bytes, seed, learn.info.mask_ratio)));
   learn.views = r;
   if (document.activeElement !== $("views-seed")) $("views-seed").value = r.seed;
-  renderViews();
-  renderPrototypes();
+  await Promise.all([renderViews(), renderPrototypes()]);
 }
 
-function renderViews() {
+async function renderViews() {
   const r = learn.views;
   if (!r) return;
   const box = $("views");
@@ -327,16 +340,18 @@ function renderViews() {
     figure.append(canvas, el("figcaption"));
     box.append(figure);
   });
-  captionViews();
+  await captionViews();
 }
 
 // The views' captions (top prototype, cross-entropy to the target) and their mean, at the
 // sliders' settings: what a temperature or sharpening change redraws in this panel; the
 // views' pictures stay (redrawing them was a third of such a change's time).
-function captionViews() {
+async function captionViews() {
   const r = learn.views;
   if (!r) return;
-  const a = learn.info.available && r.z ? assign(r.z) : null;
+  const current = latest("views");
+  const a = learn.info.available && r.z ? await assign(r.z) : null;
+  if (!current() || learn.views !== r) return;
   const figures = $("views").querySelectorAll("figure.view");
   r.views.forEach((view, i) => {
     const figure = figures[i];
@@ -372,7 +387,7 @@ function captionViews() {
 }
 
 // Panel 3: the target view's assignment over every prototype, at the sliders' settings.
-function renderPrototypes() {
+async function renderPrototypes() {
   if (!learn.info) return;
   const box = $("prototype-chart");
   if (!learn.info.available) {
@@ -380,8 +395,11 @@ function renderPrototypes() {
     setState("prototypes", "ready");
     return;
   }
-  if (!learn.views || !learn.views.z) return;
-  const a = assign([learn.views.z[0]]);
+  const r = learn.views;
+  if (!r || !r.z) return;
+  const current = latest("prototypes");
+  const a = await assign([r.z[0]]);
+  if (!current() || learn.views !== r) return;
   const { temperature, sharpen } = settings();
   box.replaceChildren(prototypeChart([
     [a.probs[0], `target view at temperature ${temperature.toFixed(2)}`, "series-a"],
@@ -466,16 +484,18 @@ async function computeSinkhorn(_call, stale) {
   }
   if (stale()) throw STALE;
   learn.batch = batch;
-  renderSinkhorn();
+  await renderSinkhorn();
 }
 
-function renderSinkhorn() {
+async function renderSinkhorn() {
   const batch = learn.batch;
   const box = $("sinkhorn");
   if (!batch || !learn.info.available) return;
   const { temperature, sharpen } = settings();
   const iterations = learn.info.sinkhorn_iterations;
-  const s = JSON.parse(learn.model.sinkhorn(JSON.stringify(batch.map((b) => b.z)), temperature, sharpen, iterations));
+  const current = latest("sinkhorn");
+  const s = JSON.parse(await learn.model.sinkhorn(JSON.stringify(batch.map((b) => b.z)), temperature, sharpen, iterations));
+  if (!current() || learn.batch !== batch) return;
   const K = s.mass_after.length;
   const fair = s.rows / K;
   // The columns worth showing: each image's largest prototypes, before and after.
@@ -588,7 +608,7 @@ async function computeEhr(call) {
   }
   const ehr = JSON.stringify(ehrValues());
   learn.explain = JSON.parse(await call((m) => m.explain(image.bytes, ehr)));
-  renderEhr();
+  await renderEhr();
 }
 
 function scoreCell(p, head, label) {
@@ -602,7 +622,7 @@ function scoreCell(p, head, label) {
   return td;
 }
 
-function renderEhr() {
+async function renderEhr() {
   const r = learn.explain;
   if (!r) return;
   const box = $("learn-ehr");
@@ -631,15 +651,17 @@ function renderEhr() {
   }
   parts.push(el("div", { id: "ehr-prototypes" }));
   box.replaceChildren(...parts);
-  renderEhrPrototypes();
+  await renderEhrPrototypes();
 }
 
-function renderEhrPrototypes() {
+async function renderEhrPrototypes() {
   const box = $("ehr-prototypes");
   const r = learn.explain;
   if (!box || !r || !r.z_fused || !r.z_image) return;
   if (!learn.info.available) return box.replaceChildren(unavailable());
-  const a = assign([r.z_image, r.z_fused]);
+  const current = latest("ehr");
+  const a = await assign([r.z_image, r.z_fused]);
+  if (!current() || learn.explain !== r) return;
   box.replaceChildren(el("div", { className: "pair" },
     el("div", {}, el("h4", { textContent: "Image only: top prototypes" }), prototypeList(a.top[0], "Top prototypes of the image-only projection")),
     el("div", {}, el("h4", { textContent: "Image + EHR: top prototypes" }), prototypeList(a.top[1], "Top prototypes of the fused projection"))));
@@ -899,20 +921,18 @@ function refreshAll() {
 }
 
 // Recomputes every assignment from the cached projections after a temperature or
-// sharpening change: no encoder run.
-function reassign() {
+// sharpening change: no encoder run. The sliders' values are shown once every panel has
+// followed them.
+async function reassign() {
   if (!learn.info || !learn.info.available) return;
+  const model = learn.model;
+  try {
+    await Promise.all([renderMaskAssignment(), captionViews(), renderPrototypes(), renderSinkhorn(), renderEhrPrototypes()]);
+  } catch (e) {
+    if (learn.model === model) setState("prototypes", "error", `Could not compute the assignment: ${message(e)}`);
+  }
   for (const [key, input] of [["temperature", $("temperature")], ["sharpen", $("sharpen")]]) {
     $(`${key}-value`).textContent = Number(input.value).toFixed(2);
-  }
-  try {
-    renderMaskAssignment();
-    captionViews();
-    renderPrototypes();
-    renderSinkhorn();
-    renderEhrPrototypes();
-  } catch (e) {
-    setState("prototypes", "error", `Could not compute the assignment: ${message(e)}`);
   }
 }
 

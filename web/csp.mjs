@@ -8,7 +8,8 @@
 //   style-src 'self' (the stylesheet; widths are set through the CSSOM, not attributes);
 //   img-src 'self' data: blob: (bundled samples, the favicon, drawn previews);
 //   connect-src 'self' (the wasm module, the model file and the samples);
-//   everything else 'none': no plugins, frames, workers, forms, fonts or base URL changes.
+//   worker-src 'self' (the model engine's worker, static/engine-worker.js);
+//   everything else 'none': no plugins, frames, forms, fonts or base URL changes.
 // frame-ancestors cannot be set from a <meta> tag; the page is meant to be embedded.
 
 import { createHash } from "node:crypto";
@@ -28,6 +29,7 @@ const policy = [
   "style-src 'self'",
   "img-src 'self' data: blob:",
   "connect-src 'self'",
+  "worker-src 'self'",
   "base-uri 'none'",
   "form-action 'none'",
   "object-src 'none'",

@@ -1,5 +1,6 @@
 // Gives the built page its second WebAssembly module and a loader that picks one of the two
-// (scripts/web runs it after `trunk build` and the build of web/relaxed):
+// for the page's model engine to start in its worker (static/engine.js; scripts/web runs
+// this after `trunk build` and the build of web/relaxed):
 //
 //   node loader.mjs DIST RELAXED_DIR
 //
@@ -10,7 +11,9 @@
 // validates a one-instruction module using relaxed SIMD (`f32x4.relaxed_madd`): where the
 // browser accepts it (Chrome and Edge 114+), the relaxed module; elsewhere (Safari, for
 // one), trunk's own SIMD module. `?simd=plain` in the page's URL forces the
-// plain module. Trunk's preload links go: they would fetch the plain module in every browser.
+// plain module. The loader only names the module (`window.wasmModule`, with a `cxr-msn-wasm`
+// event): the engine's worker fetches and compiles it, the page itself does not. Trunk's
+// preload links go: they would fetch the plain module in every browser.
 // The Content-Security-Policy is then recomputed for the new inline script (csp.mjs).
 
 import { createHash } from "node:crypto";
@@ -49,15 +52,12 @@ const probe = [
 const script = `<script type="module">
 // The relaxed-SIMD module (fused multiply-adds in the matrix products) where the browser
 // validates relaxed SIMD, else the plain SIMD one; ?simd=plain forces the plain one
-// (web/loader.mjs).
+// (web/loader.mjs). The model engine starts it (static/engine.js).
 const relaxed = new URLSearchParams(location.search).get("simd") !== "plain"
   && WebAssembly.validate(new Uint8Array([${probe.join(",")}]));
-const name = relaxed ? "./${relaxed}" : "./${plain}";
-const bindings = await import(name + ".js");
-const wasm = await bindings.default({ module_or_path: name + "_bg.wasm" });
-window.wasmBindings = bindings;
+window.wasmModule = relaxed ? "./${relaxed}" : "./${plain}";
 window.wasmSimd = relaxed ? "relaxed" : "plain";
-dispatchEvent(new CustomEvent("TrunkApplicationStarted", { detail: { wasm } }));
+dispatchEvent(new CustomEvent("cxr-msn-wasm"));
 </script>`;
 html = html.replace(loader, script);
 // Trunk's preloads of the plain module's files.

@@ -94,7 +94,7 @@ await page.evaluate(async () => {
 const encoderOn = (p) => () => p.evaluate(async () => {
   const { bytes } = window.bench;
   const model = window.cxrMsn.model();
-  model.read_image(bytes);
+  await model.read_image(bytes);
   const t = performance.now();
   const embedding = JSON.parse(await model.embed(bytes));
   const took = performance.now() - t;
@@ -103,17 +103,17 @@ const encoderOn = (p) => () => p.evaluate(async () => {
 });
 const encoderOnce = encoderOn(page);
 // Decoding and the evaluation view alone (`read_image` on a file the page has not just read).
-const decodeOnce = () => page.evaluate(() => {
+const decodeOnce = () => page.evaluate(async () => {
   const { bytes, other } = window.bench;
   const model = window.cxrMsn.model();
-  model.read_image(other);
+  await model.read_image(other);
   const t = performance.now();
-  model.read_image(bytes);
+  await model.read_image(bytes);
   return performance.now() - t;
 });
 const scoreOnce = () => page.evaluate(async () => {
   const { blob, other } = window.bench;
-  window.cxrMsn.model().read_image(other);
+  await window.cxrMsn.model().read_image(other);
   const t = performance.now();
   await window.cxrMsn.score(blob, { sex: "F", age: 4 });
   return performance.now() - t;

@@ -192,11 +192,12 @@ async function profile(page, run) {
 // Ours: the encoder alone on a decoded image (`embed`, as bench.mjs times it), on WebGPU.
 const ours = await browser.newPage();
 await ours.addInitScript(profiler);
-await ours.goto(`${origin}/index.html?notice=0&backend=webgpu&warmup=0`);
+// worker=0: the engine on the page, where the profiler's init script wraps WebGPU.
+await ours.goto(`${origin}/index.html?notice=0&backend=webgpu&warmup=0&worker=0`);
 await ours.waitForFunction(() => /^Ready: .* on WebGPU/.test(document.getElementById("model-status").textContent), null, { timeout: 300000 });
 await ours.evaluate(async () => {
   const bytes = new Uint8Array(await (await fetch("samples/NORMAL2-IM-1438-0001.jpeg")).arrayBuffer());
-  window.cxrMsn.model().read_image(bytes);
+  await window.cxrMsn.model().read_image(bytes);
   window.bench = { bytes };
 });
 const oursProfile = await profile(ours, async () => {

@@ -1,6 +1,7 @@
 // How long learn mode's panels take to follow what a student does, on the CPU (each of the
-// page's two WebAssembly modules, in a headless Chromium of its own), for BENCHMARKS.md and
-// the README's Learn mode section. Times are measured inside the page, from the action to
+// page's two WebAssembly modules, with the model engine in its worker and on the page
+// itself, `?worker=0`, each in a headless Chromium of its own), for BENCHMARKS.md and the
+// README's Learn mode section. Times are measured inside the page, from the action to
 // the moment every panel it touches is ready again (a MutationObserver on their
 // data-state), over REPEATS runs after one warm-up run of each action; median and range:
 //   open        the learn tab of a fresh page: the model loaded, then all six panels
@@ -10,6 +11,8 @@
 //   EHR change  the sex field: the fused embedding and both heads' scores again
 //   temperature the prototypes' temperature slider: every assignment from the cached
 //               projections, no encoder pass (after the slider's 30 ms debounce)
+// and the longest task the page's main thread had over all of that (a long-task observer):
+// how long the page could not scroll or answer a key.
 // Actions without a debounce are used, so that the figures are the page's work alone
 // (the mask-ratio slider, the seed field and the age field wait 150, 400 and 300 ms for
 // the student to stop typing or dragging before they compute).
@@ -22,7 +25,6 @@ const REPEATS = Number(process.env.REPEATS || 5);
 const { origin, close } = await serve();
 
 const median = (xs) => xs.slice().sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-const row = (what, xs) => `| ${what} | ${median(xs).toFixed(0)} (${Math.min(...xs).toFixed(0)}-${Math.max(...xs).toFixed(0)}) |`;
 
 // Runs `action` (a function's source, evaluated in the page) and resolves with the
 // milliseconds until every panel of `panels` has been busy and is ready again.
@@ -48,10 +50,11 @@ function timed(page, action, panels) {
   }, { action: action.toString(), panels });
 }
 
-// The time of the synchronous re-assignment a temperature change starts after its 30 ms
-// debounce: from a timer of the same delay set just before the input event (timers of equal
-// delay run in the order they were set, so it runs just before the page's) to the end of
-// the task that re-rendered every panel (when a MutationObserver's callback runs).
+// The time of the re-assignment a temperature change starts after its 30 ms debounce: from
+// a timer of the same delay set just before the input event (timers of equal delay run in
+// the order they were set, so it runs just before the page's) to the slider's label showing
+// the new value, which the page writes once every panel has its new assignments from the
+// engine's worker and has redrawn (when a MutationObserver's callback runs).
 function timedTemperature(page, value) {
   return page.evaluate(async (value) => {
     const label = document.getElementById("temperature-value");
@@ -78,14 +81,21 @@ async function ready(page) {
 }
 
 const ALL = ["masking", "views", "prototypes", "sinkhorn", "ehr", "map"];
-for (const simd of ["relaxed", "plain"]) {
+const columns = [];
+for (const [simd, engine] of [["relaxed", "worker"], ["relaxed", "page"], ["plain", "worker"], ["plain", "page"]]) {
   const browser = await launchChromium();
-  const times = { open: [], sample: [], mask: [], draw: [], ehr: [], temperature: [] };
+  const times = { open: [], sample: [], mask: [], draw: [], ehr: [], temperature: [], longest: [] };
   let backend = "";
   for (let i = 0; i <= REPEATS; i++) {
     const page = await browser.newPage({ viewport: { width: 1100, height: 1400 } });
+    await page.addInitScript(() => {
+      window.__longest = 0;
+      new PerformanceObserver((list) => {
+        for (const e of list.getEntries()) window.__longest = Math.max(window.__longest, e.duration);
+      }).observe({ type: "longtask", buffered: true });
+    });
     const t0 = Date.now();
-    await page.goto(`${origin}/index.html?notice=0&backend=cpu&mode=learn&simd=${simd}`);
+    await page.goto(`${origin}/index.html?notice=0&backend=cpu&mode=learn&simd=${simd}${engine === "page" ? "&worker=0" : ""}`);
     await ready(page);
     if (i > 0) times.open.push(Date.now() - t0);
     backend = await page.textContent("#model-status");
@@ -101,7 +111,10 @@ for (const simd of ["relaxed", "plain"]) {
       sex.dispatchEvent(new Event("change", { bubbles: true }));
     }, ["ehr"]);
     const temperature = await timedTemperature(page, i % 2 ? 0.2 : 0.15);
+    const [where, longest] = await page.evaluate(() => [window.cxrMsn.engine(), window.__longest]);
+    if (where !== engine) throw new Error(`the engine ran in ${where}, not in ${engine}`);
     if (i > 0) {
+      times.longest.push(longest);
       times.sample.push(sample);
       times.mask.push(mask);
       times.draw.push(draw);
@@ -111,14 +124,16 @@ for (const simd of ["relaxed", "plain"]) {
     await page.close();
   }
   await browser.close();
-  console.log(`\n${simd} SIMD module: ${backend.trim()}`);
-  console.log(`| learn mode, CPU, ${simd} SIMD module | ms, median (range) of ${REPEATS} |`);
-  console.log("|---|---|");
-  console.log(row("open the learn tab: model loaded, all six panels", times.open));
-  console.log(row("another sample: every panel again", times.sample));
-  console.log(row("new mask (one masked encoder pass)", times.mask));
-  console.log(row("new draw (12 views encoded)", times.draw));
-  console.log(row("EHR change (fused embedding and both heads)", times.ehr));
-  console.log(row("temperature (assignments only, no encoder pass)", times.temperature));
+  console.log(`${simd} SIMD module, engine in the ${engine}: ${backend.trim()}`);
+  columns.push([`${simd} SIMD, engine in ${engine === "page" ? "the page (worker=0)" : "its worker"}`, times]);
+}
+const cell = (xs) => `${median(xs).toFixed(0)} (${Math.min(...xs).toFixed(0)}-${Math.max(...xs).toFixed(0)})`;
+console.log(`\n| learn mode, CPU, ms, median (range) of ${REPEATS} | ${columns.map(([name]) => name).join(" | ")} |`);
+console.log(`|---|${columns.map(() => "---|").join("")}`);
+for (const [key, what] of [["open", "open the learn tab: model loaded, all six panels"], ["sample", "another sample: every panel again"],
+  ["mask", "new mask (one masked encoder pass)"], ["draw", "new draw (12 views encoded)"],
+  ["ehr", "EHR change (fused embedding and both heads)"], ["temperature", "temperature (assignments only, no encoder pass)"],
+  ["longest", "the page's longest task over all of these (main thread held)"]]) {
+  console.log(`| ${what} | ${columns.map(([, times]) => cell(times[key])).join(" | ")} |`);
 }
 await close();

@@ -18,7 +18,9 @@
 // agreeing with the CPU (and the browser accepting every WebGPU shader the page made), and
 // the custom element with mode="learn". A WebGPU shader the browser rejects (one spoiled on
 // purpose) moves the page, and learn mode, to the CPU with its numbers and says why
-// (static/gpu-guard.js). Screenshots go to
+// (static/gpu-guard.js). The model engine runs in a worker: learn mode computing leaves the
+// page's main thread free, and the engine on the page (?worker=0) gives the same numbers.
+// Screenshots go to
 // SCREENSHOTS (default ./screenshots).
 
 import { createServer } from "node:http";
@@ -111,14 +113,20 @@ async function watchRequests(page, sink) {
   });
   await page.addInitScript(() => document.addEventListener("securitypolicyviolation", (e) =>
     console.log(`csp-violation ${e.violatedDirective} ${e.blockedURI} ${e.sourceFile}:${e.lineNumber}`)));
+  // The page's long tasks (50 ms and more on its main thread), for the worker check.
+  await page.addInitScript(() => {
+    window.__longTasks = [];
+    new PerformanceObserver((list) => window.__longTasks.push(...list.getEntries().map((e) => Math.round(e.duration))))
+      .observe({ type: "longtask", buffered: true });
+  });
   // Every WebGPU shader the page creates is checked against the browser's own compiler
   // (`getCompilationInfo`): in a browser a rejected shader shows only later, through the
   // device's error callback, while its launch still succeeds (BENCHMARKS.md, "The browser
   // demo": a rejected matrix-product shader once computed zeros). See `shaderReport`.
-  await page.addInitScript(() => {
+  await inEngineRealms(page, () => {
     if (typeof GPUDevice === "undefined") return;
     const create = GPUDevice.prototype.createShaderModule;
-    const checks = (window.__shaderChecks = []);
+    const checks = (globalThis.__shaderChecks = []);
     GPUDevice.prototype.createShaderModule = function (descriptor) {
       const module = create.call(this, descriptor);
       checks.push(module.getCompilationInfo().then((info) => info.messages
@@ -129,10 +137,30 @@ async function watchRequests(page, sink) {
   });
 }
 
-// How many WebGPU shaders the page has created and which the browser rejected, with the
-// WebGPU errors it reported on its console (cubecl-wgpu's error callback panics there).
+// Runs `fn(arg)` first thing wherever the page may create WebGPU devices: the page itself
+// (an init script) and the model engine's worker (static/engine-worker.js), which init
+// scripts do not reach: its script is served with the code in front.
+async function inEngineRealms(page, fn, arg) {
+  await page.addInitScript(fn, arg);
+  if (!page.__prelude) {
+    page.__prelude = [];
+    await page.route(/\/engine-worker\.js$/, async (route) => {
+      const response = await route.fetch();
+      const body = `${page.__prelude.join("\n")}\n${await response.text()}`;
+      await route.fulfill({ status: response.status(), contentType: "text/javascript", body });
+    });
+  }
+  page.__prelude.push(`(${fn})(${JSON.stringify(arg)});`);
+}
+
+// How many WebGPU shaders the page and its engine's worker have created and which the
+// browser rejected, with the WebGPU errors reported on the console (cubecl-wgpu's error
+// callback panics there).
 async function shaderReport(page) {
-  const checked = await page.evaluate(async () => window.__shaderChecks && (await Promise.all(window.__shaderChecks)));
+  const realms = [page, ...page.workers()];
+  const found = await Promise.all(realms.map((realm) =>
+    realm.evaluate(async () => globalThis.__shaderChecks && (await Promise.all(globalThis.__shaderChecks)))));
+  const checked = found.some((c) => c !== undefined) ? found.filter(Boolean).flat(1) : undefined;
   return {
     instrumented: checked !== undefined,
     created: checked ? checked.length : 0,
@@ -347,7 +375,7 @@ await check("WebGPU: `auto` refuses the software adapter; `webgpu` uses it, agre
 // call that uses it still returns.
 const PRODUCT_SHADER = "(?:matmul|linear_kernel|batched_kernel)";
 async function spoilFirstMatmulShader(page) {
-  await page.addInitScript((product) => {
+  await inEngineRealms(page, (product) => {
     const create = GPUDevice.prototype.createShaderModule;
     let spoiled = 0;
     GPUDevice.prototype.createShaderModule = function (descriptor) {
@@ -488,6 +516,9 @@ const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
 let learnPage = null; // shared by the learn checks: computing every panel takes a while on the CPU
 let learnInfo = null;
 let cpuLearn = null; // the first learn page's numbers, for the WebGPU check
+let learnMainThread = null; // where its engine ran and its main thread's longest task
+// Where the page's model engine runs and the longest task its main thread has had so far.
+const mainThread = (page) => page.evaluate(() => ({ engine: window.cxrMsn.engine(), longest: Math.max(0, ...window.__longTasks) }));
 // Numbers every learn panel computes at its defaults: the masked view's cosine and
 // cross-entropy, each view's cross-entropy, and the Sinkhorn masses after balancing.
 const learnNumbers = (page) => page.evaluate(() => ({
@@ -504,6 +535,7 @@ await check("learn mode: every panel renders for a bundled sample", async () => 
   await page.goto(`${origin}/index.html?notice=0&backend=cpu&mode=learn`);
   await learnReady(page);
   learnPage = page;
+  learnMainThread = await mainThread(page);
   learnInfo = await page.evaluate(() => JSON.parse(window.cxrMsn.model().learn_info()));
   cpuLearn = await learnNumbers(page);
   assert(await page.isHidden("#findings") && await page.isHidden("#tabs"), "mode=learn shows the learn tab alone");
@@ -543,6 +575,45 @@ await check("learn mode: every panel renders for a bundled sample", async () => 
   const wide = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   assert(wide <= 1, `learn mode is ${wide} px wider than a phone`);
   await page.setViewportSize({ width: 1100, height: 1400 });
+});
+
+// The page's main thread, while learn mode computed every panel for a fresh page: with the
+// engine in its worker (static/engine.js) the longest task is the browser laying out and
+// drawing the panels (60-200 ms here); with ?worker=0 (the engine on the page, where no
+// worker can start) each encoder call is a task of its own, the first draw of views 1-2 s,
+// during which the page cannot scroll or answer a key. Both give the same numbers.
+const LONGEST_TASK_MS = 500;
+await check(`the model engine runs in a worker: while learn mode computes, no task holds the page over ${LONGEST_TASK_MS} ms (with ?worker=0 far longer ones), same numbers`, async () => {
+  const inWorker = learnMainThread;
+  assert(inWorker, "the learn page did not open");
+  const page = await browser.newPage({ viewport: { width: 1100, height: 1400 } });
+  await watchRequests(page, allUrls);
+  await page.goto(`${origin}/index.html?notice=0&backend=cpu&mode=learn&worker=0`);
+  await learnReady(page);
+  const onPage = await mainThread(page);
+  const numbers = await learnNumbers(page);
+  await page.close();
+  console.log(`     longest task on the page's main thread: ${inWorker.longest} ms with the worker, ${onPage.longest} ms without`);
+  assert(inWorker.engine === "worker" && onPage.engine === "page", `engines: ${inWorker.engine}, ${onPage.engine} (?worker=0)`);
+  assert(inWorker.longest < LONGEST_TASK_MS, `with the worker a task held the page ${inWorker.longest} ms`);
+  assert(onPage.longest > 2 * inWorker.longest,
+    `without the worker the longest task was ${onPage.longest} ms, not much longer than with it: the check cannot tell`);
+  assert(same(numbers, cpuLearn), `the page's own engine computed other numbers: ${JSON.stringify({ numbers, cpuLearn })}`);
+});
+
+await check("where the engine's worker cannot start (its script refused), the engine runs on the page and scores the same", async () => {
+  const page = await browser.newPage();
+  await watchRequests(page, allUrls);
+  await page.route(/\/engine-worker\.js$/, (route) => route.fulfill({ status: 404, body: "" }));
+  await page.goto(`${origin}/index.html?notice=0&backend=cpu&warmup=0`);
+  await ready(page);
+  const [engine, prediction] = await page.evaluate(async () => {
+    const blob = await (await fetch("samples/NORMAL2-IM-1438-0001.jpeg")).blob();
+    return [window.cxrMsn.engine(), await window.cxrMsn.score(blob, { sex: "F", age: 4, view: "AP" })];
+  });
+  await page.close();
+  assert(engine === "page", `the engine runs in ${engine}`);
+  assert(same(prediction.image_ehr, cpuScores.image_ehr), "the page's own engine scored otherwise than the worker");
 });
 
 await check("learn mode: the mask slider changes the kept patches and the assignment", async () => {

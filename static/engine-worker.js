@@ -1,0 +1,26 @@
+// The page's model engine in a Web Worker (a module worker started by engine.js): the
+// first message names the wasm module to start; every later one is a request
+// `{ id, op, args }` for engine-host.js, answered with `{ id, ok }` or `{ id, error }`.
+// Requests are handled as they arrive, as the page would handle its own calls.
+
+import { createHost, loadBindings } from "./engine-host.js";
+
+let host = null;
+
+self.onmessage = async ({ data: { id, op, args } }) => {
+  try {
+    let ok;
+    if (op === "start") {
+      host = loadBindings(args[0]).then(createHost);
+      await host;
+      ok = null;
+    } else {
+      if (!host) throw new Error("the engine has not been started");
+      ok = await (await host)(op, args);
+    }
+    // Pixels go back without a copy.
+    self.postMessage({ id, ok }, ok instanceof Uint8Array ? [ok.buffer] : []);
+  } catch (e) {
+    self.postMessage({ id, error: String((e && e.message) || e) });
+  }
+};
