@@ -5,14 +5,15 @@
 // and what it wrote is whatever was in the buffer (zeros, usually). BENCHMARKS.md ("The
 // browser demo") describes one such case: a matrix-product kernel a browser rejected made
 // learn mode's projections all zero. So the page does not trust a WebGPU result until this
-// guard has heard nothing wrong: every shader module created on the page is checked with
+// guard has heard nothing wrong: every shader module created by the engine is checked with
 // the browser's own compiler (`getCompilationInfo`), and every device's uncaptured errors
 // and loss are recorded. Once anything was, WebGPU stays distrusted for the page's
 // lifetime (its compiled kernels may be among the broken ones) and the page moves to the
 // CPU, saying why.
 //
-// Install with `watchWebGpu()` before the model's WebGPU device is created (app.js does
-// it first thing); ask `webGpuTrouble()` after each WebGPU computation.
+// Install with `watchWebGpu()` in the realm that creates the model's WebGPU device, before
+// it does (engine-host.js does, in the engine's worker or on the page); ask
+// `webGpuTrouble()` there after each WebGPU computation (app.js, through engine.js).
 
 const troubles = [];
 const pending = new Set();
