@@ -21,6 +21,7 @@ const MODEL_CACHE = "cxr-msn-models-v1";
 
 const state = {
   engine: null, // engine.js: where the wasm module runs (a worker, else the page)
+  starting: null, // the engine, once started (a promise)
   model: null,
   modelBytes: null,
   modelName: "",
@@ -33,12 +34,12 @@ const state = {
   warming: Promise.resolve(0),
 };
 
-// The wasm module the page's loader chose (web/loader.mjs: `window.wasmModule`, started
-// by the engine), or under `trunk serve` the module trunk's own loader has started on the
-// page (`window.wasmBindings`).
+// The wasm module the page's loader chose and is compiling (web/loader.mjs:
+// `window.wasmModule`, `window.wasmCompiled`; the engine starts it), or under `trunk serve`
+// the module trunk's own loader has started on the page (`window.wasmBindings`).
 function wasmChosen() {
   return new Promise((resolve) => {
-    const chosen = () => ({ name: window.wasmModule || null, bindings: window.wasmBindings || null });
+    const chosen = () => ({ name: window.wasmModule || null, compiled: window.wasmCompiled || null, bindings: window.wasmBindings || null });
     if (window.wasmModule || window.wasmBindings) return resolve(chosen());
     for (const event of ["cxr-msn-wasm", "TrunkApplicationStarted"]) addEventListener(event, () => resolve(chosen()), { once: true });
   });
@@ -217,6 +218,7 @@ async function loadModel(bytes, name, fallbackReason = null) {
   say(`Preparing ${name} on ${backend === "auto" ? "the best backend" : backend}…`);
   await yieldToBrowser();
   const started = performance.now();
+  state.engine = await state.starting; // a model file picked before the engine was ready waits
   let model;
   try {
     model = await state.engine.load(bytes, backend);
@@ -249,9 +251,10 @@ async function loadModel(bytes, name, fallbackReason = null) {
   document.dispatchEvent(new CustomEvent("cxr-msn-model", { detail: state.summary }));
 }
 
-async function loadModelFrom(url) {
+// Loads the model at `url`, from `download` (its bytes, being fetched) when given.
+async function loadModelFrom(url, download = fetchModel(url)) {
   try {
-    const bytes = await fetchModel(url);
+    const bytes = await download;
     await loadModel(bytes, url.split("/").pop() || url);
   } catch (e) {
     say(`The model could not be loaded: ${e.message || e}`);
@@ -516,8 +519,9 @@ function wireInputs() {
 async function start() {
   if (["auto", "webgpu", "cpu"].includes(params.get("backend"))) $("backend").value = params.get("backend");
   wireInputs();
-  // The engine starts (its worker compiles the wasm module) while the notice is read.
-  const engine = wasmChosen().then(startEngine);
+  // The engine starts (its worker loads while the module compiles) while the notice is read.
+  state.starting = wasmChosen().then(startEngine);
+  state.starting.catch((e) => say(`The page's model engine could not start: ${e.message || e}`));
   const acknowledged = new Promise((resolve) => {
     if (params.get("notice") === "0") {
       $("notice").hidden = true;
@@ -531,8 +535,11 @@ async function start() {
   });
   const samples = await showSamples();
   await acknowledged;
-  state.engine = await engine;
-  await loadModelFrom(params.get("model") || "model.safetensors");
+  // The model downloads while the engine starts.
+  const url = params.get("model") || "model.safetensors";
+  const download = fetchModel(url);
+  download.catch(() => {}); // reported by loadModelFrom
+  await loadModelFrom(url, download);
   const wanted = params.get("sample");
   const sample = samples.find((s) => s.file === wanted);
   if (sample && params.get("mode") !== "learn") await scoreFiles([await sampleFile(sample)]);

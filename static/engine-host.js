@@ -16,10 +16,12 @@ import { watchWebGpu, webGpuTrouble } from "./gpu-guard.js";
 export const METHODS = ["read_image", "view", "predict", "embed", "masked", "views", "assign", "sinkhorn", "explain", "signature"];
 
 // Imports and starts the wasm module named `name` (a URL without `.js`: the page's loader
-// picks the relaxed- or the plain-SIMD module, web/loader.mjs).
-export async function loadBindings(name) {
+// picks the relaxed- or the plain-SIMD module, web/loader.mjs), from `compiled` (its
+// WebAssembly.Module, which the loader compiles as the page opens) when given, else from
+// its `_bg.wasm` file.
+export async function loadBindings(name, compiled = null) {
   const bindings = await import(`${name}.js`);
-  await bindings.default({ module_or_path: `${name}_bg.wasm` });
+  await bindings.default({ module_or_path: compiled || `${name}_bg.wasm` });
   return bindings;
 }
 

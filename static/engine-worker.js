@@ -1,5 +1,6 @@
 // The page's model engine in a Web Worker (a module worker started by engine.js): the
-// first message names the wasm module to start; every later one is a request
+// first message names the wasm module to start (with its compiled WebAssembly.Module when
+// the page has it); every later one is a request
 // `{ id, op, args }` for engine-host.js, answered with `{ id, ok }` or `{ id, error }`.
 // Requests are handled as they arrive, as the page would handle its own calls.
 
@@ -11,7 +12,7 @@ self.onmessage = async ({ data: { id, op, args } }) => {
   try {
     let ok;
     if (op === "start") {
-      host = loadBindings(args[0]).then(createHost);
+      host = loadBindings(args[0], args[1]).then(createHost);
       await host;
       ok = null;
     } else {

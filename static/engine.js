@@ -57,8 +57,10 @@ function engine(request, where) {
 }
 
 // The engine in a module worker, once it has started the wasm module `name` (an absolute
-// URL without `.js`); rejects when the worker cannot start or load it.
-function inWorker(name) {
+// URL without `.js`) from `compiled` (a promise of its WebAssembly.Module, or of null: the
+// worker then fetches it); rejects when the worker cannot start or load it. The worker
+// loads its scripts while the module compiles.
+function inWorker(name, compiled) {
   const worker = new Worker(new URL("engine-worker.js", import.meta.url), { type: "module", name: "cxr-msn engine" });
   const pending = new Map();
   let next = 1;
@@ -93,7 +95,7 @@ function inWorker(name) {
     pending.set(id, { resolve, reject });
     worker.postMessage({ id, op, args });
   });
-  return request("start", [name]).then(() => {
+  return compiled.then((module) => request("start", [name, module])).then(() => {
     started = true;
     return engine(request, "worker");
   }, (e) => {
@@ -103,16 +105,18 @@ function inWorker(name) {
 }
 
 // The engine for the page: in a worker when one starts, else on the page. `name`: the wasm
-// module the page's loader chose (null under trunk serve, whose `bindings` are started).
-export async function startEngine({ name, bindings }) {
+// module the page's loader chose, `compiled`: the loader's promise of it compiled (both
+// null under trunk serve, whose `bindings` are started).
+export async function startEngine({ name, compiled, bindings }) {
   const wanted = new URLSearchParams(location.search).get("worker") !== "0";
+  const module = Promise.resolve(compiled).catch(() => null);
   if (name && wanted && typeof Worker === "function") {
     try {
-      return await inWorker(new URL(name, location.href).href);
+      return await inWorker(new URL(name, location.href).href, module);
     } catch (e) {
       console.warn(`cxr-msn: the model engine runs on the page: no worker (${message(e)})`);
     }
   }
-  const host = createHost(bindings || (await loadBindings(name)));
+  const host = createHost(bindings || (await loadBindings(name, await module)));
   return engine((op, args) => host(op, args), "page");
 }

@@ -11,9 +11,12 @@
 // validates a one-instruction module using relaxed SIMD (`f32x4.relaxed_madd`): where the
 // browser accepts it (Chrome and Edge 114+), the relaxed module; elsewhere (Safari, for
 // one), trunk's own SIMD module. `?simd=plain` in the page's URL forces the
-// plain module. The loader only names the module (`window.wasmModule`, with a `cxr-msn-wasm`
-// event): the engine's worker fetches and compiles it, the page itself does not. Trunk's
-// preload links go: they would fetch the plain module in every browser.
+// plain module. The loader names the module (`window.wasmModule`, with a `cxr-msn-wasm`
+// event) and starts its download and compilation at once (`window.wasmCompiled`, a promise
+// of the WebAssembly.Module), beside the page's scripts: the engine's worker is handed the
+// compiled module (static/engine.js) rather than fetching it only once its own scripts
+// have loaded, a chain of requests that each cost a round trip. Trunk's preload links go:
+// they would fetch the plain module in every browser.
 // The Content-Security-Policy is then recomputed for the new inline script (csp.mjs).
 
 import { createHash } from "node:crypto";
@@ -52,11 +55,17 @@ const probe = [
 const script = `<script type="module">
 // The relaxed-SIMD module (fused multiply-adds in the matrix products) where the browser
 // validates relaxed SIMD, else the plain SIMD one; ?simd=plain forces the plain one
-// (web/loader.mjs). The model engine starts it (static/engine.js).
+// (web/loader.mjs). Compiled from here on; the model engine starts it (static/engine.js).
 const relaxed = new URLSearchParams(location.search).get("simd") !== "plain"
   && WebAssembly.validate(new Uint8Array([${probe.join(",")}]));
 window.wasmModule = relaxed ? "./${relaxed}" : "./${plain}";
 window.wasmSimd = relaxed ? "relaxed" : "plain";
+window.wasmCompiled = fetch(window.wasmModule + "_bg.wasm").then((r) => {
+  if (!r.ok) throw new Error(r.url + ": " + r.status);
+  const streaming = (r.headers.get("Content-Type") || "").startsWith("application/wasm");
+  return streaming ? WebAssembly.compileStreaming(r) : r.arrayBuffer().then((b) => WebAssembly.compile(b));
+});
+window.wasmCompiled.catch(() => {}); // the engine then fetches the module itself
 dispatchEvent(new CustomEvent("cxr-msn-wasm"));
 </script>`;
 html = html.replace(loader, script);

@@ -2,7 +2,9 @@
 // ../../dist) and, where ORT_MODEL (an .onnx file) and ORT_DIR (onnxruntime-web's dist/)
 // are set, a bare page for ONNX Runtime Web at /ort.html with the model at
 // /ort-model.onnx and the runtime's files under /ort/. `served` lists each file served
-// from `dist/` (path, raw and gzip-compressed bytes), for the page's size.
+// from `dist/` (path, raw and gzip-compressed bytes, the latter computed when first read,
+// so that compressing the 20 MB module does not hold up the answers), for the page's size. LATENCY_MS
+// (default 0) holds every answer back that long, as a network's round trip would.
 
 import { createServer } from "node:http";
 import { chromium } from "playwright-core";
@@ -20,7 +22,14 @@ export async function serve() {
   const ortModel = process.env.ORT_MODEL;
   const ortDir = process.env.ORT_DIR && resolve(process.env.ORT_DIR);
   const served = [];
-  const server = createServer((req, res) => {
+  const gzipped = new Map();
+  const gzipSize = (file) => {
+    if (!gzipped.has(file)) gzipped.set(file, gzipSync(readFileSync(file), { level: 9 }).length);
+    return gzipped.get(file);
+  };
+  const latency = Number(process.env.LATENCY_MS || 0);
+  const server = createServer((req, res) => (latency ? setTimeout(answer, latency, req, res) : answer(req, res)));
+  function answer(req, res) {
     const path = decodeURIComponent(new URL(req.url, "http://x").pathname);
     if (ortModel && path === "/ort.html") {
       res.writeHead(200, { "Content-Type": "text/html" });
@@ -38,10 +47,10 @@ export async function serve() {
       return res.end();
     }
     const body = readFileSync(file);
-    served.push({ path, raw: body.length, gzip: gzipSync(body, { level: 9 }).length });
+    served.push({ path, raw: body.length, get gzip() { return gzipSize(file); } });
     res.writeHead(200, { "Content-Type": TYPES[extname(file)] || "application/octet-stream", "Content-Length": body.length });
     res.end(body);
-  });
+  }
   await new Promise((r) => server.listen(0, "127.0.0.1", r));
   return { origin: `http://127.0.0.1:${server.address().port}`, served, close: () => server.close(), ortModel };
 }
