@@ -19,8 +19,10 @@ self.onmessage = async ({ data: { id, op, args } }) => {
       if (!host) throw new Error("the engine has not been started");
       ok = await (await host)(op, args);
     }
-    // Pixels go back without a copy.
-    self.postMessage({ id, ok }, ok instanceof Uint8Array ? [ok.buffer] : []);
+    // Pixels go back without a copy when they own their buffer (wasm-bindgen copies them
+    // out of the module's memory, whose buffer must never be transferred).
+    const own = ok instanceof Uint8Array && ok.byteOffset === 0 && ok.byteLength === ok.buffer.byteLength;
+    self.postMessage({ id, ok }, own ? [ok.buffer] : []);
   } catch (e) {
     self.postMessage({ id, error: String((e && e.message) || e) });
   }
