@@ -580,7 +580,7 @@ await check("learn mode: every panel renders for a bundled sample", async () => 
 // The page's main thread, while learn mode computed every panel for a fresh page: with the
 // engine in its worker (static/engine.js) the longest task is the browser laying out and
 // drawing the panels (60-200 ms here); with ?worker=0 (the engine on the page, where no
-// worker can start) each encoder call is a task of its own, the first draw of views 1-2 s,
+// worker can start) each encoder call is a task of its own, the first draw of views 0.9-2 s,
 // during which the page cannot scroll or answer a key. Both give the same numbers.
 const LONGEST_TASK_MS = 500;
 await check(`the model engine runs in a worker: while learn mode computes, no task holds the page over ${LONGEST_TASK_MS} ms (with ?worker=0 far longer ones), same numbers`, async () => {
