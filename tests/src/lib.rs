@@ -39,17 +39,33 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
-    let out = std::process::Command::new(binary())
-        .args(args)
-        .output()
-        .expect("the cxr-msn binary starts");
-    assert!(
-        out.status.success(),
-        "cxr-msn failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    std::process::Command::new(binary()).args(args).succeeds()
+}
+
+/// A command that must succeed: `Command::new(binary()).arg(..).succeeds()`.
+pub trait Succeeds {
+    /// Runs the command to its end and returns its standard output.
+    ///
+    /// # Panics
+    /// When it cannot start or exits unsuccessfully, with its standard output and error.
+    fn succeeds(&mut self) -> String;
+}
+
+impl Succeeds for std::process::Command {
+    fn succeeds(&mut self) -> String {
+        let out = self
+            .output()
+            .unwrap_or_else(|e| panic!("{:?} cannot start: {e}", self.get_program()));
+        assert!(
+            out.status.success(),
+            "{:?} failed ({}):\n{}\n{}",
+            self.get_program(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
 }
 
 /// Writes the synthetic world of `count` images of `size` px drawn with `seed` into `out`

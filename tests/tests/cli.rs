@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cxr_msn_e2e::binary;
+use cxr_msn_e2e::{Succeeds, binary};
 
 use burn::tensor::Device;
 use cxr_msn::checkpoint::{ModelMeta, write_model};
@@ -35,17 +35,7 @@ fn model_file(dir: &Path) -> (PathBuf, Vec<u8>) {
 fn inspect_describes_a_model_file_written_by_the_model_crate() {
     let dir = scratch("inspect");
     let (path, bytes) = model_file(&dir);
-    let out = Command::new(binary())
-        .arg("inspect")
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = Command::new(binary()).arg("inspect").arg(&path).succeeds();
     for expected in [
         "classifier",
         "paper",

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use cxr_msn_e2e::{binary, synth};
+use cxr_msn_e2e::{Succeeds, binary, synth};
 
 fn vulkan_available() -> bool {
     std::path::Path::new("/usr/share/vulkan/icd.d")
@@ -32,7 +32,7 @@ fn pretraining_runs_on_the_wgpu_adapter() {
     }
     let dir = std::env::temp_dir().join(format!("cxr-msn-gpu-{}", std::process::id()));
     synth(&dir.join("data"), 10, 64, 2);
-    let out = Command::new(binary())
+    let text = Command::new(binary())
         .args([
             "pretrain", "--device", "gpu", "--ehr", "sex", "--depth", "1",
         ])
@@ -51,20 +51,12 @@ fn pretraining_runs_on_the_wgpu_adapter() {
         .arg("--out")
         .arg(dir.join("run"))
         .env("XDG_RUNTIME_DIR", std::env::temp_dir())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        text,
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .succeeds();
     assert!(text.contains("device: GPU through wgpu"), "{text}");
     assert!(text.contains("epoch 0: mean loss"), "{text}");
     // `auto` never takes a software adapter for a GPU.
     if text.contains("(software adapter)") {
-        let auto = Command::new(binary())
+        let auto_text = Command::new(binary())
             .args([
                 "pretrain",
                 "--ehr",
@@ -79,14 +71,7 @@ fn pretraining_runs_on_the_wgpu_adapter() {
             .arg("--out")
             .arg(dir.join("auto"))
             .env("XDG_RUNTIME_DIR", std::env::temp_dir())
-            .output()
-            .unwrap();
-        let auto_text = String::from_utf8_lossy(&auto.stdout);
-        assert!(
-            auto.status.success(),
-            "{}",
-            String::from_utf8_lossy(&auto.stderr)
-        );
+            .succeeds();
         assert!(
             auto_text.contains("device: CPU (flex backend); the only wgpu adapter"),
             "{auto_text}"

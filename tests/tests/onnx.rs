@@ -20,7 +20,7 @@ use cxr_msn::decode::{DecodeLimits, decode_downscaled};
 use cxr_msn::ehr::{EhrRecord, FeatureSet, Sex};
 use cxr_msn::preprocess::BatchData;
 use cxr_msn::views::{LOAD_SHORTER_SIDE, eval_view};
-use cxr_msn_e2e::binary;
+use cxr_msn_e2e::{Succeeds, binary};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
 fn repo() -> PathBuf {
@@ -140,27 +140,19 @@ fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 
 /// `cxr-msn export-onnx MODEL --out ONNX [extra]`; returns its report.
 fn export(model: &Path, onnx: &Path, extra: &[&str]) -> String {
-    let out = Command::new(binary())
+    Command::new(binary())
         .arg("export-onnx")
         .arg(model)
         .arg("--out")
         .arg(onnx)
         .args(extra)
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{report}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    report
+        .succeeds()
 }
 
 /// `cxr-msn predict` on one file with EHR from the flags: (the image-only then the image +
 /// EHR probabilities, the embedding).
 fn predict(model: &Path, image: &Path, dir: &Path) -> (Vec<f32>, Vec<f32>) {
-    let out = Command::new(binary())
+    Command::new(binary())
         .args([
             "predict", "--device", "cpu", "--age", "67", "--sex", "F", "--model",
         ])
@@ -171,13 +163,7 @@ fn predict(model: &Path, image: &Path, dir: &Path) -> (Vec<f32>, Vec<f32>) {
         .arg(dir.join("predictions.csv"))
         .arg("--embeddings")
         .arg(dir.join("embeddings.csv"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .succeeds();
     let probs = csv_rows(&dir.join("predictions.csv")).remove(0);
     let embedding = csv_rows(&dir.join("embeddings.csv")).remove(0);
     (probs, embedding)
@@ -190,14 +176,8 @@ fn onnx_runtime(onnx: &Path, inputs: &Path, dims: &[(&str, [usize; 2])]) -> Vec<
         .arg(repo().join("tests/browser/onnx-run.mjs"))
         .arg(onnx)
         .arg(inputs)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ort: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        .succeeds();
+    let ort: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(ort["inputNames"], serde_json::json!(["image", "ehr"]));
     dims.iter()
         .map(|(name, want)| {

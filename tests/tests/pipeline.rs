@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use cxr_msn_e2e::{binary, run_ok, synth};
+use cxr_msn_e2e::{Succeeds, binary, run_ok, synth};
 
 use burn::tensor::{Device, Tensor, TensorData};
 use cxr_msn::config::{EhrConfig, MsnConfig, VitPreset};
@@ -24,16 +24,11 @@ fn synthetic_data_flows_through_the_loader_into_a_pretraining_step() {
     let dir = std::env::temp_dir().join(format!("cxr-msn-pipeline-{}", std::process::id()));
     synth(&dir, 12, 128, 3);
 
-    let check = Command::new(binary())
+    let text = Command::new(binary())
         .args(["data", "--check-images", "--data"])
         .arg(dir.join("manifest.csv"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&check.stdout);
-    assert!(
-        check.status.success() && text.contains("images decoded: 12 of 12"),
-        "{text}"
-    );
+        .succeeds();
+    assert!(text.contains("images decoded: 12 of 12"), "{text}");
 
     let data = manifest::load(&dir.join("manifest.csv"), OnBadRow::Fail).unwrap();
     let features = FeatureSet::from_name("demographic").unwrap();
@@ -101,7 +96,7 @@ fn pretraining_runs_saves_each_epoch_and_continues_where_it_stopped() {
     synth(&dir.join("data"), 20, 96, 5);
     let run = dir.join("run");
     let pretrain_into = |run: &std::path::Path, extra: &[&str]| {
-        let out = Command::new(binary())
+        Command::new(binary())
             .args([
                 "pretrain",
                 "--ehr",
@@ -124,14 +119,7 @@ fn pretraining_runs_saves_each_epoch_and_continues_where_it_stopped() {
             .arg("--out")
             .arg(run)
             .args(extra)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).to_string()
+            .succeeds()
     };
     let pretrain = |extra: &[&str]| pretrain_into(&run, extra);
     let first = pretrain(&["--stop-after", "1"]);
@@ -190,7 +178,7 @@ fn pretraining_runs_saves_each_epoch_and_continues_where_it_stopped() {
     );
 
     // The linear probe on the checkpoint writes metrics and a classifier the web page accepts.
-    let probe = Command::new(binary())
+    let text = Command::new(binary())
         .args([
             "probe",
             "--epochs",
@@ -206,14 +194,7 @@ fn pretraining_runs_saves_each_epoch_and_continues_where_it_stopped() {
         .arg(run.join("checkpoint.safetensors"))
         .arg("--out")
         .arg(run.join("probe"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&probe.stdout);
-    assert!(
-        probe.status.success(),
-        "{}",
-        String::from_utf8_lossy(&probe.stderr)
-    );
+        .succeeds();
     assert!(
         text.contains("head image:") && text.contains("head image+ehr:"),
         "{text}"
@@ -245,20 +226,14 @@ fn pretraining_runs_saves_each_epoch_and_continues_where_it_stopped() {
 
     // `eval` on the saved classifier reproduces the probe's test metrics (another path:
     // the model file, the loader, the classifier forward).
-    let eval = Command::new(binary())
+    Command::new(binary())
         .args(["eval", "--bootstrap", "20", "--data"])
         .arg(dir.join("data/manifest.csv"))
         .arg("--model")
         .arg(run.join("probe/classifier.safetensors"))
         .arg("--out")
         .arg(run.join("eval"))
-        .output()
-        .unwrap();
-    assert!(
-        eval.status.success(),
-        "{}",
-        String::from_utf8_lossy(&eval.stderr)
-    );
+        .succeeds();
     let evaluated: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("eval/metrics.json")).unwrap())
             .unwrap();
@@ -273,7 +248,7 @@ fn pretraining_runs_saves_each_epoch_and_continues_where_it_stopped() {
     }
 
     // `predict` on a folder, with the EHR given on the command line.
-    let predict = Command::new(binary())
+    Command::new(binary())
         .args(["predict", "--sex", "F", "--model"])
         .arg(run.join("probe/classifier.safetensors"))
         .arg("--input")
@@ -282,13 +257,7 @@ fn pretraining_runs_saves_each_epoch_and_continues_where_it_stopped() {
         .arg(run.join("predictions.csv"))
         .arg("--embeddings")
         .arg(run.join("embeddings.csv"))
-        .output()
-        .unwrap();
-    assert!(
-        predict.status.success(),
-        "{}",
-        String::from_utf8_lossy(&predict.stderr)
-    );
+        .succeeds();
     let csv = std::fs::read_to_string(run.join("predictions.csv")).unwrap();
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.len(), 1 + 20);
@@ -339,7 +308,7 @@ fn pretraining_runs_saves_each_epoch_and_continues_where_it_stopped() {
     );
 
     // Fine-tuning end to end writes its metrics and a classifier.
-    let finetune = Command::new(binary())
+    let text = Command::new(binary())
         .args([
             "finetune",
             "--epochs",
@@ -355,14 +324,7 @@ fn pretraining_runs_saves_each_epoch_and_continues_where_it_stopped() {
         .arg(run.join("checkpoint.safetensors"))
         .arg("--out")
         .arg(run.join("finetune"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&finetune.stdout);
-    assert!(
-        finetune.status.success(),
-        "{}",
-        String::from_utf8_lossy(&finetune.stderr)
-    );
+        .succeeds();
     assert!(
         text.contains("epoch 0: validation macro AUROC")
             && text.contains("test split:")
@@ -373,20 +335,14 @@ fn pretraining_runs_saves_each_epoch_and_continues_where_it_stopped() {
     assert!(cxr_msn_web::describe_model(&file).is_ok());
 
     // Export: operating points chosen on the validation split, stored in the model file.
-    let export = Command::new(binary())
+    Command::new(binary())
         .args(["export", "--data"])
         .arg(dir.join("data/manifest.csv"))
         .arg("--model")
         .arg(run.join("probe/classifier.safetensors"))
         .arg("--out")
         .arg(run.join("web.safetensors"))
-        .output()
-        .unwrap();
-    assert!(
-        export.status.success(),
-        "{}",
-        String::from_utf8_lossy(&export.stderr)
-    );
+        .succeeds();
     let web = std::fs::read(run.join("web.safetensors")).unwrap();
     let meta = cxr_msn::checkpoint::read_meta(&web).unwrap();
     assert_eq!(meta.operating_points.len(), 14);
@@ -399,19 +355,14 @@ fn pretraining_runs_saves_each_epoch_and_continues_where_it_stopped() {
     // The f16 export is about half the size, loads through the model crate (as the browser
     // loads it) and scores a real X-ray within half precision of the f32 file.
     let half = run.join("web-f16.safetensors");
-    run_ok(
-        [
-            "export".as_ref(),
-            "--f16".as_ref(),
-            "--data".as_ref(),
-            dir.join("data/manifest.csv").as_os_str(),
-            "--model".as_ref(),
-            run.join("probe/classifier.safetensors").as_os_str(),
-            "--out".as_ref(),
-            half.as_os_str(),
-        ]
-        .map(std::ffi::OsStr::to_os_string),
-    );
+    Command::new(binary())
+        .args(["export", "--f16", "--data"])
+        .arg(dir.join("data/manifest.csv"))
+        .arg("--model")
+        .arg(run.join("probe/classifier.safetensors"))
+        .arg("--out")
+        .arg(&half)
+        .succeeds();
     let f16 = std::fs::read(&half).unwrap();
     assert!(
         f16.len() * 10 < web.len() * 6,
@@ -441,20 +392,14 @@ fn pretraining_runs_saves_each_epoch_and_continues_where_it_stopped() {
     }
 
     // Embedding map and cluster quality of the pretrained encoder.
-    let embed = Command::new(binary())
+    Command::new(binary())
         .args(["embed", "--split", "all", "--data"])
         .arg(dir.join("data/manifest.csv"))
         .arg("--model")
         .arg(run.join("checkpoint.safetensors"))
         .arg("--out")
         .arg(run.join("embed"))
-        .output()
-        .unwrap();
-    assert!(
-        embed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&embed.stderr)
-    );
+        .succeeds();
     let map = std::fs::read_to_string(run.join("embed/embedding_map.csv")).unwrap();
     assert_eq!(map.lines().count(), 1 + 20);
     let clusters: serde_json::Value =

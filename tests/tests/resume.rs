@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cxr_msn_e2e::{binary, model_tensors, run_ok, step_records, synth};
+use cxr_msn_e2e::{Succeeds, binary, model_tensors, run_ok, step_records, synth};
 
 const EPOCHS: &str = "3";
 /// Steps of a whole run: 16 training images in batches of 4, [`EPOCHS`] times.
@@ -66,12 +66,7 @@ fn killed_and_interrupted_runs_resume_exactly() {
 
     // The reference: one uninterrupted run (16 training images, 4 steps per epoch).
     let reference = dir.join("reference");
-    let out = pretrain(&data, &reference).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    pretrain(&data, &reference).succeeds();
 
     // kill -9 during the first epoch: only the steps after the last checkpoint are lost.
     let run = dir.join("run");
@@ -170,17 +165,10 @@ fn temporaries(dir: &Path) -> Vec<String> {
 /// records) is all there.
 fn check_consistent(run: &Path, steps_done: u64) {
     let checkpoint = run.join("checkpoint.safetensors");
-    let out = Command::new(binary())
+    let text = Command::new(binary())
         .arg("inspect")
         .arg(&checkpoint)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .succeeds();
     let in_file: u64 = text
         .lines()
         .find_map(|l| l.strip_prefix("training.steps_done: "))
@@ -225,15 +213,8 @@ fn runs_killed_at_random_moments_lose_nothing_committed_and_end_like_an_uninterr
     // A checkpoint after every step, so that kills land in the middle of writing one too.
     let reference = dir.join("reference");
     let started = Instant::now();
-    let out = pretrain_saving_every(&data, &reference, 1)
-        .output()
-        .unwrap();
+    pretrain_saving_every(&data, &reference, 1).succeeds();
     let whole = started.elapsed();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 
     // The kill times are random, from a seed printed here (set CXR_MSN_KILL_SEED to replay).
     let seed = std::env::var("CXR_MSN_KILL_SEED")
@@ -418,14 +399,7 @@ fn a_full_disk_or_a_read_only_folder_is_a_clear_error_and_the_run_continues_with
 
     // How much a run folder holds after its first checkpoint.
     let reference = dir.join("reference");
-    let out = pretrain_saving_every(&data, &reference, 1)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    pretrain_saving_every(&data, &reference, 1).succeeds();
     let one_save: u64 = ["model-12.bpk", "optimizer-12.bpk"]
         .iter()
         .map(|f| reference.join("resume").join(f))
