@@ -267,6 +267,7 @@ pub fn write_model_as<M: Module>(
 pub fn read_meta(bytes: &[u8]) -> Result<ModelMeta, CheckpointError> {
     let container = safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| CheckpointError::Container(e.to_string()))?;
+    check_finite(&container)?;
     drop(container);
     let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| CheckpointError::Container(e.to_string()))?;
@@ -300,6 +301,43 @@ pub fn read_meta(bytes: &[u8]) -> Result<ModelMeta, CheckpointError> {
     }
     meta.validate()?;
     Ok(meta)
+}
+
+/// Refuses a container with a NaN or an infinity in any floating-point tensor (a damaged
+/// file, or weights from a run that diverged): such a model scores every image NaN, and
+/// metrics over NaN scores would look like chance, not like an error. The first offending
+/// tensor (in name order) is named with its count.
+fn check_finite(container: &safetensors::SafeTensors<'_>) -> Result<(), CheckpointError> {
+    use safetensors::Dtype;
+    // The bits of the exponent field, all set for NaN and the infinities.
+    fn count<const N: usize>(data: &[u8], exponent: u64) -> usize {
+        data.chunks_exact(N)
+            .filter(|b| {
+                let mut word = [0u8; 8];
+                word[..N].copy_from_slice(b);
+                u64::from_le_bytes(word) & exponent == exponent
+            })
+            .count()
+    }
+    let mut tensors = container.tensors();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, view) in tensors {
+        let data = view.data();
+        let bad = match view.dtype() {
+            Dtype::F16 => count::<2>(data, 0x7C00),
+            Dtype::BF16 => count::<2>(data, 0x7F80),
+            Dtype::F32 => count::<4>(data, 0x7F80_0000),
+            Dtype::F64 => count::<8>(data, 0x7FF0_0000_0000_0000),
+            _ => 0,
+        };
+        if bad > 0 {
+            return Err(CheckpointError::NonFinite {
+                tensor: name,
+                count: bad,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Loads the weights of model-file bytes into `module`, which must have exactly the

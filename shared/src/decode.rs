@@ -5,13 +5,19 @@
 //! the samples into intensities in [0, 1] with 0 = black as displayed (MONOCHROME2):
 //!
 //! - **PNG** (1- to 16-bit, grey, grey + alpha, RGB, RGBA, palette): a sample `v` of a
-//!   `b`-bit image becomes `v / (2^b - 1)`; low bit depths and palettes are expanded first.
-//!   Alpha is dropped (the colour values are taken as they are, not blended).
+//!   `b`-bit image with `b <= 8` becomes `v / (2^b - 1)`; low bit depths and palettes are
+//!   expanded first. A 16-bit image is stretched from its own darkest to its brightest value,
+//!   `(v - min) / (max - min)` (all 0 when they are equal), as a DICOM frame without a window
+//!   is (below): 8-bit files are display images (NIH ChestX-ray14's PNGs, MIMIC-CXR-JPG's
+//!   JPEGs), while a 16-bit X-ray usually holds the detector's 10 to 15 bits as read, which
+//!   `v / 65535` would make a dark, flat grey. Alpha is dropped (the colour values are taken
+//!   as they are, not blended).
 //! - **JPEG** (baseline, extended 8-bit, progressive, lossless up to 16 bits): as PNG, with
-//!   `b` the frame's sample precision. The EXIF orientation is not applied. CMYK is refused.
+//!   `b` the frame's sample precision (stretched above 8 bits). The EXIF orientation is not
+//!   applied. CMYK is refused.
 //! - **Colour** (PNG, JPEG, RGB DICOM) becomes grey by ITU-R BT.601 luma, see [`luma_bt601`]
 //!   (the formula of PIL's `convert("L")`, kept in floating point instead of rounded to
-//!   8 bits).
+//!   8 bits); a 16-bit colour image's luma is stretched as above.
 //! - **DICOM**: see [`dicom`](self#dicom) below.
 //!
 //! # DICOM

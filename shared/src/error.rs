@@ -121,6 +121,17 @@ pub enum CheckpointError {
     /// The weights do not fit the architecture in the metadata.
     #[error("model file weights do not match the architecture: {0}")]
     Weights(String),
+    /// A weight is NaN or infinite.
+    #[error(
+        "model file tensor '{tensor}' holds {count} NaN or infinite value(s): the file is \
+         damaged, or the training that wrote it diverged"
+    )]
+    NonFinite {
+        /// The first such tensor, in name order.
+        tensor: String,
+        /// How many of its values are not finite.
+        count: usize,
+    },
     /// Writing failed (a tensor could not be read back from the device).
     #[error("could not serialise the model: {0}")]
     Write(String),

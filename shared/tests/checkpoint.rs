@@ -195,6 +195,47 @@ fn truncated_and_foreign_files_give_clear_errors_without_panicking() {
     assert!(err(read_meta(&foreign)).contains("not a cxr-msn model file"));
 }
 
+/// `bytes` with `value` written over element `index` of tensor `name` (whose elements are
+/// `value.len()` bytes each).
+fn with_element(bytes: &[u8], name: &str, index: usize, value: &[u8]) -> Vec<u8> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let start = header[name]["data_offsets"][0].as_u64().unwrap() as usize;
+    let at = 8 + n + start + index * value.len();
+    let mut out = bytes.to_vec();
+    out[at..at + value.len()].copy_from_slice(value);
+    out
+}
+
+#[test]
+fn weights_that_are_nan_or_infinite_are_refused_by_name() {
+    let device = Device::flex();
+    let (clf, meta, bytes) = classifier_file(&device);
+    let qkv = "encoder.blocks.1.attn.qkv.weight";
+    // One NaN (a quiet NaN's bits) in an f32 file.
+    let nan = with_element(&bytes, qkv, 5, &0x7FC0_0000u32.to_le_bytes());
+    let msg = err(load_classifier(&nan, &device));
+    assert!(
+        msg.contains(&format!("tensor '{qkv}' holds 1 NaN or infinite")),
+        "{msg}"
+    );
+    assert!(err(read_meta(&nan)).contains(qkv));
+    // Two infinities, one of each sign, in an f16 file.
+    let half = write_model_as(&clf, &meta, WeightPrecision::F16).unwrap();
+    let inf = with_element(&half, qkv, 0, &0x7C00u16.to_le_bytes());
+    let inf = with_element(&inf, qkv, 3, &0xFC00u16.to_le_bytes());
+    let msg = err(load_classifier(&inf, &device));
+    assert!(
+        msg.contains(&format!("tensor '{qkv}' holds 2 NaN or infinite")),
+        "{msg}"
+    );
+    // The largest finite values are not refused.
+    let big = with_element(&bytes, qkv, 5, &f32::MAX.to_le_bytes());
+    assert!(load_classifier(&big, &device).is_ok());
+    let big = with_element(&half, qkv, 0, &0x7BFFu16.to_le_bytes());
+    assert!(load_classifier(&big, &device).is_ok());
+}
+
 /// Rewrites one metadata entry of a model file.
 fn with_metadata(bytes: &[u8], key: &str, value: &str) -> Vec<u8> {
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;

@@ -340,23 +340,33 @@ fn colour_becomes_bt601_grey() {
     }
     assert_eq!(decoded.bit_depth, 8);
 
-    // 1x2 RGBA, 16 bits (big-endian samples); alpha is dropped.
-    let rgba16: Vec<u8> = [1000u16, 2000, 3000, 7, 65535, 65535, 65535, 0]
-        .iter()
-        .flat_map(|v| v.to_be_bytes())
-        .collect();
+    // 1x3 RGBA, 16 bits (big-endian samples); alpha is dropped, and the luma is stretched
+    // from the darkest pixel's to the brightest's (a 16-bit file is not a display image).
+    let rgba16: Vec<u8> = [
+        1000u16, 2000, 3000, 7, 30000, 30000, 30000, 0, 1000, 2000, 9000, 65535,
+    ]
+    .iter()
+    .flat_map(|v| v.to_be_bytes())
+    .collect();
     let bytes = png_bytes(
         1,
-        2,
+        3,
         png::ColorType::Rgba,
         png::BitDepth::Sixteen,
         &rgba16,
         None,
     );
     let decoded = decode_default(&bytes).unwrap();
-    let want0 = (0.299 * 1000.0 + 0.587 * 2000.0 + 0.114 * 3000.0) / 65535.0;
-    assert!((f64::from(decoded.image.pixels[0]) - want0).abs() < 1e-6);
-    assert!((decoded.image.pixels[1] - 1.0).abs() < 1e-6);
+    let luma = |r: f64, g: f64, b: f64| 0.299 * r + 0.587 * g + 0.114 * b;
+    let (dark, bright) = (luma(1000.0, 2000.0, 3000.0), 30000.0);
+    let want = [
+        0.0,
+        1.0,
+        (luma(1000.0, 2000.0, 9000.0) - dark) / (bright - dark),
+    ];
+    for (got, want) in decoded.image.pixels.iter().zip(want) {
+        assert!((f64::from(*got) - want).abs() < 1e-6, "{got} vs {want}");
+    }
     assert_eq!(decoded.bit_depth, 16);
 
     // A palette image: indices into (12, 200, 99) and (0, 0, 0).
@@ -389,18 +399,28 @@ fn grey_png_depths_scale_to_full_range() {
     assert_eq!(decoded.bit_depth, 4);
     assert!((decoded.image.pixels[0] - 1.0).abs() < 1e-6);
     assert!((decoded.image.pixels[1] - 5.0 / 15.0).abs() < 1e-6);
-    // 16-bit grey keeps all levels.
+    // 16-bit grey keeps all levels, stretched from the image's darkest to its brightest:
+    // 256, 257 and 260 become 0, 1/4 and 1.
+    let bytes = png_bytes(
+        3,
+        1,
+        png::ColorType::Grayscale,
+        png::BitDepth::Sixteen,
+        &[0x01, 0x00, 0x01, 0x01, 0x01, 0x04],
+        None,
+    );
+    let decoded = decode_default(&bytes).unwrap();
+    assert_eq!(decoded.image.pixels, [0.0, 0.25, 1.0]);
+    // A flat 16-bit image is black, as a DICOM frame without a window and without contrast.
     let bytes = png_bytes(
         2,
         1,
         png::ColorType::Grayscale,
         png::BitDepth::Sixteen,
-        &[0x01, 0x00, 0x01, 0x01],
+        &[0x80, 0x00, 0x80, 0x00],
         None,
     );
-    let decoded = decode_default(&bytes).unwrap();
-    assert!((decoded.image.pixels[0] - 256.0 / 65535.0).abs() < 1e-9);
-    assert!((decoded.image.pixels[1] - 257.0 / 65535.0).abs() < 1e-9);
+    assert_eq!(decode_default(&bytes).unwrap().image.pixels, [0.0, 0.0]);
 }
 
 #[test]

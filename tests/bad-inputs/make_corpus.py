@@ -209,6 +209,20 @@ case("models/foreign.safetensors", with_header(model, foreign), "model", "not a 
 case("models/declares-huge.safetensors", with_header(model, set_meta(declare_huge)), "model",
      "do not match the architecture", "metadata declaring a 65536-wide, 1000-block ViT over a small model's first tensors")
 
+
+def with_nan(original: bytes) -> bytes:
+    """`with_header`'s cut of `original` with the first value of its data a quiet NaN."""
+    cut = with_header(original, lambda header: None)
+    n = struct.unpack("<Q", cut[:8])[0]
+    header = json.loads(cut[8 : 8 + n])
+    first = min((v for k, v in header.items() if k != "__metadata__"), key=lambda v: v["data_offsets"][0])
+    nan = {"F32": struct.pack("<I", 0x7FC00000), "F16": struct.pack("<H", 0x7E00)}[first["dtype"]]
+    return cut[: 8 + n] + nan + cut[8 + n + len(nan) :]
+
+
+case("models/nan-weight.safetensors", with_nan(model), "model", "NaN or infinite",
+     "a weight that is NaN (a damaged file, or a run that diverged; its first tensors only)")
+
 # Tables: `cxr-msn data` with the given format.
 def table(path, text, fmt, expect, note, encoding="utf-8"):
     data = text.encode(encoding) if isinstance(text, str) else text

@@ -159,11 +159,11 @@ pub fn run_eval(args: &EvalArgs) -> Result<String> {
         Err(e) => return Err(e),
     };
     if items.is_empty() {
-        bail!(
-            "the {} split of {} is empty",
-            args.split,
-            args.source.data.display()
-        );
+        return Err(crate::source::empty_split(
+            &data,
+            &args.split,
+            &args.source.data,
+        ));
     }
     let targets: Vec<Option<f32>> = items.iter().flat_map(|i| i.labels.clone()).collect();
     let n = items.len();

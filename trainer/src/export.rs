@@ -118,11 +118,11 @@ pub fn run(args: &ExportArgs) -> Result<String> {
     })?;
     let items = data.items(Some(split), None, &args.source.policy())?;
     if items.is_empty() {
-        bail!(
-            "the {} split of {} is empty",
-            args.split,
-            args.source.data.display()
-        );
+        return Err(crate::source::empty_split(
+            &data,
+            &args.split,
+            &args.source.data,
+        ));
     }
     let labels = meta.labels.len();
     let targets: Vec<Option<f32>> = items.iter().flat_map(|i| i.labels.clone()).collect();

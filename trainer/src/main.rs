@@ -203,6 +203,9 @@ enum Command {
     Ehr(ehr_command::EhrArgs),
 }
 
+/// The exit status after a stop on request.
+const INTERRUPTED: u8 = 130;
+
 fn main() -> ExitCode {
     // Before any thread exists (it sets an environment variable).
     quiet_vulkan::quiet_device_select();
@@ -218,7 +221,13 @@ fn main() -> ExitCode {
     {
         eprintln!("warning: Ctrl-C will not save first ({e})");
     }
-    match run(cli.command) {
+    let result = run(cli.command);
+    // A run stopped on request (Ctrl-C, SIGTERM) has saved its work but not finished it:
+    // status 130 (128 + SIGINT, as a shell reports a command Ctrl-C ended), so that
+    // `cxr-msn pretrain ... && cxr-msn probe ...` does not go on with a half-trained model.
+    let stopped = ExitCode::from(INTERRUPTED);
+    match result {
+        Ok(()) if interrupt::requested() => stopped,
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // The whole chain of causes on one line: what failed, in which file, and why.
@@ -226,7 +235,11 @@ fn main() -> ExitCode {
             if let Some(advice) = cxr_msn_trainer::files::advice(&e) {
                 eprintln!("hint: {advice}");
             }
-            ExitCode::FAILURE
+            if interrupt::requested() {
+                stopped
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

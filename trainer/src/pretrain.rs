@@ -583,10 +583,7 @@ pub fn run(args: &PretrainArgs, log: &mut dyn std::io::Write) -> Result<f64> {
             }
             let (model, meta) = model_files::pretraining(&checkpoint, &device)?;
             if meta.config != config {
-                bail!(
-                    "{} holds a run with another configuration; use another --out folder",
-                    args.out.display()
-                );
+                return Err(other_configuration(&args.out, &meta.config, &config));
             }
             let model = match read_exact_model(&args.out, s.steps_done, &config, &device)? {
                 Some(exact) => exact,
@@ -619,10 +616,20 @@ pub fn run(args: &PretrainArgs, log: &mut dyn std::io::Write) -> Result<f64> {
         ),
     };
     state.steps_per_epoch = steps_per_epoch;
+    let (previous_data, changed_from) = previous_data(&args.out, &args.source.data);
+    if let Some(last) = changed_from {
+        writeln!(
+            log,
+            "note: this run was trained on {last} before; it continues on {} \
+             (config.json keeps both)",
+            args.source.data.display()
+        )?;
+    }
     let settings = serde_json::json!({
         "config": config,
         "args": args,
         "data": args.source.data,
+        "previous_data": previous_data,
         "build": run_files::build_info(),
         "command": std::env::args().collect::<Vec<_>>(),
         "device": chosen.description,
@@ -816,6 +823,80 @@ pub fn run(args: &PretrainArgs, log: &mut dyn std::io::Write) -> Result<f64> {
     Ok(last_mean)
 }
 
+/// The error for a run folder whose run has a configuration other than the one asked for,
+/// naming what differs (up to five settings).
+fn other_configuration(out: &Path, was: &MsnConfig, now: &MsnConfig) -> anyhow::Error {
+    let differences = config_differences(was, now);
+    let shown = differences.len().min(5);
+    let mut list = differences[..shown].join("; ");
+    if differences.len() > shown {
+        list += &format!("; and {} more", differences.len() - shown);
+    }
+    anyhow::anyhow!(
+        "{} holds a run with another configuration ({list}); continue it with its own \
+         settings (its config.json), or use another --out folder",
+        out.display()
+    )
+}
+
+/// The settings that differ between two configurations, as `path: A in the run, B asked`,
+/// in the order of the configuration's fields.
+fn config_differences(was: &MsnConfig, now: &MsnConfig) -> Vec<String> {
+    fn walk(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+        use serde_json::Value;
+        match (a, b) {
+            (Value::Object(x), Value::Object(y)) => {
+                for (key, va) in x {
+                    let vb = y.get(key).unwrap_or(&Value::Null);
+                    let p = if path.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{path}.{key}")
+                    };
+                    walk(&p, va, vb, out);
+                }
+                for (key, vb) in y.iter().filter(|(k, _)| !x.contains_key(*k)) {
+                    walk(&format!("{path}.{key}"), &Value::Null, vb, out);
+                }
+            }
+            _ if a != b => out.push(format!("{path}: {a} in the run, {b} asked")),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    match (serde_json::to_value(was), serde_json::to_value(now)) {
+        (Ok(a), Ok(b)) => walk("", &a, &b, &mut out),
+        _ => out.push("the configurations cannot be compared".into()),
+    }
+    out
+}
+
+/// The dataset paths a run folder's earlier invocations trained on, oldest first, where
+/// they were not `data` (from its config.json; empty for a new run or the same data), and
+/// the last invocation's, when it was not `data`.
+fn previous_data(out: &Path, data: &Path) -> (Vec<String>, Option<String>) {
+    let settings = std::fs::read_to_string(out.join("config.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
+    let Some(settings) = settings else {
+        return (Vec::new(), None);
+    };
+    let mut earlier: Vec<String> = settings["previous_data"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    let changed = settings["data"]
+        .as_str()
+        .filter(|last| Path::new(last) != data)
+        .map(String::from);
+    earlier.extend(changed.clone());
+    (earlier, changed)
+}
+
 /// The exact model state saved at `steps_done` (parameter ids, so that the optimiser's
 /// moments reattach), when there is one.
 fn read_exact_model(
@@ -869,10 +950,7 @@ fn write_random_encoder(
     if checkpoint.exists() {
         let (_, meta) = model_files::pretraining(&checkpoint, &Device::flex())?;
         if meta.config != *config {
-            bail!(
-                "{} holds a run with another configuration; use another --out folder",
-                args.out.display()
-            );
+            return Err(other_configuration(&args.out, &meta.config, config));
         }
         writeln!(
             log,
@@ -1009,6 +1087,61 @@ fn explain_panic(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn another_configuration_is_refused_naming_what_differs() {
+        let was = MsnConfig::paper(VitPreset::Tiny);
+        let mut now = was.clone();
+        assert!(config_differences(&was, &now).is_empty());
+        now.optim.epochs = was.optim.epochs + 1;
+        now.mask_ratio = 0.3;
+        let differences = config_differences(&was, &now);
+        assert_eq!(differences.len(), 2, "{differences:?}");
+        let epochs = format!(
+            "optim.epochs: {} in the run, {} asked",
+            was.optim.epochs, now.optim.epochs
+        );
+        assert!(differences.contains(&epochs), "{differences:?}");
+        let message = other_configuration(Path::new("runs/a"), &was, &now).to_string();
+        assert!(
+            message.starts_with("runs/a holds a run with another configuration (")
+                && message.contains(&epochs)
+                && message.contains("mask_ratio: 0.15 in the run, 0.3 asked"),
+            "{message}"
+        );
+        // A part present on one side only (vanilla MSN against MSN + EHR).
+        let with_ehr = was
+            .clone()
+            .with_ehr(cxr_msn::ehr::FeatureSet::from_name("sex").unwrap());
+        let differences = config_differences(&was, &with_ehr);
+        assert!(
+            differences
+                .iter()
+                .any(|d| d.starts_with("ehr: null in the run, {")),
+            "{differences:?}"
+        );
+    }
+
+    #[test]
+    fn a_run_continued_on_other_data_keeps_every_earlier_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (Path::new("data/a.csv"), Path::new("data/b.csv"));
+        assert_eq!(previous_data(dir.path(), a), (vec![], None));
+        let write = |data: &str, previous: &[String]| {
+            let settings = serde_json::json!({ "data": data, "previous_data": previous });
+            std::fs::write(dir.path().join("config.json"), settings.to_string()).unwrap();
+        };
+        write("data/a.csv", &[]);
+        assert_eq!(previous_data(dir.path(), a), (vec![], None));
+        let (history, changed) = previous_data(dir.path(), b);
+        assert_eq!(history, ["data/a.csv"]);
+        assert_eq!(changed.as_deref(), Some("data/a.csv"));
+        write("data/b.csv", &history);
+        assert_eq!(previous_data(dir.path(), b), (history.clone(), None));
+        let (again, changed) = previous_data(dir.path(), a);
+        assert_eq!(again, ["data/a.csv", "data/b.csv"]);
+        assert_eq!(changed.as_deref(), Some("data/b.csv"));
+    }
 
     #[test]
     fn toml_overrides_apply_by_section_and_typos_or_wrong_types_are_refused() {

@@ -73,6 +73,10 @@ pub struct DataArgs {
     /// table, when there).
     #[arg(long, value_name = "DIR")]
     pub split_lists: Option<PathBuf>,
+    /// NIH: the share of train_val_list.txt's patients held out as the validation split
+    /// (NIH names none), chosen by a hash of the patient id: the same patients everywhere.
+    #[arg(long, value_name = "FRACTION", default_value_t = nih::VALIDATION_FRACTION)]
+    pub validation_fraction: f64,
     /// NIH: drop "No Finding" images (the paper's NIH evaluation).
     #[arg(long)]
     pub remove_no_finding: bool,
@@ -107,6 +111,7 @@ impl DataArgs {
             labeler: LabelerArg::Chexpert,
             split_table: None,
             split_lists: None,
+            validation_fraction: nih::VALIDATION_FRACTION,
             remove_no_finding: false,
             uncertain: FillArg::Zero,
             blank: FillArg::Zero,
@@ -164,22 +169,32 @@ impl DataArgs {
                 },
             )?,
             Format::Nih => {
-                let lists = self
-                    .split_lists
-                    .clone()
-                    .or_else(|| self.data.parent().map(PathBuf::from));
-                let splits = lists
-                    .map(|dir| NihSplits::in_folder(&dir))
-                    .filter(|s| s.train_val.is_file() && s.test.is_file());
-                nih::load(
+                if !(0.0..1.0).contains(&self.validation_fraction) {
+                    bail!(
+                        "--validation-fraction must be at least 0 and below 1, got {}",
+                        self.validation_fraction
+                    );
+                }
+                let splits = self.nih_split_lists()?;
+                let data = nih::load(
                     &self.data,
                     &NihOptions {
                         image_root: self.images.clone(),
-                        splits,
+                        splits: splits.clone(),
+                        validation_fraction: self.validation_fraction,
                         remove_no_finding: self.remove_no_finding,
                         on_bad_row: on_bad,
                     },
-                )?
+                )?;
+                if splits.is_none() {
+                    eprintln!(
+                        "note: no train_val_list.txt and test_list.txt beside {}: the images \
+                         have no split (pretraining takes them all, the official test images \
+                         included; probe, fine-tune and eval need the lists: --split-lists DIR)",
+                        self.data.display()
+                    );
+                }
+                data
             }
         };
         if data.records.is_empty() {
@@ -187,6 +202,53 @@ impl DataArgs {
         }
         Ok(data)
     }
+}
+
+impl DataArgs {
+    /// NIH's split lists: those in `--split-lists`, which must be there, else those next to
+    /// the table when both are there.
+    fn nih_split_lists(&self) -> Result<Option<NihSplits>> {
+        let present = |s: &NihSplits| s.train_val.is_file() && s.test.is_file();
+        if let Some(dir) = &self.split_lists {
+            let lists = NihSplits::in_folder(dir);
+            if !present(&lists) {
+                let missing: Vec<String> = [&lists.train_val, &lists.test]
+                    .into_iter()
+                    .filter(|p| !p.is_file())
+                    .map(|p| p.display().to_string())
+                    .collect();
+                bail!(
+                    "--split-lists {}: {} not found (NIH ships train_val_list.txt and \
+                     test_list.txt beside Data_Entry_2017.csv)",
+                    dir.display(),
+                    missing.join(" and ")
+                );
+            }
+            return Ok(Some(lists));
+        }
+        let beside = NihSplits::in_folder(self.data.parent().unwrap_or(std::path::Path::new("")));
+        Ok(present(&beside).then_some(beside))
+    }
+}
+
+/// The error for a split that holds no images, saying which splits do (a CheXpert
+/// `valid.csv` is the validate split, so `--split validate` scores it).
+pub fn empty_split(data: &Dataset, asked: &str, path: &std::path::Path) -> anyhow::Error {
+    let held: Vec<String> = [Split::Train, Split::Validate, Split::Test]
+        .into_iter()
+        .map(|s| (s, data.records_in(s).count()))
+        .filter(|(_, n)| *n > 0)
+        .map(|(s, n)| format!("{} ({n} images)", s.name()))
+        .collect();
+    let hint = match held.as_slice() {
+        [] => "it has no split at all: --split all takes every image".to_string(),
+        [one] => format!(
+            "it holds only {one}: choose it with --split {}",
+            one.split(' ').next().unwrap_or_default()
+        ),
+        many => format!("it holds {}", many.join(", ")),
+    };
+    anyhow::anyhow!("the {asked} split of {} is empty; {hint}", path.display())
 }
 
 /// A printable overview of a dataset: the load report, splits, label prevalence under a
@@ -216,7 +278,7 @@ pub fn describe(data: &Dataset, policy: &LabelPolicy) -> String {
         let _ = writeln!(
             out,
             "  {name:28} {pos:7} ({:5.1}%) {ignored:7}",
-            100.0 * pos as f64 / n as f64
+            100.0 * pos as f64 / n.max(1) as f64
         );
     }
     let present =

@@ -29,20 +29,40 @@ fn unsupported(format: ImageFormat, detail: impl Into<String>) -> DecodeError {
 /// (1 or 2: grey [+ alpha]; 3 or 4: RGB [+ alpha]), whose full scale is `max`. Alpha is
 /// dropped; colour goes through [`luma_bt601`]. `samples.len()` must be a multiple of
 /// `channels`.
+///
+/// Up to 8 bits (`max <= 255`) a value `v` becomes `v / max`: such files are display images
+/// (NIH ChestX-ray14's PNGs, MIMIC-CXR-JPG's and CheXpert's JPEGs). Deeper ones are
+/// stretched from the image's own darkest to its brightest value, `(v - min) / (max - min)`
+/// (all 0 when they are equal), as a DICOM frame without a window is: a 16-bit PNG of an
+/// X-ray usually holds a detector's 10 to 15 bits as they were read, which `v / 65535`
+/// would show as a dark, flat grey unlike the same film's display image.
 fn grey_from_samples(samples: &[u16], channels: usize, max: f64) -> Vec<f32> {
-    let grey = |v: f64| (v / max).clamp(0.0, 1.0) as f32;
+    let deep = max > 255.0;
+    let stretch = |values: &mut dyn Iterator<Item = f64>| -> (f64, f64) {
+        if !deep {
+            return (0.0, max);
+        }
+        values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        })
+    };
+    let unit = |v: f64, (lo, hi): (f64, f64)| {
+        if hi > lo {
+            ((v - lo) / (hi - lo)).clamp(0.0, 1.0) as f32
+        } else {
+            0.0
+        }
+    };
     if channels >= 3 {
-        return samples
+        let luma: Vec<f64> = samples
             .chunks_exact(channels)
-            .map(|px| {
-                grey(luma_bt601(
-                    f64::from(px[0]),
-                    f64::from(px[1]),
-                    f64::from(px[2]),
-                ))
-            })
+            .map(|px| luma_bt601(f64::from(px[0]), f64::from(px[1]), f64::from(px[2])))
             .collect();
+        let range = stretch(&mut luma.iter().copied());
+        return luma.into_iter().map(|v| unit(v, range)).collect();
     }
+    let range = stretch(&mut samples.iter().step_by(channels).map(|&v| f64::from(v)));
+    let grey = |v: f64| unit(v, range);
     // Grey: one division per possible sample value instead of one per pixel, with the same
     // arithmetic, so the result is identical. Worth it unless the image has fewer pixels
     // than the table has entries (65,536 at 16 bits).

@@ -3,7 +3,9 @@
 decoders (libjpeg-turbo and libpng via imagecodecs), for shared/tests/decode.rs.
 
 For each image: width, height, bit depth, the number of distinct levels, the mean of the
-intensities scaled to [0, 1] (v / (2^bits - 1)), and the scaled values of a few pixels.
+intensities scaled to [0, 1] and the scaled values of a few pixels. 8-bit images scale as
+v / 255; deeper ones are stretched from their darkest to their brightest value,
+(v - min) / (max - min), as cxr-msn decodes them (shared/src/decode.rs).
 
 Environment: numpy==2.4.6, imagecodecs==2026.3.6. Usage: python sample_stats.py
 It rewrites shared/tests/data/samples/reference.json.
@@ -32,7 +34,11 @@ def main():
             continue
         assert pixels.ndim == 2, f"{path.name} is not grey"
         bits = 16 if pixels.dtype == np.uint16 else 8
-        scaled = pixels.astype(np.float64) / ((1 << bits) - 1)
+        values = pixels.astype(np.float64)
+        if bits == 8:
+            scaled = values / 255.0
+        else:
+            scaled = (values - values.min()) / (values.max() - values.min())
         h, w = pixels.shape
         out[path.name] = {
             "width": w,

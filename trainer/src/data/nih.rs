@@ -12,8 +12,12 @@
 //! `Patient Gender` or `Patient Sex` (M / F) and `View Position` (PA / AP). Labels come
 //! out in [`NIH_LABELS`] order, each positive or negative.
 //!
-//! Splits: the official `train_val_list.txt` (-> [`Split::Train`]; a validation set is
-//! carved out of it by the user) and `test_list.txt` (-> [`Split::Test`]). Images
+//! Splits: the official `train_val_list.txt` and `test_list.txt` (-> [`Split::Test`]).
+//! NIH names no validation set, so [`NihOptions::validation_fraction`] of the train_val
+//! patients (10 % by default) become [`Split::Validate`] and the rest [`Split::Train`],
+//! chosen by a hash of the patient id: no patient is on both sides, and the same patients
+//! are chosen on every machine, in every run and whatever rows the table holds. With the
+//! lists, an image in neither is dropped (and counted). Images
 //! (NIH ships `images_001/images/...`) are found by file name in the given root, its
 //! `images*/` subfolders and their `images/` subfolders.
 
@@ -34,6 +38,10 @@ pub const NO_FINDING: &str = "No Finding";
 pub const REMOVED_NO_FINDING: &str = "No Finding (removed)";
 /// Drop reason when an image root is given and the file is not under it.
 pub const IMAGE_NOT_FOUND: &str = "image file not found";
+/// Drop reason when split lists are given and the image is in neither.
+pub const IN_NO_LIST: &str = "in neither train_val_list.txt nor test_list.txt";
+/// The default [`NihOptions::validation_fraction`].
+pub const VALIDATION_FRACTION: f64 = 0.1;
 
 /// The official split lists.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,18 +63,47 @@ impl NihSplits {
 }
 
 /// How to read the NIH table.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NihOptions {
     /// Where the images are. Default (`None`): not looked for; each record's image is
     /// the bare `Image Index` file name.
     pub image_root: Option<PathBuf>,
-    /// The split lists. Default (`None`): records have no split; an image in neither
-    /// list has none either.
+    /// The split lists. Default (`None`): records have no split.
     pub splits: Option<NihSplits>,
+    /// With the lists: the share of the train_val patients whose images form the
+    /// validation split (0 for none, 1 or more for all). Default [`VALIDATION_FRACTION`]
+    /// (0.1).
+    pub validation_fraction: f64,
     /// Drop the "No Finding" images (as the paper's NIH evaluation does). Default: keep.
     pub remove_no_finding: bool,
     /// What to do with a bad row. Default: fail.
     pub on_bad_row: OnBadRow,
+}
+
+impl Default for NihOptions {
+    fn default() -> Self {
+        Self {
+            image_root: None,
+            splits: None,
+            validation_fraction: VALIDATION_FRACTION,
+            remove_no_finding: false,
+            on_bad_row: OnBadRow::default(),
+        }
+    }
+}
+
+/// Whether a train_val patient belongs to the validation split: the id's 64-bit FNV-1a
+/// hash, mixed by SplitMix64's finaliser (FNV's high bits alone are uneven over short ids
+/// such as NIH's numbers) and scaled to [0, 1), below `fraction`. A fixed function of the
+/// id alone, so the choice does not depend on the machine, the run or the other rows.
+pub fn in_validation(patient: &str, fraction: f64) -> bool {
+    let mut z = patient.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    ((z >> 11) as f64 / (1u64 << 53) as f64) < fraction
 }
 
 /// One column name per field of a data row: a (quoted) header name with commas inside
@@ -142,15 +179,21 @@ pub fn load(csv: &Path, options: &NihOptions) -> Result<Dataset, DataError> {
                 }
             },
         };
-        let split = splits.as_ref().and_then(|(train_val, test)| {
-            if test.contains(file) {
-                Some(Split::Test)
-            } else if train_val.contains(file) {
-                Some(Split::Train)
-            } else {
-                None
+        let split = match &splits {
+            None => None,
+            Some((_, test)) if test.contains(file) => Some(Split::Test),
+            Some((train_val, _)) if train_val.contains(file) => {
+                if in_validation(patient_id, options.validation_fraction) {
+                    Some(Split::Validate)
+                } else {
+                    Some(Split::Train)
+                }
             }
-        });
+            Some(_) => {
+                report.drop_row(IN_NO_LIST);
+                return Ok(());
+            }
+        };
         records.push(Record {
             image,
             labels,
@@ -299,15 +342,19 @@ mod tests {
         let options = NihOptions {
             image_root: Some(fixture("")),
             splits: Some(NihSplits::in_folder(&fixture(""))),
+            // Every train_val patient trains (the next test covers validation).
+            validation_fraction: 0.0,
             remove_no_finding: true,
             ..Default::default()
         };
         let data = load(&fixture("Data_Entry_2017_patient_sex.csv"), &options).unwrap();
-        // 5 rows: one No Finding removed, one image absent from the image folders.
+        // 5 rows: one No Finding removed, one image absent from the image folders, one in
+        // neither list.
         assert_eq!(data.report.rows_read, 5);
         assert_eq!(data.report.dropped[REMOVED_NO_FINDING], 1);
         assert_eq!(data.report.dropped[IMAGE_NOT_FOUND], 1);
-        assert_eq!(data.report.kept, 3);
+        assert_eq!(data.report.dropped[IN_NO_LIST], 1);
+        assert_eq!(data.report.kept, 2);
         let by_name = |n: &str| {
             data.records
                 .iter()
@@ -321,9 +368,72 @@ mod tests {
         let b = by_name("00000004_000.png");
         assert_eq!(b.image, fixture("images_002/images/00000004_000.png"));
         assert_eq!(b.split, Some(Split::Train));
-        let c = by_name("00000005_000.png");
+        // Without the lists the image in neither is kept, found directly in the root.
+        let all = load(
+            &fixture("Data_Entry_2017_patient_sex.csv"),
+            &NihOptions {
+                splits: None,
+                ..options
+            },
+        )
+        .unwrap();
+        let c = all
+            .records
+            .iter()
+            .find(|r| r.image.file_name().unwrap() == "00000005_000.png")
+            .unwrap();
         assert_eq!(c.image, fixture("00000005_000.png"), "directly in the root");
-        assert_eq!(c.split, None, "in neither list");
+        assert_eq!(c.split, None);
+    }
+
+    #[test]
+    fn a_tenth_of_the_train_val_patients_validate_the_same_way_everywhere() {
+        // FNV-1a 64 of "1" is 0xaf63ac4c86019afc (the published offset basis and prime,
+        // one byte 0x31), mixed 0x4687cd939adeafdf: scaled, 0.27551 (computed in Python).
+        assert!(!in_validation("1", 0.1));
+        assert!(in_validation("1", 0.3));
+        assert!(!in_validation("1", 0.2755));
+        assert!(in_validation("1", 0.2756));
+        // Over many ids the share is the fraction, and a patient's side never depends on
+        // anything but its id.
+        let ids: Vec<String> = (0..20_000).map(|i| i.to_string()).collect();
+        let share = ids.iter().filter(|id| in_validation(id, 0.1)).count() as f64 / 20_000.0;
+        assert!((share - 0.1).abs() < 0.01, "{share}");
+        assert!(!ids.iter().any(|id| in_validation(id, 0.0)));
+        // Every train_val image of a patient is on the same side.
+        let dir = tempfile::tempdir().unwrap();
+        let mut table = String::from(
+            "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,\
+             View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]\n",
+        );
+        let mut train_val = String::new();
+        for p in 0..200 {
+            for f in 0..3 {
+                let name = format!("{p:08}_{f:03}.png");
+                table += &format!("{name},No Finding,{f},{p},40,M,PA,2048,2500,0.14,0.14\n");
+                train_val += &format!("{name}\n");
+            }
+        }
+        let csv = write(dir.path(), "Data_Entry_2017.csv", &table);
+        write(dir.path(), "train_val_list.txt", &train_val);
+        write(dir.path(), "test_list.txt", "");
+        let options = NihOptions {
+            splits: Some(NihSplits::in_folder(dir.path())),
+            ..Default::default()
+        };
+        let data = load(&csv, &options).unwrap();
+        let mut side: HashMap<String, Split> = HashMap::new();
+        for r in &data.records {
+            let s = r.split.unwrap();
+            assert_ne!(s, Split::Test);
+            let seen = *side.entry(r.patient.clone().unwrap()).or_insert(s);
+            assert_eq!(seen, s, "patient {:?} on both sides", r.patient);
+        }
+        let validating = side.values().filter(|s| **s == Split::Validate).count();
+        assert!(
+            (8..=35).contains(&validating),
+            "{validating} of 200 patients"
+        );
     }
 
     // Hand-checked counts for the real excerpt (see the test below for the command).
