@@ -128,5 +128,25 @@ fn imported_weights_pretrain_probe_and_export() {
     ] {
         assert!(header.contains(name), "{name} missing from {header}");
     }
+    // The number of heads, which no tensor's shape tells, travels in the file's metadata:
+    // importing the export gives back the checkpoint's encoder as it was.
+    let heads = |text: &str| {
+        let at = text.find("heads=").expect("an encoder line with heads=") + "heads=".len();
+        text[at..].split(' ').next().unwrap().to_string()
+    };
+    let original = heads(&run_ok(["inspect", arg(&checkpoint)]));
+    assert!(
+        header.contains(&format!("\"cxr_msn.heads\":\"{original}\"")),
+        "{header}"
+    );
+    let back = dir.join("back.safetensors");
+    let out = run_ok(["import", arg(&encoder), "--out", arg(&back)]);
+    assert!(
+        out.contains(&format!(
+            "attention heads: {original} (recorded in the file"
+        )),
+        "{out}"
+    );
+    assert_eq!(heads(&run_ok(["inspect", arg(&back)])), original);
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -19,7 +19,7 @@ use crate::report::{HeadScores, score_heads, table, write_all};
 #[derive(Args, Debug, Clone)]
 pub struct DownstreamArgs {
     /// Most epochs.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = crate::cli_values::at_least_one)]
     pub epochs: usize,
     /// Epochs without a better validation macro AUROC before stopping.
     #[arg(long, default_value_t = 5)]

@@ -212,8 +212,8 @@ pub struct PredictArgs {
     /// Patient sex (M/F) for the image + EHR head; DICOM headers fill it when present.
     #[arg(long)]
     pub sex: Option<String>,
-    /// Age in years; DICOM headers fill it when present.
-    #[arg(long)]
+    /// Age in years (0 to 120); DICOM headers fill it when present.
+    #[arg(long, value_parser = crate::cli_values::age_years, allow_negative_numbers = true)]
     pub age: Option<f32>,
     /// View position (PA, AP, LATERAL, LL); DICOM headers fill it when present.
     #[arg(long)]

@@ -5,6 +5,7 @@
 pub mod baseline_parts;
 pub mod baselines;
 pub mod bench;
+pub mod cli_values;
 pub mod contact_sheet;
 pub mod cpu_parallel;
 pub mod data;

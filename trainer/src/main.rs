@@ -308,6 +308,29 @@ fn run(command: Command) -> Result<()> {
                 Vec::new()
             };
             print!("{}", describe(&data, &source.policy()));
+            if !check_images {
+                // Cheap, unlike decoding: a wrong --images folder shows here, not at the
+                // first batch of a training run.
+                let missing: Vec<&std::path::Path> = data
+                    .records
+                    .iter()
+                    .map(|r| r.image.as_path())
+                    .filter(|p| !p.is_file())
+                    .collect();
+                println!("image files found: {} of {total}", total - missing.len());
+                for path in missing.iter().take(5) {
+                    println!("  missing: {}", path.display());
+                }
+                if !missing.is_empty() {
+                    // A warning, not an error: the table alone (its labels and EHR) is worth
+                    // reading before the images are downloaded.
+                    eprintln!(
+                        "warning: {} image files are not there: training would stop at the \
+                         first (for NIH and CheXpert, --images names the folder they are in)",
+                        missing.len()
+                    );
+                }
+            }
             if check_images {
                 println!("images decoded: {} of {total}", total - failures.len());
                 for (_, message) in failures.iter().take(20) {

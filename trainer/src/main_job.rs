@@ -61,7 +61,7 @@ pub struct RecipeArgs {
     #[arg(long, default_value = "tiny")]
     pub preset: String,
     /// Pretraining epochs.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = crate::cli_values::at_least_one)]
     pub epochs: usize,
     /// Images per pretraining batch.
     #[arg(long, default_value_t = 32)]

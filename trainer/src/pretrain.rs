@@ -91,7 +91,7 @@ pub struct PretrainArgs {
     #[arg(long, default_value_t = 3)]
     pub channels: usize,
     /// Epochs (default: the profile's).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli_values::at_least_one)]
     pub epochs: Option<usize>,
     /// Images per batch (default: the profile's).
     #[arg(long)]
@@ -132,7 +132,7 @@ pub struct PretrainArgs {
     pub init: Option<PathBuf>,
     /// Stop after this many epochs in this invocation (for time-limited jobs: run the
     /// same command again to continue).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli_values::at_least_one)]
     pub stop_after: Option<usize>,
     /// Also save a checkpoint every this many steps (besides the end of every epoch and
     /// Ctrl-C).

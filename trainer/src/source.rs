@@ -56,8 +56,9 @@ pub struct DataArgs {
     /// Data_Entry_2017 CSV (.csv or .csv.gz).
     #[arg(long, value_name = "PATH")]
     pub data: PathBuf,
-    /// NIH: the folder holding the images (images_*/images/ inside are searched); CheXpert:
-    /// the folder the Path column is relative to (default: derived from the CSV's place).
+    /// NIH: the folder holding the images (images_*/images/ inside are searched; default:
+    /// the table's folder when it holds images_* folders); CheXpert: the folder the Path
+    /// column is relative to (default: derived from the CSV's place).
     #[arg(long, value_name = "DIR")]
     pub images: Option<PathBuf>,
     /// MIMIC: the EHR table written by `cxr-msn ehr`.
@@ -179,7 +180,7 @@ impl DataArgs {
                 let data = nih::load(
                     &self.data,
                     &NihOptions {
-                        image_root: self.images.clone(),
+                        image_root: self.images.clone().or_else(|| self.nih_images_beside()),
                         splits: splits.clone(),
                         validation_fraction: self.validation_fraction,
                         remove_no_finding: self.remove_no_finding,
@@ -205,6 +206,17 @@ impl DataArgs {
 }
 
 impl DataArgs {
+    /// The table's own folder when it holds NIH's `images_*` folders (as NIH ships them):
+    /// where the images are when `--images` is not given.
+    fn nih_images_beside(&self) -> Option<PathBuf> {
+        let folder = self.data.parent().filter(|p| !p.as_os_str().is_empty());
+        let folder = folder.unwrap_or(std::path::Path::new("."));
+        let has_images = std::fs::read_dir(folder).ok()?.flatten().any(|entry| {
+            entry.path().is_dir() && entry.file_name().to_string_lossy().starts_with("images")
+        });
+        has_images.then(|| folder.to_path_buf())
+    }
+
     /// NIH's split lists: those in `--split-lists`, which must be there, else those next to
     /// the table when both are there.
     fn nih_split_lists(&self) -> Result<Option<NihSplits>> {

@@ -8,8 +8,9 @@ use thiserror::Error;
 /// Something in a data file that cannot be read.
 #[derive(Debug, Error)]
 pub enum DataError {
-    /// The file cannot be opened or read (includes a corrupt gzip stream).
-    #[error("{}: {source}", path.display())]
+    /// The file cannot be opened or read (includes a corrupt gzip stream). The reason is
+    /// the error's source, which a report of the chain (`{:#}`) prints after the path.
+    #[error("{}", path.display())]
     Io {
         /// The file.
         path: PathBuf,

@@ -62,10 +62,16 @@ pub struct ExportTorchArgs {
     pub names: Names,
 }
 
+/// The metadata entry of an exported state dict that holds the number of attention heads.
+pub const HEADS_KEY: &str = "cxr_msn.heads";
+
 /// The encoder as safetensors bytes with `names`.
 pub fn encoder_state_dict(vit: &VisionTransformer, names: Names) -> Result<Vec<u8>> {
+    // The one thing the tensors' shapes do not tell: `cxr-msn import` reads it back.
+    let heads = vit.blocks.first().map_or(0, |b| b.attn.num_heads);
     let mut store = SafetensorsStore::from_bytes(None)
         .metadata("format", "pt")
+        .metadata(HEADS_KEY, heads.to_string())
         .with_to_adapter(BurnToPyTorchAdapter);
     if names == Names::Torchvision {
         let remapper = KeyRemapper::from_patterns(OURS_TO_TORCHVISION.to_vec())

@@ -57,7 +57,8 @@ pub struct ImportArgs {
     /// bicubically.
     #[arg(long, default_value_t = 224)]
     pub image_size: usize,
-    /// Attention heads (default: from the width, as the DeiT/ViT presets).
+    /// Attention heads (default: what the file records, as `export-torch` writes it, else
+    /// from the width, as the DeiT/ViT presets).
     #[arg(long)]
     pub heads: Option<usize>,
 }
@@ -80,6 +81,9 @@ pub struct ImportReport {
     pub source: PathBuf,
     /// Its layout.
     pub layout: Layout,
+    /// The attention heads of the model and where the number came from (the tensors'
+    /// shapes do not tell it).
+    pub heads: String,
     /// Tensors that went into the model.
     pub loaded: Vec<Loaded>,
     /// Tensors of the file that were not used, with the reason.
@@ -99,6 +103,7 @@ impl fmt::Display for ImportReport {
             self.skipped.len(),
             self.initialised.len()
         )?;
+        writeln!(f, "attention heads: {}", self.heads)?;
         writeln!(f, "\nloaded:")?;
         for l in &self.loaded {
             let note = if l.note.is_empty() {
@@ -144,18 +149,22 @@ fn heads_for_width(dim: usize) -> Option<usize> {
 
 /// The model configuration of an import: the profile's recipe with the file's
 /// architecture.
-fn config_for(arch: &SourceArchitecture, args: &ImportArgs, layout: Layout) -> Result<MsnConfig> {
+fn config_for(
+    arch: &SourceArchitecture,
+    args: &ImportArgs,
+    layout: Layout,
+    heads: usize,
+) -> Result<MsnConfig> {
     let profile = match &args.profile {
         Some(p) => Profile::from_name(p)?,
         None => layout.default_profile(),
     };
-    let heads = match args.heads.or_else(|| heads_for_width(arch.dim)) {
-        Some(h) => h,
-        None => bail!(
-            "cannot tell the number of attention heads of a width-{} ViT; pass --heads",
+    if heads == 0 || !arch.dim.is_multiple_of(heads) {
+        bail!(
+            "{heads} attention heads do not divide the token width {}",
             arch.dim
-        ),
-    };
+        );
+    }
     if !arch.mlp_hidden.is_multiple_of(arch.dim) {
         bail!(
             "the MLP width {} is not a multiple of the token width {}",
@@ -298,7 +307,23 @@ pub fn import(args: &ImportArgs) -> Result<Imported> {
             layout.name()
         )
     })?;
-    let config = config_for(&arch, args, layout).with_context(|| format!("{}", path.display()))?;
+    let (heads, heads_from) = match (args.heads, super::source::recorded_heads(path)) {
+        (Some(h), _) => (h, "--heads"),
+        (None, Some(h)) => (h, "recorded in the file by cxr-msn export-torch"),
+        (None, None) => match heads_for_width(arch.dim) {
+            Some(h) => (
+                h,
+                "the DeiT/ViT preset of this width; --heads chooses another",
+            ),
+            None => bail!(
+                "{}: cannot tell the number of attention heads of a width-{} ViT; pass --heads",
+                path.display(),
+                arch.dim
+            ),
+        },
+    };
+    let config =
+        config_for(&arch, args, layout, heads).with_context(|| format!("{}", path.display()))?;
     let mut meta = ModelMeta::pretraining(config);
 
     // Position grids and the patch embedding, per branch.
@@ -410,6 +435,7 @@ pub fn import(args: &ImportArgs) -> Result<Imported> {
         report: ImportReport {
             source: path.clone(),
             layout,
+            heads: format!("{heads} ({heads_from})"),
             loaded,
             skipped,
             initialised,
@@ -449,9 +475,10 @@ pub fn run(args: &ImportArgs) -> Result<String> {
     let ehr = config.ehr.as_ref().map_or("none", |e| e.feature_set.name());
     let first = report.lines().next().unwrap_or_default();
     Ok(format!(
-        "{first}\nmodel: {}; profile {}; EHR {ehr}\nwrote {} (report: {})\n",
+        "{first}\nmodel: {}; profile {}; EHR {ehr}\nattention heads: {}\nwrote {} (report: {})\n",
         super::describe_vit(&config.vit),
         config.profile.name(),
+        imported.report.heads,
         args.out.display(),
         report_file.display()
     ))

@@ -35,6 +35,27 @@ impl Container {
     }
 }
 
+/// The number of attention heads a safetensors file's metadata records (`export-torch`
+/// writes it under [`super::export::HEADS_KEY`]); `None` for other files or without it.
+/// Reads the header only.
+pub fn recorded_heads(path: &Path) -> Option<usize> {
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).ok()?;
+    let len = usize::try_from(u64::from_le_bytes(len)).ok()?;
+    if len > 100_000_000 {
+        return None;
+    }
+    let mut header = vec![0u8; len];
+    file.read_exact(&mut header).ok()?;
+    let header: serde_json::Value = serde_json::from_slice(&header).ok()?;
+    header["__metadata__"][super::export::HEADS_KEY]
+        .as_str()?
+        .parse()
+        .ok()
+        .filter(|&h: &usize| h > 0)
+}
+
 /// Every tensor of the checkpoint at `path`, lazily read.
 pub fn read_tensors(path: &Path) -> Result<Vec<PackTensor>> {
     let mut head = [0u8; 16];
