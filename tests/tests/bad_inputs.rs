@@ -181,3 +181,52 @@ fn every_bad_table_is_refused_with_its_row_and_field() {
         }
     }
 }
+
+#[test]
+fn a_corrupt_image_stops_pretraining_with_a_hint_and_skip_bad_images_leaves_it_out() {
+    let dir = std::env::temp_dir().join(format!("cxr-msn-skip-bad-{}", std::process::id()));
+    cxr_msn_e2e::synth(&dir.join("data"), 12, 96, 4);
+    // One image cut short, as an interrupted copy leaves it.
+    let cut = dir.join("data/images/000003.png");
+    let bytes = std::fs::read(&cut).unwrap();
+    std::fs::write(&cut, &bytes[..300]).unwrap();
+    let manifest = dir.join("data/manifest.csv");
+    let pretrain = |out: &str, extra: &[&str]| {
+        let mut args = vec![
+            "pretrain",
+            "--depth",
+            "1",
+            "--batch-size",
+            "4",
+            "--focal-views",
+            "1",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--data",
+            manifest.to_str().unwrap(),
+            "--out",
+        ];
+        let out = dir.join(out);
+        args.push(out.to_str().unwrap());
+        args.extend(extra);
+        run(&args)
+    };
+    let stopped = pretrain("stopped", &[]);
+    let err = String::from_utf8_lossy(&stopped.stderr);
+    assert_eq!(stopped.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("000003.png: PNG data is truncated")
+            && err.contains("hint: --skip-bad-images"),
+        "{err}"
+    );
+    let skipped = pretrain("skipped", &["--skip-bad-images"]);
+    let err = String::from_utf8_lossy(&skipped.stderr);
+    assert!(skipped.status.success(), "{err}");
+    assert!(
+        err.contains("left out 1 images that cannot be read") && err.contains("000003.png"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

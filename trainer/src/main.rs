@@ -163,9 +163,6 @@ enum Command {
         /// --skip-bad-images).
         #[arg(long)]
         check_images: bool,
-        /// With --check-images: drop unreadable images and count them instead of failing.
-        #[arg(long)]
-        skip_bad_images: bool,
     },
     /// Draw the views pretraining would make of one image (evaluation view, target, random
     /// anchor, focal views) and save them side by side as a PNG.
@@ -234,6 +231,14 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             if let Some(advice) = cxr_msn_trainer::files::advice(&e) {
                 eprintln!("hint: {advice}");
+            } else if e
+                .chain()
+                .any(|c| c.downcast_ref::<cxr_msn::decode::DecodeError>().is_some())
+            {
+                eprintln!(
+                    "hint: --skip-bad-images decodes every image first and leaves out those \
+                     that cannot be read; `cxr-msn data --check-images` lists them"
+                );
             }
             if interrupt::requested() {
                 stopped
@@ -298,17 +303,18 @@ fn run(command: Command) -> Result<()> {
         Command::Data {
             source,
             check_images,
-            skip_bad_images,
         } => {
+            // With --skip-bad-images the load has decoded every image and left out (and
+            // listed) those that fail.
             let mut data = source.load()?;
             let total = data.records.len();
-            let failures = if check_images {
+            let failures = if check_images && !source.skip_bad_images {
                 data.drop_unreadable_images(&DecodeLimits::default())
             } else {
                 Vec::new()
             };
             print!("{}", describe(&data, &source.policy()));
-            if !check_images {
+            if !check_images && !source.skip_bad_images {
                 // Cheap, unlike decoding: a wrong --images folder shows here, not at the
                 // first batch of a training run.
                 let missing: Vec<&std::path::Path> = data
@@ -336,7 +342,7 @@ fn run(command: Command) -> Result<()> {
                 for (_, message) in failures.iter().take(20) {
                     println!("  {message}");
                 }
-                if !failures.is_empty() && !skip_bad_images {
+                if !failures.is_empty() {
                     anyhow::bail!(
                         "{} images cannot be read (--skip-bad-images drops and counts them)",
                         failures.len()

@@ -90,6 +90,10 @@ pub struct DataArgs {
     /// Skip and count unreadable rows instead of stopping at the first.
     #[arg(long)]
     pub skip_bad_rows: bool,
+    /// Decode every image first and leave out (and count) those that cannot be read,
+    /// instead of stopping at the first one met.
+    #[arg(long)]
+    pub skip_bad_images: bool,
 }
 
 /// MIMIC labeller choice.
@@ -117,6 +121,7 @@ impl DataArgs {
             uncertain: FillArg::Zero,
             blank: FillArg::Zero,
             skip_bad_rows: false,
+            skip_bad_images: false,
         }
     }
 
@@ -128,9 +133,11 @@ impl DataArgs {
         }
     }
 
-    /// Loads the dataset; errors say which dataset and what went wrong.
+    /// Loads the dataset; errors say which dataset and what went wrong. With
+    /// `--skip-bad-images`, every image is decoded once and those that fail are left out,
+    /// counted in the report and listed on standard error.
     pub fn load(&self) -> Result<Dataset> {
-        self.load_inner().with_context(|| {
+        let mut data = self.load_inner().with_context(|| {
             format!(
                 "cannot read the {} dataset at {}",
                 self.format
@@ -138,7 +145,23 @@ impl DataArgs {
                     .map_or_else(String::new, |v| v.get_name().to_string()),
                 self.data.display()
             )
-        })
+        })?;
+        if self.skip_bad_images {
+            let failures = data.drop_unreadable_images(&cxr_msn::decode::DecodeLimits::default());
+            if !failures.is_empty() {
+                eprintln!(
+                    "left out {} images that cannot be read (--skip-bad-images):",
+                    failures.len()
+                );
+                for (_, message) in failures.iter().take(20) {
+                    eprintln!("  {message}");
+                }
+            }
+            if data.records.is_empty() {
+                bail!("{}: no image can be read", self.data.display());
+            }
+        }
+        Ok(data)
     }
 
     fn load_inner(&self) -> Result<Dataset> {
