@@ -27,6 +27,17 @@ const state = {
   modelName: "",
   summary: null,
   lastFiles: [],
+  // Files picked before the model was ready: scored once it is (the latest pick only).
+  waiting: null,
+  // The form's values that the last DICOM header filled in ({age: "64", ...}): cleared
+  // when the next image without a header comes, unless changed by hand since.
+  fromHeader: {},
+  // Whether the notice has been acknowledged (or hidden with notice=0).
+  acknowledged: false,
+  // Counts scorings: the latest one's cards are shown (scoreEach).
+  generation: 0,
+  // Whether the model is the page's own (made on synthetic X-rays), not one given to it.
+  bundled: false,
   rows: [],
   // Scorings running now, the page's or an embedding page's (warm-up gives way to them).
   scoring: 0,
@@ -262,24 +273,69 @@ async function loadModelFrom(url, download = fetchModel(url)) {
   }
 }
 
+// The form's EHR values for the model ({age, sex, ...}; an empty field is left out), and
+// what is wrong with them: an age outside the field's range or not a whole number is left
+// out too, and said so, rather than scored (a browser would only outline the field).
 function ehrValues() {
   const v = {};
-  const age = $("age").value;
-  if (age !== "") v.age = Number(age);
+  const problems = [];
+  const age = $("age");
+  if (age.value !== "" || age.validity.badInput) {
+    const n = Number(age.value);
+    if (age.validity.valid && Number.isFinite(n)) v.age = n;
+    else problems.push(`the age must be a whole number of years from ${age.min} to ${age.max}`);
+  }
   for (const k of ["sex", "view", "orientation"]) if ($(k).value) v[k] = $(k).value;
   for (const k of ["icu", "mortality"]) if ($(k).value) v[k] = $(k).value === "true";
-  return v;
+  return { values: v, problems };
 }
 
-function prefillFromHeader(info) {
+// The form's values for one file: a DICOM's own header fills what the form leaves empty
+// (several files at once each keep their own patient).
+function ehrFor(info, form) {
   const h = info.from_header || {};
-  const filled = [];
-  if (h.age != null) { $("age").value = Math.round(h.age); filled.push("age"); }
-  if (h.sex) { $("sex").value = h.sex; filled.push("sex"); }
-  if (h.view) { $("view").value = h.view; filled.push("view"); }
+  const values = { ...form };
+  if (values.age == null && h.age != null) values.age = Math.round(h.age);
+  for (const k of ["sex", "view"]) if (values[k] == null && h[k]) values[k] = h[k];
+  return values;
+}
+
+// The form follows a single new image: a DICOM header fills age, sex and view; values an
+// earlier header filled, and not changed since, are cleared for an image without one.
+function prefillFromHeader(info) {
+  for (const [k, value] of Object.entries(state.fromHeader)) if ($(k).value === value) $(k).value = "";
+  state.fromHeader = {};
+  const h = info.from_header || {};
+  if (h.age != null) $("age").value = Math.round(h.age);
+  if (h.sex) $("sex").value = h.sex;
+  if (h.view) $("view").value = h.view;
+  for (const k of ["age", "sex", "view"]) {
+    const given = k === "age" ? h.age != null : h[k];
+    if (given && !$(k).closest(".row").hidden) state.fromHeader[k] = $(k).value;
+  }
+  headerNote();
+}
+
+// Says which of the form's values came from a DICOM header (and are unchanged since).
+function headerNote() {
+  const filled = Object.keys(state.fromHeader);
   const note = $("header-note");
   note.hidden = !filled.length;
   note.textContent = filled.length ? `Filled from the DICOM header: ${filled.join(", ")}. Change them to see what they do.` : "";
+}
+
+// The EHR inputs this model reads, in words ("age and sex").
+function inputsInWords(names) {
+  return names.length > 1 ? `${names.slice(0, -1).join(", ")} and ${names[names.length - 1]}` : names.join("");
+}
+
+// "age 64, female, PA": the values a card was scored with, those the model reads.
+function describeEhr(values) {
+  const words = { F: "female", M: "male" };
+  return (state.summary.ehr_inputs || [])
+    .filter((k) => values[k] != null)
+    .map((k) => (k === "age" ? `age ${values.age}` : k === "sex" ? words[values.sex] || values.sex : `${k} ${values[k]}`))
+    .join(", ");
 }
 
 // Draws the 224x224 view and, when asked, the attention map over it.
@@ -304,7 +360,7 @@ function pct(p) {
   return `${(100 * p).toFixed(1)}%`;
 }
 
-function resultCard(name, info, prediction, pixels, ms) {
+function resultCard(name, info, prediction, pixels, ms, ehr) {
   const card = document.createElement("article");
   card.className = "card";
   const title = document.createElement("h3");
@@ -337,8 +393,10 @@ function resultCard(name, info, prediction, pixels, ms) {
     warn.setAttribute("role", "alert");
     warn.textContent = `This image looks unlike the images the model was checked on: its embedding lies ` +
       `${prediction.novelty.distance.toFixed(1)} from them, beyond ${prediction.novelty.percentile}% of those images ` +
-      `(${prediction.novelty.threshold.toFixed(1)}). It may not be a frontal chest X-ray, or it differs from the ` +
-      `training data; read the scores with extra caution.`;
+      `(${prediction.novelty.threshold.toFixed(1)}). ` + (state.bundled
+      ? "This demo's bundled model saw synthetic X-rays only, so a real film looks unusual to it: its scores here " +
+        "show how the page works, not what the film shows."
+      : "It may not be a frontal chest X-ray, or it differs from the training data; read the scores with extra caution.");
     scores.append(warn);
   }
   const table = document.createElement("table");
@@ -380,8 +438,13 @@ function resultCard(name, info, prediction, pixels, ms) {
   scores.append(table);
   const legend = document.createElement("p");
   legend.className = "hint";
+  const inputs = state.summary.ehr_inputs || [];
+  const missing = inputs.filter((k) => ehr.values[k] == null);
   legend.textContent = (prediction.operating_points.length ? "▲ marks a score at or above the label's operating point (the dark tick, chosen on validation data at export). " : "") +
-    (fused ? "The two columns differ only in what the patient data adds." :
+    (fused ? `Scored with ${describeEhr(ehr.values)}: the two columns differ only in what these patient data add.` :
+      !inputs.length ? "" :
+      ehr.problems.length ? `No image + EHR column: ${ehr.problems.join("; ")}.` :
+      missing.length ? `No image + EHR column: enter the patient's ${inputsInWords(missing)} above to see what they add.` :
       prediction.image_ehr_missing ? `No image + EHR score: ${prediction.image_ehr_missing}.` : "");
   scores.append(legend);
   return card;
@@ -399,43 +462,80 @@ async function busy(work) {
 
 // Scores files one after another, yielding between them so the page stays responsive.
 async function scoreFiles(files, fromForm = false) {
-  if (!state.model) return;
+  if (!files.length) return;
+  if (!state.model) {
+    // Picked before the model is ready: scored as soon as it is.
+    state.waiting = { files, fromForm };
+    const names = files.length === 1 ? files[0].name : `${files.length} files`;
+    say(`${names} will be scored once the model is ready` +
+      `${state.acknowledged ? "" : ": first read the notice above and choose \u201cI understand\u201d"}.`);
+    return;
+  }
   await busy(() => scoreEach(files, fromForm));
 }
 
+// Scores what was picked before the model was ready; whether there was anything.
+async function scoreWaiting() {
+  const waiting = state.waiting;
+  state.waiting = null;
+  if (waiting) await scoreFiles(waiting.files, waiting.fromForm);
+  return !!waiting;
+}
+
+// The latest scoring wins: one that a newer one has replaced stops at its next step, so
+// that two never write cards at once (a sample clicked while the form's change scores the
+// shown files again).
 async function scoreEach(files, fromForm) {
+  const generation = ++state.generation;
+  const current = () => generation === state.generation;
   showError("");
   const results = $("results");
-  results.innerHTML = "";
-  state.rows = [];
+  // New files replace the cards at once; the same files scored again with new patient
+  // data replace theirs one by one, so that the page does not jump under the pointer.
+  if (!fromForm) results.innerHTML = "";
+  const place = (n, card) => {
+    const old = fromForm ? results.children[n] : null;
+    if (old) old.replaceWith(card);
+    else results.append(card);
+  };
+  const rows = [];
   state.lastFiles = files;
   $("rescore").disabled = false;
   for (const [n, file] of files.entries()) {
     say(`Scoring ${file.name} (${n + 1} of ${files.length})…`);
     await yieldToBrowser();
+    if (!current()) return;
     try {
       const bytes = new Uint8Array(await file.arrayBuffer());
       const info = JSON.parse(await state.model.read_image(bytes));
+      if (!current()) return;
       if (!fromForm && files.length === 1) prefillFromHeader(info);
+      const form = ehrValues();
+      const ehr = { values: ehrFor(info, form.values), problems: form.problems };
       const pixels = await state.model.view(bytes);
       const started = performance.now();
       // A failing WebGPU call, or one WebGPU reported trouble with: the CPU's answer.
-      const prediction = JSON.parse(await computeTrusted((m) => m.predict(bytes, JSON.stringify(ehrValues()))));
+      const prediction = JSON.parse(await computeTrusted((m) => m.predict(bytes, JSON.stringify(ehr.values))));
       const ms = Math.round(performance.now() - started);
-      results.append(resultCard(file.name, info, prediction, pixels, ms));
+      if (!current()) return;
+      place(n, resultCard(file.name, info, prediction, pixels, ms, ehr));
+      const used = (state.summary.ehr_inputs || []).map((k) => ehr.values[k] ?? "");
       for (const [head, probs] of [["image", prediction.image], ["image+ehr", prediction.image_ehr]]) {
-        if (probs) state.rows.push([file.name, head, ...probs]);
+        if (probs) rows.push([file.name, head, ...probs, ...used]);
       }
       state.labels = prediction.labels;
       document.dispatchEvent(new CustomEvent("cxr-msn-result", { detail: { file: file.name, prediction, ms } }));
     } catch (e) {
+      if (!current()) return;
       const card = document.createElement("article");
       card.className = "card error";
       card.setAttribute("role", "alert");
       card.textContent = `${file.name}: ${e.message || e}`;
-      results.append(card);
+      place(n, card);
     }
   }
+  while (results.children.length > files.length) results.lastElementChild.remove();
+  state.rows = rows;
   const reason = state.model.fallbackReason;
   say(`Ready: ${state.modelName} on ${state.model.backend()}${reason ? `, because WebGPU failed: ${reason}` : ""}.`);
   $("csv").hidden = state.rows.length === 0;
@@ -443,8 +543,11 @@ async function scoreEach(files, fromForm) {
 
 function downloadCsv() {
   const quote = (s) => (/[",\n]/.test(s) ? `"${String(s).replace(/"/g, '""')}"` : String(s));
-  const lines = [["file", "head", ...state.labels].map(quote).join(",")];
-  for (const row of state.rows) lines.push(row.map((v, i) => (i < 2 ? quote(v) : v)).join(","));
+  // The scores, then the patient data each file was scored with (what the model reads).
+  const inputs = state.summary.ehr_inputs || [];
+  const lines = [["file", "head", ...state.labels, ...inputs].map(quote).join(",")];
+  const numbers = 2 + state.labels.length;
+  for (const row of state.rows) lines.push(row.map((v, i) => (i < 2 || i >= numbers ? quote(v) : v)).join(","));
   const blob = new Blob([lines.join("\n") + "\n"], { type: "text/csv" });
   const a = document.createElement("a");
   a.href = URL.createObjectURL(blob);
@@ -494,14 +597,30 @@ function wireInputs() {
   drop.addEventListener("keydown", (e) => {
     if (e.key === "Enter" || e.key === " ") { e.preventDefault(); $("image-file").click(); }
   });
-  $("image-file").addEventListener("change", (e) => scoreFiles([...e.target.files]));
+  $("image-file").addEventListener("change", (e) => {
+    const files = [...e.target.files];
+    // Emptied, so that picking the same file again scores it again.
+    e.target.value = "";
+    scoreFiles(files);
+  });
   $("rescore").addEventListener("click", () => scoreFiles(state.lastFiles, true));
+  // New patient data score the shown files again (the image-only column stays as it was).
+  for (const id of ["age", "sex", "view", "orientation", "icu", "mortality"]) {
+    $(id)?.addEventListener("change", () => {
+      if (id in state.fromHeader) {
+        delete state.fromHeader[id];
+        headerNote();
+      }
+      if (state.model && state.lastFiles.length) scoreFiles(state.lastFiles, true);
+    });
+  }
   $("csv").addEventListener("click", downloadCsv);
   $("model-file").addEventListener("change", async (e) => {
     const file = e.target.files[0];
     if (!file) return;
     try {
       await loadModel(new Uint8Array(await file.arrayBuffer()), file.name);
+      state.bundled = false;
       if (state.lastFiles.length) await scoreFiles(state.lastFiles, true);
       warmUpWhenIdle();
     } catch (err) {
@@ -516,8 +635,25 @@ function wireInputs() {
   });
 }
 
+// In a frame (embed.js's <cxr-msn-demo>, or an iframe): tells the embedding page the
+// content's height whenever it changes, so that it can size the frame to it. Only the
+// height: no file name, image or score leaves the page this way.
+function reportHeight() {
+  if (window.parent === window || typeof ResizeObserver !== "function") return;
+  let last = 0;
+  const post = () => {
+    const height = Math.ceil(document.documentElement.getBoundingClientRect().height);
+    if (height === last) return;
+    last = height;
+    window.parent.postMessage({ type: "cxr-msn-height", height }, "*");
+  };
+  new ResizeObserver(post).observe(document.documentElement);
+  post();
+}
+
 async function start() {
   if (["auto", "webgpu", "cpu"].includes(params.get("backend"))) $("backend").value = params.get("backend");
+  reportHeight();
   wireInputs();
   // The engine starts (its worker loads while the module compiles) while the notice is read.
   state.starting = wasmChosen().then(startEngine);
@@ -525,11 +661,13 @@ async function start() {
   const acknowledged = new Promise((resolve) => {
     if (params.get("notice") === "0") {
       $("notice").hidden = true;
+      state.acknowledged = true;
       return resolve();
     }
     $("notice-ok").addEventListener("click", () => {
       $("notice").classList.add("seen");
       $("notice-ok").hidden = true;
+      state.acknowledged = true;
       resolve();
     }, { once: true });
   });
@@ -537,12 +675,14 @@ async function start() {
   await acknowledged;
   // The model downloads while the engine starts.
   const url = params.get("model") || "model.safetensors";
+  state.bundled = !params.get("model");
   const download = fetchModel(url);
   download.catch(() => {}); // reported by loadModelFrom
   await loadModelFrom(url, download);
   const wanted = params.get("sample");
   const sample = samples.find((s) => s.file === wanted);
-  if (sample && params.get("mode") !== "learn") await scoreFiles([await sampleFile(sample)]);
+  // A file the user picked while the model loaded comes before the page's own sample.
+  if (!(await scoreWaiting()) && sample && params.get("mode") !== "learn") await scoreFiles([await sampleFile(sample)]);
   warmUpWhenIdle();
 }
 

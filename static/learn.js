@@ -310,6 +310,13 @@ function scheduleViews(delay = 0) {
   if (!ready()) return;
   if (viewsSeed() === null) {
     setState("views", "error", "The seed must be a whole number from 0 to 4294967295.");
+    // Views of an earlier image must not stay under the new one's name, nor panel 3 wait.
+    if (learn.views && learn.views.key !== learn.image.key) {
+      learn.views = null;
+      $("views").replaceChildren();
+    }
+    ++tokens.views;
+    setState("prototypes", "error", "These come from the views of panel 2: give it a valid seed.");
     return;
   }
   setState("prototypes", "busy", "waiting for the views…");
@@ -320,6 +327,7 @@ async function computeViews(call) {
   const seed = viewsSeed();
   const { bytes } = learn.image;
   const r = JSON.parse(await call((m) => m.views(bytes, seed, learn.info.mask_ratio)));
+  r.key = learn.image.key;
   learn.views = r;
   if (document.activeElement !== $("views-seed")) $("views-seed").value = r.seed;
   await Promise.all([renderViews(), renderPrototypes()]);
@@ -878,8 +886,19 @@ async function chooseSample(sample) {
 }
 
 async function chooseFile(file) {
-  announceImage();
   const bytes = new Uint8Array(await file.arrayBuffer());
+  if (learn.model) {
+    // A file the model cannot read is refused once, here, and the image shown stays.
+    try {
+      await modelCall(() => false, (m) => m.read_image(bytes));
+    } catch (e) {
+      if (e === STALE) return;
+      const still = learn.image ? ` Still shown: ${learn.image.name}.` : "";
+      $("learn-image").textContent = `${file.name} cannot be shown: ${message(e)}.${still}`;
+      return;
+    }
+  }
+  announceImage();
   setImage({ key: `upload:${++learn.uploads}`, name: file.name, bytes, sample: null });
 }
 
@@ -1057,7 +1076,9 @@ function wireControls() {
   $("learn-age").addEventListener("input", () => scheduleEhr(300));
   for (const id of ["learn-sex", "learn-view"]) $(id).addEventListener("change", () => scheduleEhr());
   $("learn-file").addEventListener("change", (e) => {
-    if (e.target.files[0]) chooseFile(e.target.files[0]);
+    const file = e.target.files[0];
+    e.target.value = ""; // so that the same file can be picked again
+    if (file) chooseFile(file);
   });
   $("map-colour").addEventListener("change", renderMap);
   $("map-file").addEventListener("change", (e) => {

@@ -260,6 +260,54 @@ await check("a DICOM header fills age, sex and view", async () => {
   await page.close();
 });
 
+await check("the patient data: a DICOM header's values leave with the next image, a bad age is said and not scored, a change scores again, the CSV says what was used", async () => {
+  const page = await browser.newPage({ acceptDownloads: true });
+  await watchRequests(page, allUrls);
+  await page.goto(`${origin}/index.html?notice=0&backend=cpu&sample=rg1-adult-pa.dcm`);
+  await cards(page, 1);
+  const legend = () => page.textContent("#results .card .hint");
+  assert(/Scored with female, age 64/.test(await legend()), await legend());
+  // A JPEG without a header: the DICOM's values do not stay on the form for it.
+  await page.click('button.sample[data-file="person1954_bacteria_4886.jpeg"]');
+  await page.waitForFunction(() => document.querySelector("#results .card h3")?.textContent.startsWith("person1954"));
+  await cards(page, 1);
+  const [age, sex] = await Promise.all(["#age", "#sex"].map((s) => page.inputValue(s)));
+  assert(age === "" && sex === "", `the header's values were cleared: age '${age}', sex '${sex}'`);
+  assert(await page.isHidden("#header-note"), "no header note for a JPEG");
+  let [card] = await cards(page, 1);
+  assert(!/Image \+ EHR/.test(card.text) && /enter the patient's (sex and age|age and sex) above/.test(card.text), card.text);
+  // An age out of range is not scored, and the card says why; a change of the form scores
+  // again without a click.
+  await page.fill("#age", "200");
+  await page.selectOption("#sex", "F");
+  await page.waitForFunction(() => /age must be a whole number/.test(document.querySelector("#results .card .hint")?.textContent));
+  [card] = await cards(page, 1);
+  assert(!/Image \+ EHR/.test(card.text), `no image + EHR column with age 200: ${card.text}`);
+  await page.fill("#age", "70");
+  await page.press("#age", "Tab");
+  await page.waitForFunction(() => /Scored with female, age 70/.test(document.querySelector("#results .card .hint")?.textContent));
+  [card] = await cards(page, 1);
+  assert(/Image \+ EHR/.test(card.text), card.text);
+  const [download] = await Promise.all([page.waitForEvent("download"), page.click("#csv")]);
+  const csv = readFileSync(await download.path(), "utf8").trim().split("\n");
+  assert(/,Support Devices,sex,age$/.test(csv[0]) && csv.slice(1).every((l) => l.endsWith(",F,70")), csv.join("\n").slice(0, 400));
+  await page.close();
+});
+
+await check("a file picked before the notice is acknowledged is scored once the model is ready", async () => {
+  const page = await browser.newPage();
+  await watchRequests(page, allUrls);
+  await page.goto(`${origin}/index.html?backend=cpu`);
+  await page.waitForSelector("#notice-ok");
+  await page.setInputFiles("#image-file", join(dist, "samples/person1954_bacteria_4886.jpeg"));
+  const status = await page.textContent("#model-status");
+  assert(/will be scored once the model is ready: first read the notice/.test(status), status);
+  await page.click("#notice-ok");
+  const [card] = await cards(page, 1);
+  assert(!card.error && card.rows === 14 && card.text.startsWith("person1954"), card.text.slice(0, 200));
+  await page.close();
+});
+
 await check("a non-image, a corrupt image and a damaged model get clear messages", async () => {
   const text = join(tmp, "notes.txt");
   writeFileSync(text, "these are my notes, not an X-ray\n");
@@ -415,6 +463,17 @@ await check("embedded in another page with <cxr-msn-demo>", async () => {
   const frame = await (await page.waitForSelector("cxr-msn-demo iframe")).contentFrame();
   await frame.waitForFunction(() => document.querySelectorAll("#results .card:not(.error)").length === 1, null, { timeout: 180000 });
   assert(await frame.isHidden("#notice"), "hide-notice hides the notice");
+  // The frame takes the height of its content (the page says it), so the result shows
+  // without scrolling inside the frame.
+  const content = () => frame.evaluate(() => document.documentElement.getBoundingClientRect().height);
+  let sized = false;
+  for (let i = 0; i < 50 && !sized; i++) {
+    const outer = await page.$eval("cxr-msn-demo iframe", (f) => f.getBoundingClientRect().height);
+    sized = Math.abs(outer - (await content())) <= 2;
+    if (!sized) await new Promise((r) => setTimeout(r, 100));
+  }
+  const inner = await frame.evaluate(() => document.documentElement.scrollHeight - window.innerHeight);
+  assert(sized && inner <= 2, `the frame fits its content (${await content()} px; ${inner} px scroll inside)`);
   await page.screenshot({ path: join(shots, "6-embedded.png") });
   await page.close();
 });

@@ -261,7 +261,7 @@ fn image_files(input: &Path) -> Result<Vec<PathBuf>> {
     files.sort();
     if files.is_empty() {
         bail!(
-            "{} holds no .png, .jpg, .jpeg or .dcm files",
+            "{} holds no .png, .jpg, .jpeg or .dcm files (its subfolders are not searched)",
             input.display()
         );
     }

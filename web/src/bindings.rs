@@ -124,7 +124,7 @@ impl CxrModel {
                 Ok(gpu) => (
                     Device::flex(),
                     format!(
-                        "{CPU}; the only WebGPU adapter, {}, is a software one and slower \
+                        "{CPU}; this browser's WebGPU runs in software here ({}), slower \
                          than the CPU",
                         gpu.name
                     ),
