@@ -148,5 +148,20 @@ fn imported_weights_pretrain_probe_and_export() {
         "{out}"
     );
     assert_eq!(heads(&run_ok(["inspect", arg(&back)])), original);
+    // A cxr-msn model file is not imported again: it is used as it is.
+    let again = Command::new(binary())
+        .args([
+            "import",
+            arg(&checkpoint),
+            "--out",
+            arg(&dir.join("again.safetensors")),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        !again.status.success() && err.contains("is already a cxr-msn model file"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -544,6 +544,7 @@ pub fn run(args: &PretrainArgs, log: &mut dyn std::io::Write) -> Result<f64> {
         None
     };
     let items = data.items(split, features.as_ref(), &args.source.policy())?;
+    let images = items.len();
     let normalization = Normalization::imagenet(config.vit.channels);
     let mut loader_cfg = LoaderConfig::new(normalization.clone());
     loader_cfg.batch_size = config.optim.batch_size;
@@ -559,7 +560,7 @@ pub fn run(args: &PretrainArgs, log: &mut dyn std::io::Write) -> Result<f64> {
     let steps_per_epoch = loader.batches_per_epoch();
     if steps_per_epoch == 0 {
         bail!(
-            "fewer training images than one batch of {}",
+            "{images} training images, fewer than one batch of {} (--batch-size)",
             config.optim.batch_size
         );
     }

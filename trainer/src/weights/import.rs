@@ -252,6 +252,17 @@ fn to_data(t: &PackTensor) -> Result<burn::tensor::TensorData> {
 /// Imports the checkpoint `args.checkpoint`.
 pub fn import(args: &ImportArgs) -> Result<Imported> {
     let path = &args.checkpoint;
+    let ours = super::source::safetensors_metadata(path).is_some_and(|m| {
+        m.values()
+            .any(|v| v.as_str() == Some(cxr_msn::checkpoint::FORMAT_NAME))
+    });
+    if ours {
+        bail!(
+            "{} is already a cxr-msn model file: commands take it as it is (`pretrain --init`, \
+             `probe`, `finetune`, `predict`); `import` brings in PyTorch weights",
+            path.display()
+        );
+    }
     let tensors = read_tensors(path)?;
     let names: Vec<String> = tensors.iter().map(|t| t.name.clone()).collect();
     let layout = match args.layout.or_else(|| Layout::detect(&names)) {

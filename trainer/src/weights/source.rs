@@ -35,10 +35,9 @@ impl Container {
     }
 }
 
-/// The number of attention heads a safetensors file's metadata records (`export-torch`
-/// writes it under [`super::export::HEADS_KEY`]); `None` for other files or without it.
-/// Reads the header only.
-pub fn recorded_heads(path: &Path) -> Option<usize> {
+/// The metadata entries of a safetensors file (`None` for other files). Reads the header
+/// only.
+pub fn safetensors_metadata(path: &Path) -> Option<serde_json::Map<String, serde_json::Value>> {
     let mut file = std::fs::File::open(path).ok()?;
     let mut len = [0u8; 8];
     file.read_exact(&mut len).ok()?;
@@ -48,8 +47,18 @@ pub fn recorded_heads(path: &Path) -> Option<usize> {
     }
     let mut header = vec![0u8; len];
     file.read_exact(&mut header).ok()?;
-    let header: serde_json::Value = serde_json::from_slice(&header).ok()?;
-    header["__metadata__"][super::export::HEADS_KEY]
+    let mut header: serde_json::Value = serde_json::from_slice(&header).ok()?;
+    match header.get_mut("__metadata__")?.take() {
+        serde_json::Value::Object(entries) => Some(entries),
+        _ => None,
+    }
+}
+
+/// The number of attention heads a safetensors file's metadata records (`export-torch`
+/// writes it under [`super::export::HEADS_KEY`]); `None` for other files or without it.
+pub fn recorded_heads(path: &Path) -> Option<usize> {
+    safetensors_metadata(path)?
+        .get(super::export::HEADS_KEY)?
         .as_str()?
         .parse()
         .ok()
