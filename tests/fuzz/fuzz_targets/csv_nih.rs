@@ -17,6 +17,7 @@ fuzz_target!(|data: &[u8]| {
             let options = NihOptions {
                 image_root: None,
                 splits: Some(NihSplits::in_folder(&folder)),
+                validation_fraction: nih::VALIDATION_FRACTION,
                 remove_no_finding,
                 on_bad_row,
             };
