@@ -390,7 +390,6 @@ function resultCard(name, info, prediction, pixels, ms, ehr) {
   if (prediction.novelty && prediction.novelty.unusual) {
     const warn = document.createElement("p");
     warn.className = "unusual";
-    warn.setAttribute("role", "alert");
     warn.textContent = `This image looks unlike the images the model was checked on: its embedding lies ` +
       `${prediction.novelty.distance.toFixed(1)} from them, beyond ${prediction.novelty.percentile}% of those images ` +
       `(${prediction.novelty.threshold.toFixed(1)}). ` + (state.bundled
@@ -499,6 +498,9 @@ async function scoreEach(files, fromForm) {
     else results.append(card);
   };
   const rows = [];
+  // Said once at the end (the status line is a live region), not by every card.
+  let failed = 0;
+  let unusual = 0;
   state.lastFiles = files;
   $("rescore").disabled = false;
   for (const [n, file] of files.entries()) {
@@ -519,6 +521,7 @@ async function scoreEach(files, fromForm) {
       const ms = Math.round(performance.now() - started);
       if (!current()) return;
       place(n, resultCard(file.name, info, prediction, pixels, ms, ehr));
+      if (prediction.novelty && prediction.novelty.unusual) unusual += 1;
       const used = (state.summary.ehr_inputs || []).map((k) => ehr.values[k] ?? "");
       for (const [head, probs] of [["image", prediction.image], ["image+ehr", prediction.image_ehr]]) {
         if (probs) rows.push([file.name, head, ...probs, ...used]);
@@ -529,15 +532,20 @@ async function scoreEach(files, fromForm) {
       if (!current()) return;
       const card = document.createElement("article");
       card.className = "card error";
-      card.setAttribute("role", "alert");
       card.textContent = `${file.name}: ${e.message || e}`;
       place(n, card);
+      failed += 1;
     }
   }
   while (results.children.length > files.length) results.lastElementChild.remove();
   state.rows = rows;
   const reason = state.model.fallbackReason;
-  say(`Ready: ${state.modelName} on ${state.model.backend()}${reason ? `, because WebGPU failed: ${reason}` : ""}.`);
+  const outcome = [
+    failed ? `${failed} of ${files.length} file${files.length === 1 ? "" : "s"} could not be scored (see ${failed === 1 ? "its card" : "their cards"})` : "",
+    unusual ? `${unusual} scored image${unusual === 1 ? " looks" : "s look"} unusual to the model` : "",
+  ].filter(Boolean).join("; ");
+  say(`Ready: ${state.modelName} on ${state.model.backend()}${reason ? `, because WebGPU failed: ${reason}` : ""}.` +
+    (outcome ? ` ${outcome}.` : ""));
   $("csv").hidden = state.rows.length === 0;
 }
 

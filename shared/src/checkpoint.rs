@@ -35,7 +35,8 @@ use crate::prototype_head::PrototypeHead;
 pub const FORMAT_VERSION: u32 = 1;
 /// Value of the `cxr_msn.format` metadata key.
 pub const FORMAT_NAME: &str = "cxr-msn-model";
-const KEY_FORMAT: &str = "cxr_msn.format";
+/// The metadata key that marks a cxr-msn model file (its value is [`FORMAT_NAME`]).
+pub const KEY_FORMAT: &str = "cxr_msn.format";
 const KEY_VERSION: &str = "cxr_msn.format_version";
 const KEY_META: &str = "cxr_msn.meta";
 

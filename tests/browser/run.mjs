@@ -323,6 +323,11 @@ await check("a non-image, a corrupt image and a damaged model get clear messages
   assert(shown.every((c) => c.error), `both refused: ${JSON.stringify(shown)}`);
   assert(/notes\.txt: .*(not|unknown|recogni)/i.test(shown[0].text), shown[0].text);
   assert(/cut\.jpeg: .*(JPEG|truncat|end|corrupt)/i.test(shown[1].text), shown[1].text);
+  // The failures are announced once, in the status line (a live region), not by each card.
+  await page.waitForFunction(() => /^Ready: /.test(document.getElementById("model-status").textContent));
+  const summary = await page.textContent("#model-status");
+  assert(/2 of 2 files could not be scored \(see their cards\)/.test(summary), summary);
+  assert(await page.$$eval("#results [role=alert]", (a) => a.length) === 0, "no card is an alert of its own");
   await page.screenshot({ path: join(shots, "4-errors.png") });
   const damaged = join(tmp, "damaged.safetensors");
   writeFileSync(damaged, readFileSync(join(dist, "model.safetensors")).subarray(0, 100000));

@@ -123,8 +123,8 @@ fn pretraining_runs_saves_each_epoch_and_continues_where_it_stopped() {
     };
     let pretrain = |extra: &[&str]| pretrain_into(&run, extra);
     let first = pretrain(&["--stop-after", "1"]);
-    assert!(first.contains("epoch 0: mean loss"), "{first}");
-    assert!(!first.contains("epoch 1:"), "{first}");
+    assert!(first.contains("epoch 1/2: mean loss"), "{first}");
+    assert!(!first.contains("epoch 2/2:"), "{first}");
     let state = std::fs::read_to_string(run.join("state.json")).unwrap();
     assert_eq!(
         state,
@@ -133,11 +133,11 @@ fn pretraining_runs_saves_each_epoch_and_continues_where_it_stopped() {
 
     let second = pretrain(&[]);
     assert!(
-        second.contains("continuing") && second.contains("after step 4 (epoch 1, batch 0"),
+        second.contains("continuing") && second.contains("after step 4 (1 of 2 epochs done)"),
         "{second}"
     );
     assert!(
-        second.contains("epoch 1: mean loss") && !second.contains("epoch 0:"),
+        second.contains("epoch 2/2: mean loss") && !second.contains("epoch 1/2:"),
         "{second}"
     );
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
@@ -326,7 +326,7 @@ fn pretraining_runs_saves_each_epoch_and_continues_where_it_stopped() {
         .arg(run.join("finetune"))
         .succeeds();
     assert!(
-        text.contains("epoch 0: validation macro AUROC")
+        text.contains("epoch 1/1: validation macro AUROC")
             && text.contains("test split:")
             && text.contains("image+ehr"),
         "{text}"

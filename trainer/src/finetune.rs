@@ -149,8 +149,9 @@ pub fn run(args: &FinetuneArgs) -> Result<String> {
         progress.finish_line();
         if !crate::finite::weights_finite(&model) {
             bail!(
-                "fine-tuning diverged in epoch {epoch} (the weights became NaN or infinite); \
-                 nothing was written. Lower the learning rate (--lr)"
+                "fine-tuning diverged in epoch {} (the weights became NaN or infinite); \
+                 nothing was written. Lower the learning rate (--lr)",
+                epoch + 1
             );
         }
         let current: Classifier = model.valid();
@@ -164,7 +165,12 @@ pub fn run(args: &FinetuneArgs) -> Result<String> {
         let auc = evaluate(&scores.image, &val_targets, labels)
             .macro_auroc
             .unwrap_or(f64::NAN);
-        let _ = writeln!(log, "epoch {epoch}: validation macro AUROC {auc:.4}");
+        let _ = writeln!(
+            log,
+            "epoch {}/{}: validation macro AUROC {auc:.4}",
+            epoch + 1,
+            args.train.epochs
+        );
         if auc > best_auc {
             (best, best_auc, waited) = (current, auc, 0);
         } else {

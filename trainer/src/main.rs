@@ -292,6 +292,13 @@ fn run(command: Command) -> Result<()> {
                 summary.manifest.display(),
                 started.elapsed().as_secs_f64()
             );
+            if summary.removed > 0 {
+                println!(
+                    "removed the {} images of the earlier, larger world in {}",
+                    summary.removed,
+                    out.display()
+                );
+            }
             for (label, n) in cxr_msn::labels::MIMIC_LABELS.iter().zip(summary.positives) {
                 println!(
                     "  {label:28} {n:6} ({:.1}%)",

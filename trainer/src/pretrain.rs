@@ -590,13 +590,22 @@ pub fn run(args: &PretrainArgs, log: &mut dyn std::io::Write) -> Result<f64> {
                 Some(exact) => exact,
                 None => model,
             };
+            let into = s.steps_done % steps_per_epoch;
             writeln!(
                 log,
-                "continuing {} after step {} (epoch {}, batch {} of {steps_per_epoch})",
+                "continuing {} after step {} ({} of {} epochs done{})",
                 args.out.display(),
                 s.steps_done,
                 s.steps_done / steps_per_epoch,
-                s.steps_done % steps_per_epoch
+                config.optim.epochs,
+                if into > 0 {
+                    format!(
+                        ", {into} of {steps_per_epoch} batches into epoch {}",
+                        s.steps_done / steps_per_epoch + 1
+                    )
+                } else {
+                    String::new()
+                }
             )?;
             (model, s)
         }
@@ -804,7 +813,9 @@ pub fn run(args: &PretrainArgs, log: &mut dyn std::io::Write) -> Result<f64> {
                 last_mean = rows.iter().sum::<f64>() / rows.len().max(1) as f64;
                 writeln!(
                     log,
-                    "epoch {epoch}: mean loss {last_mean:.4}; saved {}",
+                    "epoch {}/{}: mean loss {last_mean:.4}; saved {}",
+                    epoch + 1,
+                    o.epochs,
                     checkpoint.display()
                 )?;
             }

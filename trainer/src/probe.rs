@@ -182,14 +182,20 @@ fn train_head(
         let scores = probabilities(head.logits(val, &all_val, d, e, &device))?;
         if scores.iter().any(|p| !p.is_finite()) {
             bail!(
-                "the head diverged in epoch {epoch} (its scores became NaN or infinite); \
-                 nothing was written. Lower the learning rate (--lr)"
+                "the head diverged in epoch {} (its scores became NaN or infinite); \
+                 nothing was written. Lower the learning rate (--lr)",
+                epoch + 1
             );
         }
         let auc = evaluate(&scores, &val.targets, labels)
             .macro_auroc
             .unwrap_or(f64::NAN);
-        let _ = writeln!(log, "  epoch {epoch}: validation macro AUROC {auc:.4}");
+        let _ = writeln!(
+            log,
+            "  epoch {}/{}: validation macro AUROC {auc:.4}",
+            epoch + 1,
+            args.epochs
+        );
         if auc > best_auc {
             (best, best_auc, waited) = (head.clone(), auc, 0);
         } else {

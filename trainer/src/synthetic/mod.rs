@@ -56,6 +56,9 @@ pub struct SynthSummary {
     pub images: usize,
     /// Positive count per MIMIC label.
     pub positives: [usize; 14],
+    /// Images of an earlier, larger world in the same folder that were removed (its
+    /// `NNNNNN.png` files past the new count).
+    pub removed: usize,
 }
 
 /// Subject `index` of the world `seed`, independent of threads and of the other subjects.
@@ -132,7 +135,10 @@ fn manifest_row(path: &str, s: &Subject, index: usize) -> String {
 }
 
 /// Generates the world into `out_dir` (created if needed): images first, each written
-/// atomically, then the manifest, so a manifest never names a missing image.
+/// atomically, then the manifest, so a manifest never names a missing image. When the
+/// folder held an earlier synthetic world (its manifest has this module's header), that
+/// manifest is removed first, and that world's images past the new count once the new
+/// manifest is written, so the folder holds one world; no other file is touched.
 pub fn generate(out_dir: &Path, cfg: &SynthConfig) -> Result<SynthSummary> {
     if cfg.count == 0 || cfg.size < 64 {
         bail!(
@@ -144,6 +150,14 @@ pub fn generate(out_dir: &Path, cfg: &SynthConfig) -> Result<SynthSummary> {
     let images_dir = out_dir.join("images");
     std::fs::create_dir_all(&images_dir)
         .with_context(|| format!("cannot create {}", images_dir.display()))?;
+    let path = out_dir.join("manifest.csv");
+    let earlier_world =
+        std::fs::read_to_string(&path).is_ok_and(|text| text.starts_with(&manifest_header()));
+    if earlier_world {
+        // Its images are about to be overwritten: a manifest left from it would name new
+        // images with old labels if this generation stopped half way.
+        std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+    }
     let stats = NihStats::embedded();
     let threads = match cfg.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -187,13 +201,43 @@ pub fn generate(out_dir: &Path, cfg: &SynthConfig) -> Result<SynthSummary> {
             *p += f as usize;
         }
     }
-    let path = out_dir.join("manifest.csv");
     write_atomic(&path, manifest.as_bytes())?;
+    let removed = if earlier_world {
+        remove_images_past(&images_dir, cfg.count)?
+    } else {
+        0
+    };
     Ok(SynthSummary {
         manifest: path,
         images: rows.len(),
         positives,
+        removed,
     })
+}
+
+/// Removes the generator's own images (`NNNNNN.png`, six digits) numbered `count` or more
+/// from `images_dir`; returns how many.
+fn remove_images_past(images_dir: &Path, count: usize) -> Result<usize> {
+    let entries = std::fs::read_dir(images_dir)
+        .with_context(|| format!("cannot list {}", images_dir.display()))?;
+    let mut removed = 0;
+    for entry in entries {
+        let path = entry
+            .with_context(|| format!("cannot list {}", images_dir.display()))?
+            .path();
+        let index = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".png"))
+            .filter(|stem| stem.len() == 6 && stem.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|stem| stem.parse::<usize>().ok());
+        if index.is_some_and(|i| i >= count) {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("cannot remove {}", path.display()))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 #[cfg(test)]
@@ -325,6 +369,33 @@ mod tests {
             text.as_bytes()
         );
         assert_eq!(std::fs::read(again.join(fields[0])).unwrap(), png);
+        assert_eq!(summary.removed, 0);
+
+        // A smaller world over it leaves no image of the larger one behind, and only the
+        // generator's own files go.
+        std::fs::write(again.join("images/mine.png"), b"kept").unwrap();
+        std::fs::write(again.join("images/0000031.png"), b"kept").unwrap();
+        let smaller = generate(&again, &SynthConfig { count: 12, ..cfg }).unwrap();
+        assert_eq!((smaller.images, smaller.removed), (12, 18));
+        let mut left: Vec<String> = std::fs::read_dir(again.join("images"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left.len(), 14, "{left:?}");
+        assert!(left.contains(&"000011.png".into()) && !left.contains(&"000012.png".into()));
+        assert!(left.contains(&"mine.png".into()) && left.contains(&"0000031.png".into()));
+        // A folder that held no synthetic world keeps every file.
+        let other = dir.join("other");
+        std::fs::create_dir_all(other.join("images")).unwrap();
+        std::fs::write(other.join("images/000050.png"), b"theirs").unwrap();
+        assert_eq!(
+            generate(&other, &SynthConfig { count: 3, ..cfg })
+                .unwrap()
+                .removed,
+            0
+        );
+        assert!(other.join("images/000050.png").exists());
         std::fs::remove_dir_all(&dir).ok();
     }
 }
