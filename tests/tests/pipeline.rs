@@ -124,6 +124,21 @@ fn pretraining_runs_saves_each_epoch_and_continues_where_it_stopped() {
     let pretrain = |extra: &[&str]| pretrain_into(&run, extra);
     let first = pretrain(&["--stop-after", "1"]);
     assert!(first.contains("epoch 1/2: mean loss"), "{first}");
+    // MSN's prototypes in use, per batch of 4 targets: between 1 and 4.
+    let used: f64 = first
+        .split("targets on ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no prototype count in {first}"));
+    assert!((1.0..=4.0).contains(&used), "{first}");
+    let epochs = std::fs::read_to_string(run.join("epochs.csv")).unwrap();
+    assert!(
+        epochs.starts_with(
+            "epoch,steps,loss,ce,me_max,entropy,lr_end,seconds,images_per_second,prototypes\n"
+        ),
+        "{epochs}"
+    );
     assert!(!first.contains("epoch 2/2:"), "{first}");
     let state = std::fs::read_to_string(run.join("state.json")).unwrap();
     assert_eq!(

@@ -351,6 +351,9 @@ pub struct StepDone {
     pub loss: f64,
     /// MSN's cross-entropy, me-max and entropy terms (the baselines' losses have one part).
     pub parts: Option<[f64; 3]>,
+    /// MSN: how many distinct prototypes the batch's targets assign most mass to (MSN's
+    /// "np"; 1 when every target is the same, the sign of a collapse).
+    pub prototypes: Option<usize>,
     /// The global gradient norm before clipping, when the profile clips.
     pub grad_norm: Option<f64>,
 }
@@ -398,6 +401,7 @@ pub fn train_step(
     let ranges = cpu_parallel::ranges(&batch.target.device(), batch.target.dims()[0]);
     let parallel = ranges.len() > 1;
     let mut split = None;
+    let mut target_probs = None;
     let (total, parts) = match &model {
         Pretrained::Msn(m) => {
             let masks = m.sample_masks(&batch, config, rng);
@@ -409,6 +413,7 @@ pub fn train_step(
             } else {
                 m.loss(&m.forward_pretrain(batch, &masks, config), config)
             };
+            target_probs = Some(loss.target_probs);
             (loss.total, Some([loss.ce, loss.me_max, loss.entropy]))
         }
         Pretrained::Dino(d) => {
@@ -455,9 +460,12 @@ pub fn train_step(
     // One read back from the device for every number.
     let mut shown = vec![total.clone().detach()];
     shown.extend(parts.iter().flatten().map(|p| p.clone().detach()));
+    let k = target_probs.as_ref().map(|t| t.dims()[1]);
+    shown.extend(target_probs.map(|t| t.flatten::<1>(0, 1)));
     let read = read_values(Tensor::cat(shown, 0))?;
     let loss = read[0];
-    let parts = (read.len() == 4).then(|| [read[1], read[2], read[3]]);
+    let parts = parts.is_some().then(|| [read[1], read[2], read[3]]);
+    let prototypes = k.map(|k| distinct_top_prototypes(&read[4..], k));
     if !loss.is_finite() {
         return Ok(Err(Diverged::Loss(loss)));
     }
@@ -494,8 +502,28 @@ pub fn train_step(
         model,
         loss,
         parts,
+        prototypes,
         grad_norm,
     }))
+}
+
+/// How many distinct columns hold the largest value of some row of `probs` (row-major,
+/// `k` columns); the first column of a tie counts.
+fn distinct_top_prototypes(probs: &[f64], k: usize) -> usize {
+    let mut top: Vec<usize> = probs
+        .chunks(k)
+        .map(|row| {
+            row.iter()
+                .enumerate()
+                .fold((0, f64::NEG_INFINITY), |best, (i, &v)| {
+                    if v > best.1 { (i, v) } else { best }
+                })
+                .0
+        })
+        .collect();
+    top.sort_unstable();
+    top.dedup();
+    top.len()
 }
 
 /// What to try after a loss, gradient or weight became NaN or infinite.
@@ -734,8 +762,8 @@ pub fn run(args: &PretrainArgs, log: &mut dyn std::io::Write) -> Result<f64> {
                     ));
                 }
             };
-            let (trained, loss, parts, norm) = match done {
-                Ok(d) => (d.model, d.loss, d.parts, d.grad_norm),
+            let (trained, loss, parts, prototypes, norm) = match done {
+                Ok(d) => (d.model, d.loss, d.parts, d.prototypes, d.grad_norm),
                 Err(Diverged::Loss(loss)) => bail!(
                     "the loss became {loss} at step {step}; nothing was saved from this step \
                      on and {}. {NON_FINITE_ADVICE}",
@@ -760,6 +788,7 @@ pub fn run(args: &PretrainArgs, log: &mut dyn std::io::Write) -> Result<f64> {
                 ce: parts.map(|p| p[0]),
                 me_max: parts.map(|p| p[1]),
                 entropy: parts.map(|p| p[2]),
+                prototypes,
                 grad_norm: norm,
                 seconds: started.elapsed().as_secs_f64(),
             };
@@ -805,19 +834,34 @@ pub fn run(args: &PretrainArgs, log: &mut dyn std::io::Write) -> Result<f64> {
             }
             if epoch_done {
                 progress.finish_line();
-                let rows: Vec<f64> = records
-                    .iter()
-                    .filter(|r| r.epoch == epoch)
-                    .map(|r| r.loss)
-                    .collect();
-                last_mean = rows.iter().sum::<f64>() / rows.len().max(1) as f64;
+                let rows: Vec<&StepRecord> = records.iter().filter(|r| r.epoch == epoch).collect();
+                let n = rows.len().max(1) as f64;
+                last_mean = rows.iter().map(|r| r.loss).sum::<f64>() / n;
+                let used: Option<Vec<usize>> = rows.iter().map(|r| r.prototypes).collect();
+                let used = used
+                    .filter(|u| !u.is_empty())
+                    .map(|u| u.iter().sum::<usize>() as f64 / u.len() as f64);
                 writeln!(
                     log,
-                    "epoch {}/{}: mean loss {last_mean:.4}; saved {}",
+                    "epoch {}/{}: mean loss {last_mean:.4}{}; saved {}",
                     epoch + 1,
                     o.epochs,
+                    used.map(|u| format!(
+                        ", targets on {u:.1} distinct prototypes per batch of {}",
+                        o.batch_size
+                    ))
+                    .unwrap_or_default(),
                     checkpoint.display()
                 )?;
+                if used.is_some_and(|u| u < 1.5) && o.batch_size > 1 {
+                    writeln!(
+                        log,
+                        "warning: the targets of a batch nearly all pick the same prototype, a \
+                         sign that the representation collapsed (every image embedded alike); \
+                         a lower learning rate, more me-max weight ([loss] me_max_weight) or a \
+                         larger batch may help"
+                    )?;
+                }
             }
             if interrupted {
                 progress.finish_line();
@@ -1099,6 +1143,24 @@ fn explain_panic(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn distinct_top_prototypes_counts_each_rows_largest_column() {
+        // Hand-made rows over 4 columns: tops 2, 0, 2 and a tie (0.4, 0.4) taken at 1.
+        let probs = [
+            0.1, 0.2, 0.6, 0.1, //
+            0.7, 0.1, 0.1, 0.1, //
+            0.0, 0.0, 1.0, 0.0, //
+            0.1, 0.4, 0.1, 0.4,
+        ];
+        assert_eq!(distinct_top_prototypes(&probs, 4), 3);
+        assert_eq!(distinct_top_prototypes(&probs[..4], 4), 1);
+        // Identical rows, as after a collapse: one prototype.
+        assert_eq!(
+            distinct_top_prototypes(&[0.2, 0.8, 0.2, 0.8, 0.2, 0.8], 2),
+            1
+        );
+    }
 
     #[test]
     fn another_configuration_is_refused_naming_what_differs() {

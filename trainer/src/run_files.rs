@@ -44,6 +44,9 @@ pub struct StepRecord {
     /// MSN's entropy part.
     #[serde(default)]
     pub entropy: Option<f64>,
+    /// MSN: distinct prototypes the batch's targets assign most mass to (MSN's "np").
+    #[serde(default)]
+    pub prototypes: Option<usize>,
     /// Global gradient norm before clipping (null without clipping).
     pub grad_norm: Option<f64>,
     /// Seconds the step took.
@@ -95,10 +98,12 @@ pub fn append_step(file: &mut std::fs::File, record: &StepRecord) -> Result<()> 
 
 /// `epochs.csv` of the finished epochs (`epochs_done`): means of the loss parts (empty
 /// cells for parts the method does not have), the learning rate at the epoch's end,
-/// seconds and images per second.
+/// seconds, images per second and, for MSN, the mean over its batches of the distinct
+/// prototypes the targets assign most mass to.
 pub fn epochs_csv(records: &[StepRecord], epochs_done: usize, batch_size: usize) -> String {
-    let mut csv =
-        String::from("epoch,steps,loss,ce,me_max,entropy,lr_end,seconds,images_per_second\n");
+    let mut csv = String::from(
+        "epoch,steps,loss,ce,me_max,entropy,lr_end,seconds,images_per_second,prototypes\n",
+    );
     for epoch in 0..epochs_done {
         let rows: Vec<&StepRecord> = records.iter().filter(|r| r.epoch == epoch).collect();
         let Some(last) = rows.last() else { continue };
@@ -110,14 +115,15 @@ pub fn epochs_csv(records: &[StepRecord], epochs_done: usize, batch_size: usize)
         };
         let seconds: f64 = rows.iter().map(|r| r.seconds).sum();
         csv.push_str(&format!(
-            "{epoch},{},{},{},{},{},{:e},{seconds:.3},{:.2}\n",
+            "{epoch},{},{},{},{},{},{:e},{seconds:.3},{:.2},{}\n",
             rows.len(),
             mean(|r| r.loss),
             part(|r| r.ce),
             part(|r| r.me_max),
             part(|r| r.entropy),
             last.lr,
-            (rows.len() * batch_size) as f64 / seconds.max(1e-9)
+            (rows.len() * batch_size) as f64 / seconds.max(1e-9),
+            part(|r| r.prototypes.map(|n| n as f64)),
         ));
     }
     csv
@@ -177,6 +183,7 @@ mod tests {
             ce: Some(loss - 0.5),
             me_max: Some(0.5),
             entropy: Some(0.0),
+            prototypes: None,
             grad_norm: None,
             seconds: 2.0,
         }
@@ -211,7 +218,12 @@ mod tests {
         let csv = epochs_csv(&records, 1, 8);
         let lines: Vec<&str> = csv.lines().collect();
         assert_eq!(lines.len(), 2, "only finished epochs");
-        assert_eq!(lines[1], "0,2,2.5,2,0.5,0,1e-4,4.000,4.00");
+        assert_eq!(lines[1], "0,2,2.5,2,0.5,0,1e-4,4.000,4.00,");
+        // MSN's prototypes in use: the mean over the epoch's batches.
+        let mut msn = records.clone();
+        (msn[0].prototypes, msn[1].prototypes) = (Some(7), Some(8));
+        let csv = epochs_csv(&msn, 1, 8);
+        assert!(csv.lines().nth(1).unwrap().ends_with(",4.00,7.5"), "{csv}");
         assert!(loss_svg(&records).contains("<path"));
         // A baseline's records have no parts: empty cells, and old files still read.
         let mut dino = record(0, 0, 3.0);

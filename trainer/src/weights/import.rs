@@ -253,7 +253,8 @@ fn to_data(t: &PackTensor) -> Result<burn::tensor::TensorData> {
 pub fn import(args: &ImportArgs) -> Result<Imported> {
     let path = &args.checkpoint;
     let ours = super::source::safetensors_metadata(path).is_some_and(|m| {
-        m.get(cxr_msn::checkpoint::KEY_FORMAT).and_then(|v| v.as_str())
+        m.get(cxr_msn::checkpoint::KEY_FORMAT)
+            .and_then(|v| v.as_str())
             == Some(cxr_msn::checkpoint::FORMAT_NAME)
     });
     if ours {
