@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use cxr_msn_e2e::{Succeeds, binary, run_ok, synth};
+use cxr_msn_e2e::{Succeeds, binary, model_tensors, run_ok, synth};
 
 use burn::tensor::{Device, Tensor, TensorData};
 use cxr_msn::config::{EhrConfig, MsnConfig, VitPreset};
@@ -193,23 +193,33 @@ fn pretraining_runs_saves_each_epoch_and_continues_where_it_stopped() {
     );
 
     // The linear probe on the checkpoint writes metrics and a classifier the web page accepts.
-    let text = Command::new(binary())
-        .args([
-            "probe",
-            "--epochs",
-            "2",
-            "--bootstrap",
-            "20",
-            "--threads",
-            "2",
-            "--data",
-        ])
-        .arg(dir.join("data/manifest.csv"))
-        .arg("--checkpoint")
-        .arg(run.join("checkpoint.safetensors"))
-        .arg("--out")
-        .arg(run.join("probe"))
-        .succeeds();
+    let probe = |out: &str| {
+        Command::new(binary())
+            .args([
+                "probe",
+                "--epochs",
+                "2",
+                "--bootstrap",
+                "20",
+                "--threads",
+                "2",
+                "--data",
+            ])
+            .arg(dir.join("data/manifest.csv"))
+            .arg("--checkpoint")
+            .arg(run.join("checkpoint.safetensors"))
+            .arg("--out")
+            .arg(run.join(out))
+            .succeeds()
+    };
+    let text = probe("probe");
+    // The same command gives the same heads (their initialisation follows --seed).
+    probe("probe-again");
+    assert!(
+        model_tensors(&run.join("probe/classifier.safetensors"))
+            == model_tensors(&run.join("probe-again/classifier.safetensors")),
+        "two runs of the same probe differ"
+    );
     assert!(
         text.contains("head image:") && text.contains("head image+ehr:"),
         "{text}"
