@@ -163,50 +163,47 @@ impl Standardisation {
 impl Standardisation {
     /// `linear` followed by this standardisation of its outputs, as one linear layer:
     /// column j of W and `b_j` less the mean, divided by the standard deviation.
-    fn standardise_outputs(&self, mut linear: Linear) -> Result<Linear> {
-        let weight = linear.weight.val();
-        let device = weight.device();
-        let [inputs, outputs] = weight.dims();
-        if outputs != self.mean.len() {
-            bail!("{outputs} outputs, {} standardised", self.mean.len());
-        }
-        let read = |t: TensorData| {
-            t.convert::<f32>()
-                .try_into_vec::<f32>()
-                .map_err(|e| anyhow::anyhow!("cannot read a head's weights: {e:?}"))
-        };
-        let mut w = read(weight.into_data())?;
-        let mut b = match &linear.bias {
-            Some(bias) => read(bias.val().into_data())?,
-            None => vec![0.0; outputs],
-        };
-        for row in w.chunks_mut(outputs) {
-            for (x, s) in row.iter_mut().zip(&self.std) {
-                *x /= s;
+    fn standardise_outputs(&self, linear: Linear) -> Result<Linear> {
+        edit_linear(linear, |w, b, [_, outputs]| {
+            if outputs != self.mean.len() {
+                bail!("{outputs} outputs, {} standardised", self.mean.len());
             }
-        }
-        for ((bj, m), s) in b.iter_mut().zip(&self.mean).zip(&self.std) {
-            *bj = (*bj - m) / s;
-        }
-        linear.weight = Param::from_tensor(Tensor::from_data(
-            TensorData::new(w, [inputs, outputs]),
-            &device,
-        ));
-        linear.bias = Some(Param::from_tensor(Tensor::from_data(
-            TensorData::new(b, [outputs]),
-            &device,
-        )));
-        Ok(linear)
+            for row in w.chunks_mut(outputs) {
+                for (x, s) in row.iter_mut().zip(&self.std) {
+                    *x /= s;
+                }
+            }
+            for ((bj, m), s) in b.iter_mut().zip(&self.mean).zip(&self.std) {
+                *bj = (*bj - m) / s;
+            }
+            Ok(())
+        })
     }
 }
 
 /// `linear` (`y = x W + b`, W `[inputs, outputs]`) with the first `scale.len()` rows of W
 /// multiplied by `scale` and `shift W` (over those rows, before scaling) added to `b`.
-fn affine_inputs(mut linear: Linear, scale: &[f32], shift: &[f32]) -> Result<Linear> {
+fn affine_inputs(linear: Linear, scale: &[f32], shift: &[f32]) -> Result<Linear> {
+    edit_linear(linear, |w, b, [inputs, outputs]| {
+        for (i, (&sc, &sh)) in scale.iter().zip(shift).enumerate().take(inputs) {
+            for (j, bj) in b.iter_mut().enumerate() {
+                *bj += sh * w[i * outputs + j];
+                w[i * outputs + j] *= sc;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// `linear` with its weight (`[inputs, outputs]`, row-major) and bias (`[outputs]`, zeros
+/// when it has none) changed by `edit` on the host, as new parameters on its device.
+fn edit_linear(
+    mut linear: Linear,
+    edit: impl FnOnce(&mut [f32], &mut [f32], [usize; 2]) -> Result<()>,
+) -> Result<Linear> {
     let weight = linear.weight.val();
     let device = weight.device();
-    let [inputs, outputs] = weight.dims();
-    let d = scale.len();
+    let dims = weight.dims();
     let read = |t: TensorData| {
         t.convert::<f32>()
             .try_into_vec::<f32>()
@@ -215,20 +212,12 @@ fn affine_inputs(mut linear: Linear, scale: &[f32], shift: &[f32]) -> Result<Lin
     let mut w = read(weight.into_data())?;
     let mut b = match &linear.bias {
         Some(bias) => read(bias.val().into_data())?,
-        None => bail!("a probe head without a bias cannot take standardised features"),
+        None => vec![0.0; dims[1]],
     };
-    for (i, (&sc, &sh)) in scale.iter().zip(shift).enumerate().take(d.min(inputs)) {
-        for (j, bj) in b.iter_mut().enumerate() {
-            *bj += sh * w[i * outputs + j];
-            w[i * outputs + j] *= sc;
-        }
-    }
-    linear.weight = Param::from_tensor(Tensor::from_data(
-        TensorData::new(w, [inputs, outputs]),
-        &device,
-    ));
+    edit(&mut w, &mut b, dims)?;
+    linear.weight = Param::from_tensor(Tensor::from_data(TensorData::new(w, dims), &device));
     linear.bias = Some(Param::from_tensor(Tensor::from_data(
-        TensorData::new(b, [outputs]),
+        TensorData::new(b, [dims[1]]),
         &device,
     )));
     Ok(linear)
