@@ -258,9 +258,38 @@ pub fn write_model_as<M: Module>(
         .valid()
         .save_into(&mut store)
         .map_err(|e| CheckpointError::Write(e.to_string()))?;
-    store
+    let bytes = store
         .get_bytes()
-        .map_err(|e| CheckpointError::Write(e.to_string()))
+        .map_err(|e| CheckpointError::Write(e.to_string()))?;
+    canonical_header(bytes)
+}
+
+/// The container with its JSON header's keys in sorted order (the store keeps its
+/// metadata in a hash map, whose order changes from one process to the next), padded with
+/// spaces so the data stay 8-byte aligned: the same model and metadata always give the same
+/// bytes, so a file's checksum identifies what it holds. The tensors' offsets are relative
+/// to the data, which are untouched.
+fn canonical_header(bytes: Vec<u8>) -> Result<Vec<u8>, CheckpointError> {
+    let bad = |why: &str| CheckpointError::Write(format!("the written container {why}"));
+    let length: [u8; 8] = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| bad("has no header length"))?;
+    let end = usize::try_from(u64::from_le_bytes(length))
+        .ok()
+        .and_then(|n| n.checked_add(8))
+        .filter(|&end| end <= bytes.len())
+        .ok_or_else(|| bad("has a header longer than itself"))?;
+    // serde_json's maps are sorted by key (the `preserve_order` feature is off).
+    let header: serde_json::Value =
+        serde_json::from_slice(&bytes[8..end]).map_err(|e| bad(&format!("header: {e}")))?;
+    let mut json = serde_json::to_vec(&header).map_err(|e| bad(&format!("header: {e}")))?;
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + json.len() + bytes.len() - end);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&bytes[end..]);
+    Ok(out)
 }
 
 /// Reads and checks the metadata of model-file bytes. The whole container is validated
