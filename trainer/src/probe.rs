@@ -407,9 +407,11 @@ pub fn run(args: &ProbeArgs) -> Result<ProbeOutcome> {
         // Its outputs standardised too over the training images (for the fresh linear
         // layer after it, what the [CLS] standardisation is for the image head).
         let all: Vec<usize> = (0..train_f.cls.len() / d).collect();
-        let fused = fusion.forward(
-            rows(&train_f.cls, &all, d, &ad),
-            rows(&train_f.ehr, &all, e, &ad),
+        // (Outside autodiff: no graph is kept for the whole training split.)
+        let cpu = Device::flex();
+        let fused = fusion.clone().valid().forward(
+            rows(&train_f.cls, &all, d, &cpu),
+            rows(&train_f.ehr, &all, e, &cpu),
         );
         let fused = fused
             .into_data()
