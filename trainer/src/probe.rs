@@ -14,8 +14,10 @@
 //! The heads see the features standardised per dimension with the training split's mean
 //! and standard deviation (MAE's linear probe does the same with a BatchNorm without
 //! affine parameters); the pretrained `g` of the image + EHR head is re-expressed for
-//! standardised input before training, and both heads are folded back to raw features
-//! afterwards, so the model file holds ordinary linear layers on the encoder's [CLS]. On
+//! standardised input before training, and its fused output reaches the fresh last layer
+//! standardised with statistics fixed at the start (g itself stays in the pretrained
+//! space, where learn mode projects it). Everything is folded back afterwards, so the
+//! model file holds ordinary linear layers on the encoder's raw [CLS]. On
 //! the synthetic world this moved a probe from chance to what a logistic regression on the
 //! same features reaches: a [CLS] whose variance sits in one direction (a young encoder's
 //! usually does) leaves the useful directions too small for Adam at these learning rates.
@@ -161,23 +163,12 @@ impl Standardisation {
 }
 
 impl Standardisation {
-    /// `linear` followed by this standardisation of its outputs, as one linear layer:
-    /// column j of W and `b_j` less the mean, divided by the standard deviation.
-    fn standardise_outputs(&self, linear: Linear) -> Result<Linear> {
-        edit_linear(linear, |w, b, [_, outputs]| {
-            if outputs != self.mean.len() {
-                bail!("{outputs} outputs, {} standardised", self.mean.len());
-            }
-            for row in w.chunks_mut(outputs) {
-                for (x, s) in row.iter_mut().zip(&self.std) {
-                    *x /= s;
-                }
-            }
-            for ((bj, m), s) in b.iter_mut().zip(&self.mean).zip(&self.std) {
-                *bj = (*bj - m) / s;
-            }
-            Ok(())
-        })
+    /// `x` (`[N, d]`) standardised, on its device.
+    fn standardise(&self, x: Tensor<2>) -> Tensor<2> {
+        let device = x.device();
+        let row =
+            |v: &[f32]| Tensor::<2>::from_data(TensorData::new(v.to_vec(), [1, v.len()]), &device);
+        (x - row(&self.mean)) / row(&self.std)
     }
 }
 
@@ -256,7 +247,9 @@ fn probabilities(logits: Tensor<2>) -> Result<Vec<f32>> {
 #[allow(clippy::large_enum_variant)]
 enum Head {
     Image(LinearClassifier),
-    Fused(FusedClassifier),
+    /// The head, and the standardisation of its fused embedding that its final linear layer
+    /// sees (fixed; folded into that layer at the end).
+    Fused(FusedClassifier, Standardisation),
 }
 
 impl Head {
@@ -271,7 +264,10 @@ impl Head {
         let cls = rows(&f.cls, idx, d, device);
         match self {
             Head::Image(h) => h.forward(cls),
-            Head::Fused(h) => h.forward(cls, rows(&f.ehr, idx, e, device)),
+            Head::Fused(h, s) => {
+                let fused = h.fusion.forward(cls, rows(&f.ehr, idx, e, device));
+                h.fc.forward(s.standardise(fused))
+            }
         }
     }
 }
@@ -311,9 +307,9 @@ fn train_head(
                     let grads = GradientsParams::from_grads(loss.backward(), &h);
                     Head::Image(optim.step(lr, h, grads))
                 }
-                Head::Fused(h) => {
+                Head::Fused(h, s) => {
                     let grads = GradientsParams::from_grads(loss.backward(), &h);
-                    Head::Fused(optim.step(lr, h, grads))
+                    Head::Fused(optim.step(lr, h, grads), s)
                 }
             };
         }
@@ -404,8 +400,8 @@ pub fn run(args: &ProbeArgs) -> Result<ProbeOutcome> {
         let mut fusion = fusion.clone().fork(&ad);
         // The pretrained g, for standardised [CLS] features: the same function at the start.
         fusion.g = standard.unfold(fusion.g)?;
-        // Its outputs standardised too over the training images (for the fresh linear
-        // layer after it, what the [CLS] standardisation is for the image head).
+        // The statistics of its outputs over the training images, for the fresh linear
+        // layer after it (what the [CLS] standardisation is for the image head).
         let all: Vec<usize> = (0..train_f.cls.len() / d).collect();
         // (Outside autodiff: no graph is kept for the whole training split.)
         let cpu = Device::flex();
@@ -418,10 +414,11 @@ pub fn run(args: &ProbeArgs) -> Result<ProbeOutcome> {
             .convert::<f32>()
             .try_into_vec::<f32>()
             .map_err(|err| anyhow::anyhow!("cannot read the fused features: {err:?}"))?;
+        // g itself stays in the pretrained space (learn mode projects its output with the
+        // pretraining's head); the standardisation sits before the fresh layer instead.
         let out = Standardisation::fit(&fused, d);
-        fusion.g = out.standardise_outputs(fusion.g)?;
         let fused = FusedClassifier::from_fusion(fusion, d, labels, &ad);
-        heads.push(("image+ehr", Head::Fused(fused)));
+        heads.push(("image+ehr", Head::Fused(fused, out)));
     }
     let mut trained = Vec::new();
     let mut validation = serde_json::Map::new();
@@ -472,9 +469,10 @@ pub fn run(args: &ProbeArgs) -> Result<ProbeOutcome> {
                 h.fc = standard.fold(h.fc)?;
                 image_head = Some(h);
             }
-            Head::Fused(h) => {
+            Head::Fused(h, out) => {
                 let mut h = h.valid();
                 h.fusion.g = standard.fold(h.fusion.g)?;
+                h.fc = out.fold(h.fc)?;
                 fused_head = Some(h);
             }
         }
@@ -616,17 +614,13 @@ mod tests {
                 "{a:?} {b:?}"
             );
         }
-        // Outputs standardised: the layer's outputs less their mean, over their std.
-        let out = Standardisation {
-            mean: vec![0.5, -1.0],
-            std: vec![2.0, 0.5],
-        };
-        let scaled = out.standardise_outputs(linear.clone()).unwrap();
-        let x = [0.3, -0.7, 1.1, 2.0];
-        let (a, b) = (run(&scaled, x), run(&linear, x));
-        assert!(
-            (a[0] - (b[0] - 0.5) / 2.0).abs() < 1e-5 && (a[1] - (b[1] + 1.0) / 0.5).abs() < 1e-5
-        );
+        // On a tensor (as the image + EHR head's last layer sees its input): the hand values.
+        let z = s.standardise(Tensor::<2>::from_data(
+            TensorData::new(cls.to_vec(), [2, 3]),
+            &device,
+        ));
+        let z: Vec<f32> = z.into_data().try_into_vec::<f32>().unwrap();
+        assert_eq!(z, [-1.0, -1.0, 0.0, 1.0, 1.0, 0.0]);
         let back = s.unfold(folded).unwrap();
         let (w0, w1) = (
             linear.weight.val().into_data(),
