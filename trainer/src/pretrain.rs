@@ -460,12 +460,12 @@ pub fn train_step(
     // One read back from the device for every number.
     let mut shown = vec![total.clone().detach()];
     shown.extend(parts.iter().flatten().map(|p| p.clone().detach()));
-    let k = target_probs.as_ref().map(|t| t.dims()[1]);
-    shown.extend(target_probs.map(|t| t.flatten::<1>(0, 1)));
+    let msn = target_probs.is_some();
+    shown.extend(target_probs.map(top_prototypes));
     let read = read_values(Tensor::cat(shown, 0))?;
     let loss = read[0];
     let parts = parts.is_some().then(|| [read[1], read[2], read[3]]);
-    let prototypes = k.map(|k| distinct_top_prototypes(&read[4..], k));
+    let prototypes = msn.then(|| distinct(&read[4..]));
     if !loss.is_finite() {
         return Ok(Err(Diverged::Loss(loss)));
     }
@@ -507,23 +507,18 @@ pub fn train_step(
     }))
 }
 
-/// How many distinct columns hold the largest value of some row of `probs` (row-major,
-/// `k` columns); the first column of a tie counts.
-fn distinct_top_prototypes(probs: &[f64], k: usize) -> usize {
-    let mut top: Vec<usize> = probs
-        .chunks(k)
-        .map(|row| {
-            row.iter()
-                .enumerate()
-                .fold((0, f64::NEG_INFINITY), |best, (i, &v)| {
-                    if v > best.1 { (i, v) } else { best }
-                })
-                .0
-        })
-        .collect();
-    top.sort_unstable();
-    top.dedup();
-    top.len()
+/// The prototype each target assigns most mass to: `[B, K]` -> `[B]` (indices as floats,
+/// exact below 2^24), computed on the device so that only B numbers are read back.
+fn top_prototypes(target_probs: Tensor<2>) -> Tensor<1> {
+    target_probs.argmax(1).float().flatten::<1>(0, 1)
+}
+
+/// How many distinct values `indices` holds.
+fn distinct(indices: &[f64]) -> usize {
+    let mut seen: Vec<u64> = indices.iter().map(|&i| i as u64).collect();
+    seen.sort_unstable();
+    seen.dedup();
+    seen.len()
 }
 
 /// What to try after a loss, gradient or weight became NaN or infinite.
@@ -1146,20 +1141,24 @@ mod tests {
 
     #[test]
     fn distinct_top_prototypes_counts_each_rows_largest_column() {
-        // Hand-made rows over 4 columns: tops 2, 0, 2 and a tie (0.4, 0.4) taken at 1.
+        let count = |rows: &[f32], k: usize| {
+            let probs = Tensor::<2>::from_data(
+                TensorData::new(rows.to_vec(), [rows.len() / k, k]),
+                &Device::flex(),
+            );
+            distinct(&read_values(top_prototypes(probs)).unwrap())
+        };
+        // Hand-made rows over 4 columns: tops 2, 0, 2 and 1.
         let probs = [
             0.1, 0.2, 0.6, 0.1, //
             0.7, 0.1, 0.1, 0.1, //
             0.0, 0.0, 1.0, 0.0, //
-            0.1, 0.4, 0.1, 0.4,
+            0.1, 0.5, 0.1, 0.3,
         ];
-        assert_eq!(distinct_top_prototypes(&probs, 4), 3);
-        assert_eq!(distinct_top_prototypes(&probs[..4], 4), 1);
+        assert_eq!(count(&probs, 4), 3);
+        assert_eq!(count(&probs[..4], 4), 1);
         // Identical rows, as after a collapse: one prototype.
-        assert_eq!(
-            distinct_top_prototypes(&[0.2, 0.8, 0.2, 0.8, 0.2, 0.8], 2),
-            1
-        );
+        assert_eq!(count(&[0.2, 0.8, 0.2, 0.8, 0.2, 0.8], 2), 1);
     }
 
     #[test]

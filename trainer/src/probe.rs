@@ -173,28 +173,12 @@ impl Standardisation {
 }
 
 /// `linear` (`y = x W + b`, W `[inputs, outputs]`) with the first `scale.len()` rows of W
-/// multiplied by `scale` and `shift W` (over those rows, before scaling) added to `b`.
-fn affine_inputs(linear: Linear, scale: &[f32], shift: &[f32]) -> Result<Linear> {
-    edit_linear(linear, |w, b, [inputs, outputs]| {
-        for (i, (&sc, &sh)) in scale.iter().zip(shift).enumerate().take(inputs) {
-            for (j, bj) in b.iter_mut().enumerate() {
-                *bj += sh * w[i * outputs + j];
-                w[i * outputs + j] *= sc;
-            }
-        }
-        Ok(())
-    })
-}
-
-/// `linear` with its weight (`[inputs, outputs]`, row-major) and bias (`[outputs]`, zeros
-/// when it has none) changed by `edit` on the host, as new parameters on its device.
-fn edit_linear(
-    mut linear: Linear,
-    edit: impl FnOnce(&mut [f32], &mut [f32], [usize; 2]) -> Result<()>,
-) -> Result<Linear> {
+/// multiplied by `scale` and `shift W` (over those rows, before scaling) added to `b`;
+/// computed on the host, as new parameters on the layer's device.
+fn affine_inputs(mut linear: Linear, scale: &[f32], shift: &[f32]) -> Result<Linear> {
     let weight = linear.weight.val();
     let device = weight.device();
-    let dims = weight.dims();
+    let [inputs, outputs] = weight.dims();
     let read = |t: TensorData| {
         t.convert::<f32>()
             .try_into_vec::<f32>()
@@ -203,12 +187,20 @@ fn edit_linear(
     let mut w = read(weight.into_data())?;
     let mut b = match &linear.bias {
         Some(bias) => read(bias.val().into_data())?,
-        None => vec![0.0; dims[1]],
+        None => vec![0.0; outputs],
     };
-    edit(&mut w, &mut b, dims)?;
-    linear.weight = Param::from_tensor(Tensor::from_data(TensorData::new(w, dims), &device));
+    for (i, (&sc, &sh)) in scale.iter().zip(shift).enumerate().take(inputs) {
+        for (j, bj) in b.iter_mut().enumerate() {
+            *bj += sh * w[i * outputs + j];
+            w[i * outputs + j] *= sc;
+        }
+    }
+    linear.weight = Param::from_tensor(Tensor::from_data(
+        TensorData::new(w, [inputs, outputs]),
+        &device,
+    ));
     linear.bias = Some(Param::from_tensor(Tensor::from_data(
-        TensorData::new(b, [dims[1]]),
+        TensorData::new(b, [outputs]),
         &device,
     )));
     Ok(linear)
